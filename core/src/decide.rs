@@ -1,0 +1,430 @@
+//! Deciding: request facts in, a [`Decision`] out. Never fails, never panics: every missing or
+//! odd input has a defined fallback, and the decision records which one it took.
+
+use serde::Serialize;
+
+use crate::config::{Condition, Config, Flag, NoKey, Op, Rollout, Serve, Source, MAX_KEY_BYTES};
+use crate::hash::{bucket, entropy_state, rendezvous, KeyState};
+use crate::semver::Semver;
+
+/// What the core may read of a request. Hosts implement it over their own header maps;
+/// names are asked for in lowercase, and pseudo-headers use Envoy's names
+/// (`:authority`, `:path`).
+pub trait RequestFacts {
+    /// The first value of a header, as raw bytes (header values need not be UTF-8).
+    fn header(&self, name: &str) -> Option<&[u8]>;
+}
+
+impl<K: AsRef<str>, V: AsRef<[u8]>> RequestFacts for [(K, V)] {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// What the host supplies besides the request: the core has no clock and no randomness.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostInputs {
+    /// Random bits for requests without a user key, used by rollouts with `no_key: random`.
+    pub entropy: Option<u64>,
+}
+
+/// Everything decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Decision<'c> {
+    /// Where the user key came from, or why there was none.
+    pub key: KeyStatus<'c>,
+    /// The matched rollout and its chosen version; `None` when no rollout matches the request.
+    pub rollout: Option<VersionChoice<'c>>,
+    /// Every flag's value, sorted by flag name.
+    pub flags: Vec<FlagChoice<'c>>,
+}
+
+/// Where the user key came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyStatus<'c> {
+    /// From a header.
+    Header(&'c str),
+    /// From a cookie.
+    Cookie(&'c str),
+    /// No configured source had a usable value.
+    Missing,
+    /// A source had a value longer than the limit; it was ignored.
+    TooLong,
+}
+
+/// The version chosen for the matched rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct VersionChoice<'c> {
+    /// The rollout's name.
+    pub rollout: &'c str,
+    /// The chosen version's name.
+    pub version: &'c str,
+    /// Why this version.
+    pub reason: VersionReason,
+}
+
+/// Why a version was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum VersionReason {
+    /// The user key's hash, weighted: sticky per user.
+    Bucket,
+    /// No user key: the stable version (`no_key: stable`, or `random` without host entropy).
+    NoKeyStable,
+    /// No user key: weighted choice from the host's entropy (`no_key: random`).
+    NoKeyRandom,
+}
+
+/// One flag's value for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FlagChoice<'c> {
+    /// The flag's name.
+    pub flag: &'c str,
+    /// The value served: a variant name, or the flag's default value.
+    pub value: &'c str,
+    /// Why this value.
+    pub reason: FlagReason,
+}
+
+/// Why a flag has its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum FlagReason {
+    /// The flag is switched off (`enabled: false`): everyone gets the default.
+    KillSwitch,
+    /// The key is on the deny list.
+    DenyList,
+    /// The key is on the allow list.
+    AllowList,
+    /// Rule number `n` (0-based) matched.
+    Rule(usize),
+    /// The key's bucket is inside (a variant) or outside (the default) the percentage.
+    Bucket,
+    /// No user key, and the flag needed one to bucket: the default value.
+    NoKey,
+}
+
+/// The user key of a request, found once and shared by the rollout and every flag.
+struct Key<'r> {
+    bytes: Option<&'r [u8]>,
+}
+
+impl Config {
+    /// Decides version and flags for one request. Never fails.
+    pub fn decide<'c, F: RequestFacts + ?Sized>(
+        &'c self,
+        facts: &F,
+        inputs: HostInputs,
+    ) -> Decision<'c> {
+        let (key, key_status) = self.find_key(facts);
+        let rollout = self.match_rollout(facts).map(|r| r.choose(&key, inputs));
+        let flags = self.flags.iter().map(|f| f.evaluate(&key, facts)).collect();
+        Decision {
+            key: key_status,
+            rollout,
+            flags,
+        }
+    }
+
+    fn find_key<'c, 'r, F: RequestFacts + ?Sized>(
+        &'c self,
+        facts: &'r F,
+    ) -> (Key<'r>, KeyStatus<'c>) {
+        let mut status = KeyStatus::Missing;
+        for source in &self.user_key {
+            let (value, found) = match source {
+                Source::Header(name) => (read_source(facts, source), KeyStatus::Header(name)),
+                Source::Cookie(name) => (read_source(facts, source), KeyStatus::Cookie(name)),
+                Source::Key => continue,
+            };
+            match value {
+                Some([]) | None => {}
+                Some(v) if v.len() > MAX_KEY_BYTES => status = KeyStatus::TooLong,
+                Some(v) => return (Key { bytes: Some(v) }, found),
+            }
+        }
+        (Key { bytes: None }, status)
+    }
+
+    /// The most specific rollout whose hosts and path prefix match.
+    fn match_rollout<F: RequestFacts + ?Sized>(&self, facts: &F) -> Option<&Rollout> {
+        let host = facts.header(":authority").map(host_without_port);
+        let path = facts.header(":path").unwrap_or(b"/");
+        self.rollouts.iter().find(|r| {
+            let host_ok = r.hosts.is_empty()
+                || host.is_some_and(|h| {
+                    r.hosts
+                        .iter()
+                        .any(|rh| h.eq_ignore_ascii_case(rh.as_bytes()))
+                });
+            host_ok && path.starts_with(r.path_prefix.as_bytes())
+        })
+    }
+}
+
+/// `example.com:8080` -> `example.com`; `[::1]:80` -> `[::1]`.
+fn host_without_port(authority: &[u8]) -> &[u8] {
+    let port_sep = match authority.iter().rposition(|&b| b == b':') {
+        Some(idx) if !authority.get(idx..).unwrap_or_default().contains(&b']') => idx,
+        _ => return authority,
+    };
+    authority.get(..port_sep).unwrap_or(authority)
+}
+
+fn read_source<'r, F: RequestFacts + ?Sized>(facts: &'r F, source: &Source) -> Option<&'r [u8]> {
+    match source {
+        Source::Header(name) => facts.header(name),
+        Source::Cookie(name) => facts.header("cookie").and_then(|c| cookie_value(c, name)),
+        Source::Key => None,
+    }
+}
+
+/// Finds `name` in a Cookie header (`a=1; b=2`). Odd input (no `=`, stray spaces, quotes)
+/// is skipped or trimmed, never an error; the first cookie of that name wins.
+pub fn cookie_value<'r>(header: &'r [u8], name: &str) -> Option<&'r [u8]> {
+    header.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (k, v) = (pair.get(..eq)?, pair.get(eq + 1..)?);
+        if k.trim_ascii() != name.as_bytes() {
+            return None;
+        }
+        let v = v.trim_ascii();
+        Some(
+            v.strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(v),
+        )
+    })
+}
+
+impl Rollout {
+    fn choose<'c>(&'c self, key: &Key<'_>, inputs: HostInputs) -> VersionChoice<'c> {
+        let weights = || self.versions.iter().map(|v| (v.name.as_str(), v.weight));
+        let (state, reason): (Option<KeyState>, VersionReason) =
+            match (key.bytes, self.no_key, inputs.entropy) {
+                (Some(k), _, _) => (Some(self.salt.with_key(k)), VersionReason::Bucket),
+                (None, NoKey::Random, Some(e)) => (
+                    Some(entropy_state(self.salt, e)),
+                    VersionReason::NoKeyRandom,
+                ),
+                (None, _, _) => (None, VersionReason::NoKeyStable),
+            };
+        // Validation guarantees a version with weight > 0, so rendezvous finds one; the
+        // stable version is the defined answer if it ever did not.
+        let idx = state
+            .and_then(|s| rendezvous(s, weights()))
+            .unwrap_or(self.stable_idx);
+        let version = self.versions.get(idx).or_else(|| self.versions.first());
+        VersionChoice {
+            rollout: &self.name,
+            version: version.map_or("", |v| v.name.as_str()),
+            reason,
+        }
+    }
+}
+
+impl Flag {
+    fn evaluate<'c, F: RequestFacts + ?Sized>(
+        &'c self,
+        key: &Key<'_>,
+        facts: &F,
+    ) -> FlagChoice<'c> {
+        let choice = |value: &'c str, reason| FlagChoice {
+            flag: &self.name,
+            value,
+            reason,
+        };
+        let default = self.default_value.as_str();
+        if !self.enabled {
+            return choice(default, FlagReason::KillSwitch);
+        }
+        if let Some(k) = key.bytes {
+            if self.deny.binary_search_by(|d| d.as_slice().cmp(k)).is_ok() {
+                return choice(default, FlagReason::DenyList);
+            }
+            if self.allow.binary_search_by(|a| a.as_slice().cmp(k)).is_ok() {
+                return choice(self.variant(self.salt.with_key(k)), FlagReason::AllowList);
+            }
+        }
+        for (idx, rule) in self.rules.iter().enumerate() {
+            if rule.when.iter().all(|c| c.holds(key, facts)) {
+                let value = match rule.serve {
+                    Serve::Default => default,
+                    Serve::Variant(v) => self.variants.get(v).map_or(default, |v| v.name.as_str()),
+                };
+                return choice(value, FlagReason::Rule(idx));
+            }
+        }
+        let Some(k) = key.bytes else {
+            // Everyone is in and there is only one value to serve: no key needed.
+            if self.percentage_ppm as u64 == crate::hash::BUCKETS && self.variants.len() == 1 {
+                return choice(self.variant_at(0), FlagReason::Bucket);
+            }
+            return choice(default, FlagReason::NoKey);
+        };
+        let state = self.salt.with_key(k);
+        if bucket(state) < self.percentage_ppm {
+            choice(self.variant(state), FlagReason::Bucket)
+        } else {
+            choice(default, FlagReason::Bucket)
+        }
+    }
+
+    /// The variant of a user who is in; independent of the percentage bucket (the rendezvous
+    /// draws hash the variant name too), so growing the percentage never changes it.
+    fn variant(&self, state: KeyState) -> &str {
+        let idx = rendezvous(
+            state,
+            self.variants.iter().map(|v| (v.name.as_str(), v.weight)),
+        );
+        self.variant_at(idx.unwrap_or(0))
+    }
+
+    fn variant_at(&self, idx: usize) -> &str {
+        self.variants
+            .get(idx)
+            .map_or(self.default_value.as_str(), |v| v.name.as_str())
+    }
+}
+
+impl Condition {
+    /// A missing or unparsable attribute never matches, whatever the operator.
+    fn holds<F: RequestFacts + ?Sized>(&self, key: &Key<'_>, facts: &F) -> bool {
+        let value = match &self.attribute {
+            Source::Key => key.bytes,
+            source => read_source(facts, source),
+        };
+        let Some(value) = value else { return false };
+        let text = core::str::from_utf8(value).ok();
+        match &self.op {
+            Op::Equals(want) => value == want.as_bytes(),
+            Op::Prefix(want) => value.starts_with(want.as_bytes()),
+            Op::OneOf(set) => set.iter().any(|s| s.as_bytes() == value),
+            Op::NotOneOf(set) => !set.iter().any(|s| s.as_bytes() == value),
+            Op::Number(cmp, want) => text
+                .and_then(|t| t.trim().parse::<f64>().ok())
+                .filter(|n| n.is_finite())
+                .and_then(|n| n.partial_cmp(want))
+                .is_some_and(|o| cmp.holds(o)),
+            Op::Semver(cmp, want) => text
+                .and_then(Semver::parse)
+                .is_some_and(|v| cmp.holds(v.cmp(want))),
+        }
+    }
+}
+
+/// One header the host sets or removes on the upstream request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestHeader<'c> {
+    /// Header name.
+    pub name: &'c str,
+    /// `Some`: set to this value, replacing any copy from the client. `None`: remove any
+    /// copy from the client; this request carries no such decision.
+    pub value: Option<String>,
+}
+
+/// One header the host adds to the response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResponseHeader<'c> {
+    /// Header name.
+    pub name: &'c str,
+    /// Header value.
+    pub value: String,
+    /// Append beside existing values (Server-Timing) rather than replace them.
+    pub append: bool,
+}
+
+/// The Server-Timing metric name of the header contract.
+pub const SERVER_TIMING_METRIC: &str = "rollout";
+
+impl Config {
+    /// The header contract on the upstream request: the version, rollout and flags headers,
+    /// each set, or removed when the decision has no such value, so a client's copy never
+    /// passes through.
+    pub fn request_headers<'c>(&'c self, decision: &Decision<'c>) -> [RequestHeader<'c>; 3] {
+        let names = &self.headers;
+        let flags = (!decision.flags.is_empty()).then(|| {
+            let mut out = String::with_capacity(decision.flags.len() * 16);
+            for (i, f) in decision.flags.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(f.flag);
+                out.push('=');
+                out.push_str(f.value);
+            }
+            out
+        });
+        [
+            RequestHeader {
+                name: &names.version,
+                value: decision.rollout.map(|r| r.version.to_owned()),
+            },
+            RequestHeader {
+                name: &names.rollout,
+                value: decision.rollout.map(|r| r.rollout.to_owned()),
+            },
+            RequestHeader {
+                name: &names.flags,
+                value: flags,
+            },
+        ]
+    }
+
+    /// The header contract on the response: the version header and a Server-Timing entry,
+    /// when a rollout matched.
+    pub fn response_headers<'c>(&'c self, decision: &Decision<'c>) -> Vec<ResponseHeader<'c>> {
+        let Some(r) = decision.rollout else {
+            return Vec::new();
+        };
+        vec![
+            ResponseHeader {
+                name: &self.headers.version,
+                value: r.version.to_owned(),
+                append: false,
+            },
+            ResponseHeader {
+                name: "server-timing",
+                value: format!(
+                    "{SERVER_TIMING_METRIC};desc=\"{}/{}\"",
+                    r.rollout, r.version
+                ),
+                append: true,
+            },
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{cookie_value, host_without_port};
+
+    #[test]
+    fn cookie_parsing_tolerates_odd_input() {
+        let h = b"a=1; uid=\"u-7\" ;broken; =x; uid=second";
+        assert_eq!(cookie_value(h, "uid"), Some(&b"u-7"[..]));
+        assert_eq!(cookie_value(h, "a"), Some(&b"1"[..]));
+        assert_eq!(cookie_value(h, "broken"), None);
+        assert_eq!(cookie_value(b"", "a"), None);
+        assert_eq!(cookie_value(b";;;==;", "a"), None);
+        assert_eq!(cookie_value(b"\xff\xfe=1; a=\xff", "a"), Some(&b"\xff"[..]));
+    }
+
+    #[test]
+    fn port_is_stripped_from_authority() {
+        assert_eq!(
+            host_without_port(b"shop.example.com:8080"),
+            b"shop.example.com"
+        );
+        assert_eq!(host_without_port(b"shop.example.com"), b"shop.example.com");
+        assert_eq!(host_without_port(b"[::1]:80"), b"[::1]");
+        assert_eq!(host_without_port(b"[::1]"), b"[::1]");
+        assert_eq!(host_without_port(b":"), b"");
+    }
+}

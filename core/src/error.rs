@@ -1,0 +1,193 @@
+//! Config errors: each names the config path that is wrong and what is wrong with it.
+
+use core::fmt;
+
+/// One problem in a config, at one path (`rollouts.checkout.versions[1].weight`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where in the config: dotted object keys and `[i]` array indexes; empty for the root.
+    pub path: String,
+    /// What is wrong there.
+    pub kind: ErrorKind,
+}
+
+/// What is wrong at a config path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The bytes are not JSON.
+    Syntax {
+        /// serde_json's description of the problem.
+        message: String,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column of the problem.
+        column: usize,
+    },
+    /// A field that the config format does not have; usually a typo.
+    UnknownField {
+        /// The fields that are allowed at this place.
+        expected: &'static [&'static str],
+    },
+    /// A required field is absent.
+    MissingField,
+    /// The value has the wrong JSON type.
+    WrongType {
+        /// What was expected, such as "a string".
+        expected: &'static str,
+        /// The JSON type found.
+        found: &'static str,
+    },
+    /// A number outside its allowed range.
+    OutOfRange {
+        /// The allowed range, in words.
+        expected: &'static str,
+        /// The value found, as written.
+        found: String,
+    },
+    /// A name (rollout, version, flag, variant) with characters or a length that is not allowed.
+    BadName {
+        /// The offending name.
+        name: String,
+    },
+    /// A header or cookie name that cannot appear in HTTP.
+    BadHeaderName {
+        /// The offending name.
+        name: String,
+    },
+    /// The same name or value appears twice where it must be unique.
+    Duplicate {
+        /// The repeated name or value.
+        name: String,
+    },
+    /// A list that must have at least one entry is empty.
+    Empty,
+    /// Every entry of a weighted list has weight 0, so none could be chosen.
+    AllWeightsZero,
+    /// A reference to a version or variant that is not declared.
+    UnknownReference {
+        /// The name referred to.
+        name: String,
+        /// What kind of thing was looked for, such as "version".
+        what: &'static str,
+    },
+    /// A key or attribute source not in one of the allowed forms.
+    BadSource {
+        /// The source as written.
+        source: String,
+        /// The forms allowed at this place.
+        allowed: &'static str,
+    },
+    /// A host name that is not lowercase letters, digits, '-' and '.' (no port).
+    BadHost {
+        /// The host as written.
+        host: String,
+    },
+    /// A comparison operator that does not exist.
+    UnknownOperator {
+        /// The operator as written.
+        op: String,
+    },
+    /// A value that does not parse as what its operator compares.
+    BadOperand {
+        /// What the operator needs, such as "a semantic version like 1.2.3".
+        expected: &'static str,
+        /// The value found.
+        found: String,
+    },
+    /// Two rollouts that would both claim the same requests.
+    OverlappingMatch {
+        /// The other rollout.
+        other: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "(root)"
+        } else {
+            &self.path
+        };
+        write!(f, "{path}: {}", self.kind)
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ErrorKind::Syntax {
+                message,
+                line,
+                column,
+            } => {
+                write!(
+                    f,
+                    "not valid JSON at line {line} column {column}: {message}"
+                )
+            }
+            ErrorKind::UnknownField { expected } => {
+                write!(f, "unknown field, expected one of: {}", expected.join(", "))
+            }
+            ErrorKind::MissingField => write!(f, "missing required field"),
+            ErrorKind::WrongType { expected, found } => {
+                write!(f, "expected {expected}, found {found}")
+            }
+            ErrorKind::OutOfRange { expected, found } => {
+                write!(f, "expected {expected}, found {found}")
+            }
+            ErrorKind::BadName { name } => write!(
+                f,
+                "name {name:?} must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'"
+            ),
+            ErrorKind::BadHeaderName { name } => {
+                write!(f, "{name:?} is not a valid lowercase header or cookie name")
+            }
+            ErrorKind::Duplicate { name } => write!(f, "{name:?} appears more than once"),
+            ErrorKind::Empty => write!(f, "must not be empty"),
+            ErrorKind::AllWeightsZero => {
+                write!(f, "all weights are 0, at least one needs a weight above 0")
+            }
+            ErrorKind::UnknownReference { name, what } => write!(f, "no {what} named {name:?}"),
+            ErrorKind::BadSource { source, allowed } => {
+                write!(f, "{source:?} is not a source, expected {allowed}")
+            }
+            ErrorKind::BadHost { host } => write!(
+                f,
+                "{host:?} is not a host name (lowercase letters, digits, '-' and '.', no port)"
+            ),
+            ErrorKind::UnknownOperator { op } => write!(
+                f,
+                "unknown operator {op:?}, expected one of: {}",
+                crate::config::OPERATORS.join(", ")
+            ),
+            ErrorKind::BadOperand { expected, found } => {
+                write!(f, "expected {expected}, found {found}")
+            }
+            ErrorKind::OverlappingMatch { other } => write!(
+                f,
+                "matches the same requests as rollout {other:?} (same hosts and path_prefix)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every error found in one config, in the order the validator visits them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}

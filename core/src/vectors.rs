@@ -1,0 +1,313 @@
+//! The golden-vector file format (`testdata/vectors/*.json`) and its native runner.
+//!
+//! A vector file is `{description, config, cases: [{description, request, expected}]}`.
+//! Every host runs every case: this crate natively, the wasmtime harness on the built filter,
+//! real Envoy, and the Worker. The decision (with reasons) is checked where the host can
+//! show it; the header contract is checked everywhere.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::{Config, HostInputs};
+
+/// One vector file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VectorFile {
+    /// What the file covers.
+    pub description: String,
+    /// The rollout config, as JSON.
+    pub config: Value,
+    /// The requests and what each must get.
+    pub cases: Vec<Case>,
+}
+
+/// One request and its expected outcome.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    /// What the case checks.
+    pub description: String,
+    /// The request as the client sent it.
+    pub request: Request,
+    /// What every host must produce.
+    pub expected: Expected,
+}
+
+/// A client request and the upstream's response to it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// Request headers in order, pseudo-headers (`:authority`, `:path`, `:method`) included.
+    pub headers: Vec<(String, String)>,
+    /// Host entropy for requests without a key; absent means the host has none.
+    #[serde(default)]
+    pub entropy: Option<u64>,
+    /// Headers of the upstream response; `:status` defaults to 200.
+    #[serde(default)]
+    pub response_headers: Vec<(String, String)>,
+}
+
+/// The expected outcome of a case.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expected {
+    /// The decision, as the core serializes it (with reasons).
+    pub decision: Value,
+    /// Final values of the contract's request headers at the upstream; a name absent here
+    /// must be absent there.
+    pub request_headers: BTreeMap<String, String>,
+    /// Final values of the contract's response headers at the client (several values of one
+    /// header joined with ", "); a name absent here must be absent there.
+    pub response_headers: BTreeMap<String, String>,
+}
+
+impl VectorFile {
+    /// Parses a vector file.
+    pub fn parse(bytes: &[u8]) -> Result<VectorFile, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+/// The response header names the contract owns: compare these, and leave the rest alone.
+pub fn response_contract_names(config: &Config) -> [&str; 2] {
+    [config.header_names().version.as_str(), "server-timing"]
+}
+
+/// Runs one case on the native core; returns a description of every mismatch.
+pub fn check_native(config: &Config, case: &Case) -> Vec<String> {
+    let mut problems = Vec::new();
+    let facts = case.request.headers.as_slice();
+    let decision = config.decide(
+        facts,
+        HostInputs {
+            entropy: case.request.entropy,
+        },
+    );
+    let got = serde_json::to_value(&decision).unwrap_or(Value::Null);
+    if got != case.expected.decision {
+        problems.push(format!(
+            "decision: expected {}, got {got}",
+            case.expected.decision
+        ));
+    }
+    let mut request = BTreeMap::new();
+    for header in config.request_headers(&decision) {
+        if let Some(value) = header.value {
+            request.insert(header.name.to_owned(), value);
+        }
+    }
+    if request != case.expected.request_headers {
+        problems.push(format!(
+            "request headers: expected {:?}, got {request:?}",
+            case.expected.request_headers
+        ));
+    }
+    let mut response: Vec<(String, String)> = case.request.response_headers.clone();
+    for header in config.response_headers(&decision) {
+        if !header.append {
+            response.retain(|(n, _)| n != header.name);
+        }
+        response.push((header.name.to_owned(), header.value));
+    }
+    let response = contract_view(&response, &response_contract_names(config));
+    if response != case.expected.response_headers {
+        problems.push(format!(
+            "response headers: expected {:?}, got {response:?}",
+            case.expected.response_headers
+        ));
+    }
+    problems
+}
+
+/// The values of `names` in a header list, several values of one name joined with ", ".
+pub fn contract_view(headers: &[(String, String)], names: &[&str]) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in headers {
+        if names.contains(&name.as_str()) {
+            out.entry(name.clone())
+                .and_modify(|v| {
+                    v.push_str(", ");
+                    v.push_str(value);
+                })
+                .or_insert_with(|| value.clone());
+        }
+    }
+    out
+}
+
+/// A config that must be refused, with the errors it must produce.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InvalidConfig {
+    /// What class of mistake this is.
+    pub description: String,
+    /// The config as JSON; a string is taken as raw bytes (for syntax errors).
+    pub config: Value,
+    /// Every error message, `path: message`, in order.
+    pub errors: Vec<String>,
+}
+
+impl InvalidConfig {
+    /// The config bytes as a host receives them.
+    pub fn bytes(&self) -> Vec<u8> {
+        match &self.config {
+            Value::String(raw) => raw.clone().into_bytes(),
+            other => other.to_string().into_bytes(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Runs every golden vector and every invalid config natively. `BLESS=1` rewrites the
+    //! expected outcomes from the current core: review the diff before committing it.
+
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn testdata() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata")
+    }
+
+    #[test]
+    fn every_golden_vector_passes_natively() {
+        let dir = testdata().join("vectors");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        files.retain(|p| p.extension().is_some_and(|e| e == "json"));
+        files.sort();
+        assert!(
+            files.len() >= 5,
+            "expected the vector files in {}",
+            dir.display()
+        );
+        let bless = std::env::var_os("BLESS").is_some();
+        let mut failures = Vec::new();
+        let mut n_cases = 0;
+        for path in &files {
+            let bytes = std::fs::read(path).unwrap_or_default();
+            if bless {
+                bless_file(path, &bytes);
+                continue;
+            }
+            let file = match VectorFile::parse(&bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    failures.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let config = match Config::from_value(&file.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    failures.push(format!("{}: config refused: {e}", path.display()));
+                    continue;
+                }
+            };
+            for case in &file.cases {
+                n_cases += 1;
+                for problem in check_native(&config, case) {
+                    failures.push(format!(
+                        "{} / {}: {problem}",
+                        path.display(),
+                        case.description
+                    ));
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+        assert!(bless || n_cases >= 40, "only {n_cases} cases ran");
+    }
+
+    /// Rewrites `expected` of every case from what the core decides now.
+    fn bless_file(path: &Path, bytes: &[u8]) {
+        let Ok(mut doc) = serde_json::from_slice::<Value>(bytes) else {
+            return;
+        };
+        let config = Config::from_value(&doc["config"]).unwrap();
+        let config = &config;
+        let Some(cases) = doc.get_mut("cases").and_then(Value::as_array_mut) else {
+            return;
+        };
+        for case in cases {
+            let Ok(request) = serde_json::from_value::<Request>(case["request"].clone()) else {
+                continue;
+            };
+            let decision = config.decide(
+                request.headers.as_slice(),
+                HostInputs {
+                    entropy: request.entropy,
+                },
+            );
+            let mut req = serde_json::Map::new();
+            for h in config.request_headers(&decision) {
+                if let Some(v) = h.value {
+                    req.insert(h.name.to_owned(), Value::String(v));
+                }
+            }
+            let mut response = request.response_headers.clone();
+            for h in config.response_headers(&decision) {
+                if !h.append {
+                    response.retain(|(n, _)| n != h.name);
+                }
+                response.push((h.name.to_owned(), h.value));
+            }
+            let resp = contract_view(&response, &response_contract_names(config));
+            case["expected"] = serde_json::json!({
+                "decision": serde_json::to_value(&decision).unwrap_or(Value::Null),
+                "request_headers": req,
+                "response_headers": resp,
+            });
+        }
+        let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+        std::fs::write(path, text + "\n").unwrap_or_default();
+    }
+
+    #[test]
+    fn every_invalid_config_is_refused_with_its_paths() {
+        let path = testdata().join("invalid-configs.json");
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        let cases: Vec<InvalidConfig> = serde_json::from_slice(&bytes).unwrap_or_default();
+        assert!(
+            cases.len() >= 20,
+            "expected the invalid configs in {}",
+            path.display()
+        );
+        if std::env::var_os("BLESS").is_some() {
+            let mut doc: Vec<Value> = serde_json::from_slice(&bytes).unwrap();
+            for (entry, case) in doc.iter_mut().zip(&cases) {
+                let errors = Config::from_json(&case.bytes())
+                    .err()
+                    .map(|e| e.0)
+                    .unwrap_or_default();
+                entry["errors"] = errors
+                    .iter()
+                    .map(|e| Value::String(e.to_string()))
+                    .collect();
+            }
+            let text = serde_json::to_string_pretty(&doc).unwrap();
+            std::fs::write(&path, text + "\n").unwrap();
+            return;
+        }
+        let mut failures = Vec::new();
+        for case in &cases {
+            match Config::from_json(&case.bytes()) {
+                Ok(_) => failures.push(format!("{}: accepted", case.description)),
+                Err(errors) => {
+                    let got: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                    if got != case.errors {
+                        failures.push(format!(
+                            "{}:\n  expected {:#?}\n  got {got:#?}",
+                            case.description, case.errors
+                        ));
+                    }
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+}
