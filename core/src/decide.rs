@@ -162,7 +162,9 @@ impl Config {
                         .iter()
                         .any(|rh| h.eq_ignore_ascii_case(rh.as_bytes()))
                 });
-            host_ok && path.starts_with(r.path_prefix.as_bytes())
+            // The root prefix also takes paths that do not start with '/' (`*`, garbage):
+            // a rollout without a path match claims every request.
+            host_ok && (r.path_prefix == "/" || path.starts_with(r.path_prefix.as_bytes()))
         })
     }
 }

@@ -1,0 +1,331 @@
+//! Properties of deciding, checked over many generated users and configs: determinism, splits
+//! within statistical bounds for several id shapes, minimal movement, flag independence, and
+//! hostile input. Inputs come from a seeded generator, so every run checks the same cases.
+
+use rollout_core::{Config, Decision, HostInputs};
+
+/// SplitMix64: a tiny seeded generator, so the tests need no extra crate and are repeatable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Id shapes real systems use; sequential ones are the hard case for a weak hash.
+fn id_shapes() -> Vec<(&'static str, Box<dyn Fn(u64) -> String>)> {
+    vec![
+        ("sequential user-N", Box::new(|i| format!("user-{i}"))),
+        ("bare integers", Box::new(|i| i.to_string())),
+        ("emails", Box::new(|i| format!("person{i}@example.com"))),
+        (
+            "uuid-like",
+            Box::new(|i| {
+                let mut r = Rng(i);
+                format!("{:016x}-{:016x}", r.next(), r.next())
+            }),
+        ),
+        (
+            "long common prefix",
+            Box::new(|i| format!("tenant-0000000000000000000000000042/account/{i:08}")),
+        ),
+    ]
+}
+
+fn rollout_config(weights: &[u32]) -> Config {
+    let versions: Vec<String> = weights
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!(r#"{{"name":"v{i}","weight":{w}}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"user_key":["header:x-user-id"],"rollouts":{{"r":{{"versions":[{}]}}}}}}"#,
+        versions.join(",")
+    );
+    Config::from_json(json.as_bytes()).unwrap()
+}
+
+fn decide_for<'c>(config: &'c Config, key: &str) -> Decision<'c> {
+    let facts = [(":path", &b"/"[..]), ("x-user-id", key.as_bytes())];
+    config.decide(&facts[..], HostInputs::default())
+}
+
+fn version_of(config: &Config, key: &str) -> String {
+    decide_for(config, key).rollout.unwrap().version.to_owned()
+}
+
+fn flag_value<'c>(decision: &Decision<'c>, flag: &str) -> &'c str {
+    decision
+        .flags
+        .iter()
+        .find(|f| f.flag == flag)
+        .unwrap()
+        .value
+}
+
+/// Fails if `observed` of `n` trials is more than 5 standard deviations from `n * p`.
+/// Five sigma keeps a correct implementation from failing by chance (about 1 in 3.5 million
+/// per check) while a biased hash still fails by far.
+fn check_binomial(what: &str, observed: u64, n: u64, p: f64) {
+    let mean = n as f64 * p;
+    let sd = (n as f64 * p * (1.0 - p)).sqrt().max(1.0);
+    let z = (observed as f64 - mean) / sd;
+    assert!(
+        z.abs() < 5.0,
+        "{what}: observed {observed} of {n}, expected {mean:.0} (z = {z:.1})"
+    );
+}
+
+#[test]
+fn same_user_same_decision_across_parses() {
+    let a = rollout_config(&[50, 30, 20]);
+    let b = rollout_config(&[50, 30, 20]);
+    for i in 0..2000 {
+        let key = format!("user-{i}");
+        assert_eq!(decide_for(&a, &key), decide_for(&a, &key));
+        assert_eq!(version_of(&a, &key), version_of(&b, &key));
+    }
+}
+
+#[test]
+fn version_split_matches_weights_for_every_id_shape() {
+    const N: u64 = 100_000;
+    for weights in [
+        &[90u32, 10][..],
+        &[1, 1, 1],
+        &[70, 20, 10],
+        &[9990, 10],
+        &[0, 3, 1],
+    ] {
+        let config = rollout_config(weights);
+        let total: u32 = weights.iter().sum();
+        for (shape, make_id) in id_shapes() {
+            let mut counts = vec![0u64; weights.len()];
+            for i in 0..N {
+                let v = version_of(&config, &make_id(i));
+                let idx: usize = v.trim_start_matches('v').parse().unwrap();
+                counts[idx] += 1;
+            }
+            for (idx, &w) in weights.iter().enumerate() {
+                let what = format!("weights {weights:?}, {shape}, v{idx}");
+                check_binomial(&what, counts[idx], N, f64::from(w) / f64::from(total));
+            }
+        }
+    }
+}
+
+#[test]
+fn raising_one_weight_moves_users_only_into_that_version() {
+    let mut rng = Rng(7);
+    for trial in 0..60 {
+        let n_versions = 2 + rng.below(4) as usize;
+        let before: Vec<u32> = (0..n_versions)
+            .map(|_| rng.below(1000) as u32 + 1)
+            .collect();
+        let changed = rng.below(n_versions as u64) as usize;
+        let mut after = before.clone();
+        after[changed] += rng.below(2000) as u32 + 1;
+        let (old, new) = (rollout_config(&before), rollout_config(&after));
+        let target = format!("v{changed}");
+        let mut moved = 0;
+        for i in 0..3000 {
+            let key = format!("t{trial}-user-{i}");
+            let (from, to) = (version_of(&old, &key), version_of(&new, &key));
+            if from != to {
+                assert_eq!(
+                    to, target,
+                    "{before:?} -> {after:?}: {key} moved {from} -> {to}"
+                );
+                moved += 1;
+            }
+        }
+        assert!(
+            moved > 0,
+            "{before:?} -> {after:?}: raising a weight moved nobody"
+        );
+    }
+}
+
+#[test]
+fn lowering_one_weight_moves_users_only_out_of_that_version() {
+    let mut rng = Rng(11);
+    for trial in 0..60 {
+        let n_versions = 2 + rng.below(4) as usize;
+        let before: Vec<u32> = (0..n_versions)
+            .map(|_| rng.below(1000) as u32 + 2)
+            .collect();
+        let changed = rng.below(n_versions as u64) as usize;
+        let mut after = before.clone();
+        after[changed] = rng.below(u64::from(before[changed])) as u32; // may reach 0
+        let (old, new) = (rollout_config(&before), rollout_config(&after));
+        let source = format!("v{changed}");
+        for i in 0..3000 {
+            let key = format!("t{trial}-user-{i}");
+            let (from, to) = (version_of(&old, &key), version_of(&new, &key));
+            if from != to {
+                assert_eq!(
+                    from, source,
+                    "{before:?} -> {after:?}: {key} moved {from} -> {to}"
+                );
+            }
+        }
+    }
+}
+
+fn flags_config(percentage: &str, extra_flags: &str) -> Config {
+    let json = format!(
+        r#"{{"user_key":["header:x-user-id"],
+            "rollouts":{{"r":{{"versions":[{{"name":"v0","weight":1}},{{"name":"v1","weight":1}}]}}}},
+            "flags":{{
+              "grow":{{"percentage":{percentage},"variants":[{{"name":"a","weight":1}},{{"name":"b","weight":3}}]}}
+              {extra_flags}}}}}"#
+    );
+    Config::from_json(json.as_bytes()).unwrap()
+}
+
+#[test]
+fn growing_a_percentage_keeps_everyone_in_with_their_variant() {
+    let steps = ["0", "0.5", "1", "5", "12.5", "50", "99.9999", "100"];
+    let configs: Vec<Config> = steps.iter().map(|p| flags_config(p, "")).collect();
+    for i in 0..20_000 {
+        let key = format!("user-{i}");
+        let mut was: Option<&str> = None;
+        for (step, config) in steps.iter().zip(&configs) {
+            let value = flag_value(&decide_for(config, &key), "grow");
+            if let Some(prev) = was {
+                assert_eq!(value, prev, "{key} changed at {step}%");
+            }
+            if value != "off" {
+                was = Some(value);
+            }
+        }
+        assert!(was.is_some(), "{key} is not in at 100%");
+    }
+}
+
+#[test]
+fn flag_percentage_and_variant_split_match_the_config() {
+    const N: u64 = 100_000;
+    let config = flags_config("12.5", "");
+    for (shape, make_id) in id_shapes() {
+        let (mut a, mut b) = (0, 0);
+        for i in 0..N {
+            match flag_value(&decide_for(&config, &make_id(i)), "grow") {
+                "a" => a += 1,
+                "b" => b += 1,
+                _ => {}
+            }
+        }
+        check_binomial(&format!("{shape}: in the 12.5%"), a + b, N, 0.125);
+        check_binomial(
+            &format!("{shape}: variant a among those in"),
+            a,
+            a + b,
+            0.25,
+        );
+    }
+}
+
+#[test]
+fn flags_are_independent_of_each_other_and_of_the_version() {
+    const N: u64 = 100_000;
+    // Same percentage, and even the same salt text as the rollout's name: still independent.
+    let config = flags_config("50", r#","other":{"percentage":50},"r":{"percentage":50}"#);
+    let (mut both, mut grow_v1, mut r_flag_v1) = (0, 0, 0);
+    for (_, make_id) in id_shapes() {
+        for i in 0..N / 5 {
+            let d = decide_for(&config, &make_id(i));
+            let grow_in = flag_value(&d, "grow") != "off";
+            let other_in = flag_value(&d, "other") == "on";
+            let v1 = d.rollout.unwrap().version == "v1";
+            both += u64::from(grow_in && other_in);
+            grow_v1 += u64::from(grow_in && v1);
+            r_flag_v1 += u64::from(flag_value(&d, "r") == "on" && v1);
+        }
+    }
+    check_binomial("two flags both on", both, N, 0.25);
+    check_binomial("flag on and version v1", grow_v1, N, 0.25);
+    check_binomial("flag named like the rollout, on and v1", r_flag_v1, N, 0.25);
+}
+
+#[test]
+fn hostile_request_input_gets_a_decision() {
+    let config = Config::from_json(
+        br#"{"user_key":["header:x-user-id","cookie:uid"],
+             "rollouts":{"r":{"match":{"hosts":["a.example.com"]},"versions":[{"name":"v0","weight":1},{"name":"v1","weight":1}]},
+                         "s":{"versions":[{"name":"s0","weight":1}]}},
+             "flags":{"f":{"rules":[{"when":[{"attribute":"header:x-app","op":"semver_gt","value":"1.0.0"},
+                                              {"attribute":"header:x-n","op":"lt","value":5}],"serve":"off"}]}}}"#,
+    )
+    .unwrap();
+    let huge = vec![b'a'; 1 << 20];
+    let mut rng = Rng(3);
+    let mut inputs: Vec<Vec<(String, Vec<u8>)>> = vec![
+        vec![("x-user-id".into(), huge.clone())],
+        vec![("cookie".into(), huge.clone())],
+        vec![
+            (":authority".into(), huge.clone()),
+            (":path".into(), huge.clone()),
+        ],
+        vec![("x-user-id".into(), vec![0xff, 0xfe, 0x00, 0x80])],
+        vec![
+            ("cookie".into(), b"uid=\xff\xfe; uid".to_vec()),
+            ("x-app".into(), b"\xff1.2.3".to_vec()),
+        ],
+        vec![
+            ("x-app".into(), b"99999999999999999999999.1.1".to_vec()),
+            ("x-n".into(), b"1e999".to_vec()),
+        ],
+        vec![
+            ("x-n".into(), b"-inf".to_vec()),
+            ("x-app".into(), b"1.0.0-".to_vec()),
+        ],
+        vec![
+            (":authority".into(), b":::::]".to_vec()),
+            ("cookie".into(), b"=;=;=".to_vec()),
+        ],
+        vec![],
+    ];
+    for _ in 0..2000 {
+        let n = rng.below(6) as usize;
+        let names = ["x-user-id", "cookie", ":authority", ":path", "x-app", "x-n"];
+        inputs.push(
+            (0..n)
+                .map(|_| {
+                    let len = rng.below(40) as usize;
+                    let value = (0..len).map(|_| rng.next() as u8).collect();
+                    (
+                        names[rng.below(names.len() as u64) as usize].to_owned(),
+                        value,
+                    )
+                })
+                .collect(),
+        );
+    }
+    for facts in &inputs {
+        let d = config.decide(
+            facts.as_slice(),
+            HostInputs {
+                entropy: Some(rng.next()),
+            },
+        );
+        let rollout = d.rollout.unwrap();
+        assert!(["v0", "v1", "s0"].contains(&rollout.version));
+        assert_eq!(d.flags.len(), 1);
+        // The header contract is built without trouble for every decision.
+        let headers = config.request_headers(&d);
+        assert!(headers[0].value.is_some());
+    }
+    // An oversized key is no key: the user goes to the stable version.
+    let d = config.decide(&[("x-user-id".to_owned(), huge)][..], HostInputs::default());
+    assert_eq!(d.rollout.unwrap().version, "s0");
+    assert_eq!(serde_json::to_value(d.key).unwrap(), "too_long");
+}
