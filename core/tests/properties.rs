@@ -2,6 +2,9 @@
 //! within statistical bounds for several id shapes, minimal movement, flag independence, and
 //! hostile input. Inputs come from a seeded generator, so every run checks the same cases.
 
+// A failing check in a test should panic with its message.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
 use rollout_core::{Config, Decision, HostInputs};
 
 /// SplitMix64: a tiny seeded generator, so the tests need no extra crate and are repeatable.
@@ -21,7 +24,9 @@ impl Rng {
 }
 
 /// Id shapes real systems use; sequential ones are the hard case for a weak hash.
-fn id_shapes() -> Vec<(&'static str, Box<dyn Fn(u64) -> String>)> {
+type IdShape = (&'static str, Box<dyn Fn(u64) -> String>);
+
+fn id_shapes() -> Vec<IdShape> {
     vec![
         ("sequential user-N", Box::new(|i| format!("user-{i}"))),
         ("bare integers", Box::new(|i| i.to_string())),
