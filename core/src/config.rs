@@ -84,6 +84,8 @@ pub(crate) struct Rollout {
     pub(crate) versions: Vec<Version>,
     pub(crate) stable_idx: usize,
     pub(crate) no_key: NoKey,
+    /// Slot of the first version; see [`crate::VersionChoice::slot`].
+    pub(crate) first_slot: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -195,6 +197,11 @@ impl Config {
         }
     }
 
+    /// Where the user key is looked for, in order.
+    pub fn key_sources(&self) -> &[Source] {
+        &self.user_key
+    }
+
     /// The header names of the header contract.
     pub fn header_names(&self) -> &HeaderNames {
         &self.headers
@@ -208,6 +215,16 @@ impl Config {
                 .iter()
                 .map(move |v| (r.name.as_str(), v.name.as_str()))
         })
+    }
+
+    /// The (rollout, version) names of a slot; see [`crate::VersionChoice::slot`].
+    pub fn slot_names(&self, slot: usize) -> Option<(&str, &str)> {
+        self.versions().nth(slot)
+    }
+
+    /// The number of (rollout, version) slots.
+    pub fn n_slots(&self) -> usize {
+        self.rollouts.iter().map(|r| r.versions.len()).sum()
     }
 
     /// The rollout names, most specific match first.
@@ -525,6 +542,11 @@ impl Walk {
             .rollouts
             .sort_by_key(|r| (r.hosts.is_empty(), core::cmp::Reverse(r.path_prefix.len())));
         config.flags.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut slot = 0;
+        for rollout in &mut config.rollouts {
+            rollout.first_slot = slot;
+            slot += rollout.versions.len();
+        }
         config
     }
 
@@ -590,6 +612,7 @@ impl Walk {
             versions: Vec::new(),
             stable_idx: 0,
             no_key: NoKey::Stable,
+            first_slot: 0,
         };
         let mut ok = true;
         if let Some(v) = map.get("match") {

@@ -1,6 +1,8 @@
 //! Deciding: request facts in, a [`Decision`] out. Never fails, never panics: every missing or
 //! odd input has a defined fallback, and the decision records which one it took.
 
+use std::borrow::Cow;
+
 use serde::Serialize;
 
 use crate::config::{Condition, Config, Flag, NoKey, Op, Rollout, Serve, Source, MAX_KEY_BYTES};
@@ -24,10 +26,11 @@ impl<K: AsRef<str>, V: AsRef<[u8]>> RequestFacts for [(K, V)] {
 }
 
 /// What the host supplies besides the request: the core has no clock and no randomness.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct HostInputs {
-    /// Random bits for requests without a user key, used by rollouts with `no_key: random`.
-    pub entropy: Option<u64>,
+#[derive(Default)]
+pub struct HostInputs<'a> {
+    /// A source of random bits for requests without a user key. The core asks it only for a
+    /// keyless request to a rollout with `no_key: random`, so a host may make it a host call.
+    pub entropy: Option<&'a mut dyn FnMut() -> u64>,
 }
 
 /// Everything decided for one request.
@@ -64,6 +67,10 @@ pub struct VersionChoice<'c> {
     pub version: &'c str,
     /// Why this version.
     pub reason: VersionReason,
+    /// Position of this (rollout, version) pair in [`Config::versions`]: a dense index for
+    /// per-version tables such as metric ids.
+    #[serde(skip)]
+    pub slot: usize,
 }
 
 /// Why a version was chosen.
@@ -119,10 +126,12 @@ impl Config {
     pub fn decide<'c, F: RequestFacts + ?Sized>(
         &'c self,
         facts: &F,
-        inputs: HostInputs,
+        mut inputs: HostInputs<'_>,
     ) -> Decision<'c> {
         let (key, key_status) = self.find_key(facts);
-        let rollout = self.match_rollout(facts).map(|r| r.choose(&key, inputs));
+        let rollout = self
+            .match_rollout(facts)
+            .map(|r| r.choose(&key, &mut inputs));
         let flags = self.flags.iter().map(|f| f.evaluate(&key, facts)).collect();
         Decision {
             key: key_status,
@@ -206,27 +215,30 @@ pub fn cookie_value<'r>(header: &'r [u8], name: &str) -> Option<&'r [u8]> {
 }
 
 impl Rollout {
-    fn choose<'c>(&'c self, key: &Key<'_>, inputs: HostInputs) -> VersionChoice<'c> {
+    fn choose<'c>(&'c self, key: &Key<'_>, inputs: &mut HostInputs<'_>) -> VersionChoice<'c> {
         let weights = || self.versions.iter().map(|v| (v.name.as_str(), v.weight));
-        let (state, reason): (Option<KeyState>, VersionReason) =
-            match (key.bytes, self.no_key, inputs.entropy) {
-                (Some(k), _, _) => (Some(self.salt.with_key(k)), VersionReason::Bucket),
-                (None, NoKey::Random, Some(e)) => (
-                    Some(entropy_state(self.salt, e)),
+        let (state, reason): (Option<KeyState>, VersionReason) = match (key.bytes, self.no_key) {
+            (Some(k), _) => (Some(self.salt.with_key(k)), VersionReason::Bucket),
+            (None, NoKey::Random) => match inputs.entropy.as_mut() {
+                Some(entropy) => (
+                    Some(entropy_state(self.salt, entropy())),
                     VersionReason::NoKeyRandom,
                 ),
-                (None, _, _) => (None, VersionReason::NoKeyStable),
-            };
+                None => (None, VersionReason::NoKeyStable),
+            },
+            (None, NoKey::Stable) => (None, VersionReason::NoKeyStable),
+        };
         // Validation guarantees a version with weight > 0, so rendezvous finds one; the
         // stable version is the defined answer if it ever did not.
         let idx = state
             .and_then(|s| rendezvous(s, weights()))
             .unwrap_or(self.stable_idx);
-        let version = self.versions.get(idx).or_else(|| self.versions.first());
+        let idx = if idx < self.versions.len() { idx } else { 0 };
         VersionChoice {
             rollout: &self.name,
-            version: version.map_or("", |v| v.name.as_str()),
+            version: self.versions.get(idx).map_or("", |v| v.name.as_str()),
             reason,
+            slot: self.first_slot + idx,
         }
     }
 }
@@ -328,7 +340,7 @@ pub struct RequestHeader<'c> {
     pub name: &'c str,
     /// `Some`: set to this value, replacing any copy from the client. `None`: remove any
     /// copy from the client; this request carries no such decision.
-    pub value: Option<String>,
+    pub value: Option<Cow<'c, str>>,
 }
 
 /// One header the host adds to the response.
@@ -361,16 +373,16 @@ impl Config {
                 out.push('=');
                 out.push_str(f.value);
             }
-            out
+            Cow::Owned(out)
         });
         [
             RequestHeader {
                 name: &names.version,
-                value: decision.rollout.map(|r| r.version.to_owned()),
+                value: decision.rollout.map(|r| Cow::Borrowed(r.version)),
             },
             RequestHeader {
                 name: &names.rollout,
-                value: decision.rollout.map(|r| r.rollout.to_owned()),
+                value: decision.rollout.map(|r| Cow::Borrowed(r.rollout)),
             },
             RequestHeader {
                 name: &names.flags,
@@ -379,24 +391,22 @@ impl Config {
         ]
     }
 
-    /// The header contract on the response: the version header and a Server-Timing entry,
-    /// when a rollout matched.
-    pub fn response_headers<'c>(&'c self, decision: &Decision<'c>) -> Vec<ResponseHeader<'c>> {
-        let Some(r) = decision.rollout else {
+    /// The header contract on the response for the version in `slot` (see
+    /// [`VersionChoice::slot`]): the version header and a Server-Timing entry. Hosts keep the
+    /// slot from the request and call this when the response arrives.
+    pub fn response_headers(&self, slot: usize) -> Vec<ResponseHeader<'_>> {
+        let Some((rollout, version)) = self.slot_names(slot) else {
             return Vec::new();
         };
         vec![
             ResponseHeader {
                 name: &self.headers.version,
-                value: r.version.to_owned(),
+                value: version.to_owned(),
                 append: false,
             },
             ResponseHeader {
                 name: "server-timing",
-                value: format!(
-                    "{SERVER_TIMING_METRIC};desc=\"{}/{}\"",
-                    r.rollout, r.version
-                ),
+                value: format!("{SERVER_TIMING_METRIC};desc=\"{rollout}/{version}\""),
                 append: true,
             },
         ]
@@ -405,7 +415,57 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    use super::{cookie_value, host_without_port};
+    use super::{cookie_value, host_without_port, HostInputs, VersionReason};
+    use crate::Config;
+
+    #[test]
+    fn random_mode_without_an_entropy_source_uses_stable() {
+        let config = Config::from_json(
+            br#"{"rollouts":{"r":{"no_key":"random","stable":"b","versions":[
+                {"name":"a","weight":1},{"name":"b","weight":0}]}}}"#,
+        )
+        .unwrap();
+        let facts: [(&str, &str); 0] = [];
+        let d = config.decide(&facts[..], HostInputs::default());
+        let r = d.rollout.unwrap();
+        assert_eq!((r.version, r.reason), ("b", VersionReason::NoKeyStable));
+        let mut calls = 0;
+        let mut source = || {
+            calls += 1;
+            7
+        };
+        let d = config.decide(
+            &facts[..],
+            HostInputs {
+                entropy: Some(&mut source),
+            },
+        );
+        let r = d.rollout.unwrap();
+        assert_eq!((r.version, r.reason), ("a", VersionReason::NoKeyRandom));
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn entropy_is_not_asked_for_when_a_key_decides() {
+        let config = Config::from_json(
+            br#"{"user_key":["header:u"],"rollouts":{"r":{"no_key":"random","versions":[
+                {"name":"a","weight":1},{"name":"b","weight":1}]}}}"#,
+        )
+        .unwrap();
+        let mut calls = 0;
+        let mut source = || {
+            calls += 1;
+            7
+        };
+        let d = config.decide(
+            &[("u", "k")][..],
+            HostInputs {
+                entropy: Some(&mut source),
+            },
+        );
+        assert_eq!(d.rollout.unwrap().reason, VersionReason::Bucket);
+        assert_eq!(calls, 0);
+    }
 
     #[test]
     fn cookie_parsing_tolerates_odd_input() {

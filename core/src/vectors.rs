@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{Config, HostInputs};
+use crate::{Config, Decision, HostInputs};
 
 /// One vector file.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,7 +42,8 @@ pub struct Case {
 pub struct Request {
     /// Request headers in order, pseudo-headers (`:authority`, `:path`, `:method`) included.
     pub headers: Vec<(String, String)>,
-    /// Host entropy for requests without a key; absent means the host has none.
+    /// What the host's random source returns, for keyless requests to `no_key: random`
+    /// rollouts. Every real host has a source, so such cases must set it.
     #[serde(default)]
     pub entropy: Option<u64>,
     /// Headers of the upstream response; `:status` defaults to 200.
@@ -64,6 +65,21 @@ pub struct Expected {
     pub response_headers: BTreeMap<String, String>,
 }
 
+impl Request {
+    /// Decides this request natively, feeding the vector's entropy (if any) to the core.
+    pub fn decide<'c>(&self, config: &'c Config) -> Decision<'c> {
+        let value = self.entropy.unwrap_or_default();
+        let mut source = move || value;
+        let inputs = HostInputs {
+            entropy: match self.entropy {
+                Some(_) => Some(&mut source),
+                None => None,
+            },
+        };
+        config.decide(self.headers.as_slice(), inputs)
+    }
+}
+
 impl VectorFile {
     /// Parses a vector file.
     pub fn parse(bytes: &[u8]) -> Result<VectorFile, serde_json::Error> {
@@ -79,13 +95,7 @@ pub fn response_contract_names(config: &Config) -> [&str; 2] {
 /// Runs one case on the native core; returns a description of every mismatch.
 pub fn check_native(config: &Config, case: &Case) -> Vec<String> {
     let mut problems = Vec::new();
-    let facts = case.request.headers.as_slice();
-    let decision = config.decide(
-        facts,
-        HostInputs {
-            entropy: case.request.entropy,
-        },
-    );
+    let decision = case.request.decide(config);
     let got = serde_json::to_value(&decision).unwrap_or(Value::Null);
     if got != case.expected.decision {
         problems.push(format!(
@@ -96,7 +106,7 @@ pub fn check_native(config: &Config, case: &Case) -> Vec<String> {
     let mut request = BTreeMap::new();
     for header in config.request_headers(&decision) {
         if let Some(value) = header.value {
-            request.insert(header.name.to_owned(), value);
+            request.insert(header.name.to_owned(), value.into_owned());
         }
     }
     if request != case.expected.request_headers {
@@ -106,7 +116,8 @@ pub fn check_native(config: &Config, case: &Case) -> Vec<String> {
         ));
     }
     let mut response: Vec<(String, String)> = case.request.response_headers.clone();
-    for header in config.response_headers(&decision) {
+    let slot = decision.rollout.map_or(usize::MAX, |r| r.slot);
+    for header in config.response_headers(slot) {
         if !header.append {
             response.retain(|(n, _)| n != header.name);
         }
@@ -237,20 +248,15 @@ mod tests {
             let Ok(request) = serde_json::from_value::<Request>(case["request"].clone()) else {
                 continue;
             };
-            let decision = config.decide(
-                request.headers.as_slice(),
-                HostInputs {
-                    entropy: request.entropy,
-                },
-            );
+            let decision = request.decide(config);
             let mut req = serde_json::Map::new();
             for h in config.request_headers(&decision) {
                 if let Some(v) = h.value {
-                    req.insert(h.name.to_owned(), Value::String(v));
+                    req.insert(h.name.to_owned(), Value::String(v.into_owned()));
                 }
             }
             let mut response = request.response_headers.clone();
-            for h in config.response_headers(&decision) {
+            for h in config.response_headers(decision.rollout.map_or(usize::MAX, |r| r.slot)) {
                 if !h.append {
                     response.retain(|(n, _)| n != h.name);
                 }

@@ -316,10 +316,11 @@ fn hostile_request_input_gets_a_decision() {
         );
     }
     for facts in &inputs {
+        let mut entropy = || rng.next();
         let d = config.decide(
             facts.as_slice(),
             HostInputs {
-                entropy: Some(rng.next()),
+                entropy: Some(&mut entropy),
             },
         );
         let rollout = d.rollout.unwrap();

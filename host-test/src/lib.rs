@@ -1,1 +1,11 @@
-//! x
+//! A proxy-wasm ABI 0.2.1 host on wasmtime, and the tools built on it: run golden vectors
+//! and simulated traffic through the very filter .wasm that Envoy loads.
+
+pub mod abi;
+pub mod host;
+pub mod testing;
+
+pub use host::{
+    header_value, headers, Action, Exchange, ExchangeReport, FilterModule, Headers, HttpCall,
+    HttpCallResponse, LocalResponse, LogEntry, Metric, Vm, VmOptions,
+};

@@ -1,1 +1,462 @@
-fn main() {}
+//! `rollout`: validate a rollout config, explain one request's decision, and simulate users
+//! through the very filter .wasm that Envoy loads.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use host_test::testing::filter_wasm_path;
+use host_test::{header_value, Exchange, FilterModule, VmOptions};
+use rollout_core::{Config, HostInputs, Source};
+
+/// The example config that `simulate` and `explain` use when no config is given.
+const EXAMPLE_CONFIG: &str = include_str!("../../examples/checkout.json");
+
+#[derive(Parser)]
+#[command(
+    name = "rollout",
+    version,
+    about = "Test rollout configs against the real filter .wasm"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a config and print every error with its path.
+    Validate {
+        /// The config file (JSON).
+        config: PathBuf,
+    },
+    /// Decide one request: the decision and its reasons, and the headers the filter sets.
+    Explain {
+        /// The config file (JSON); the built-in example if absent.
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send N synthetic users through the filter and print the split beside the weights.
+    Simulate {
+        /// The config file (JSON); the built-in example if absent.
+        config: Option<PathBuf>,
+        /// How many distinct users.
+        #[arg(long, default_value_t = 100_000)]
+        users: u64,
+        /// User ids: `sequential` (user-1, user-2, ...) or `random` (hex).
+        #[arg(long, default_value = "sequential")]
+        ids: IdShape,
+        #[command(flatten)]
+        request: RequestArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum IdShape {
+    Sequential,
+    Random,
+}
+
+#[derive(clap::Args)]
+struct RequestArgs {
+    /// The filter .wasm (default: the workspace's release build, or $ROLLOUT_FILTER_WASM).
+    #[arg(long)]
+    filter: Option<PathBuf>,
+    /// Request path.
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Request host (:authority).
+    #[arg(long, default_value = "example.com")]
+    host: String,
+    /// A request header, `name: value`; repeatable.
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+}
+
+impl RequestArgs {
+    fn headers(&self) -> Result<Vec<(String, String)>> {
+        let mut out = vec![
+            (":method".to_owned(), "GET".to_owned()),
+            (":authority".to_owned(), self.host.clone()),
+            (":path".to_owned(), self.path.clone()),
+        ];
+        for h in &self.headers {
+            let Some((name, value)) = h.split_once(':') else {
+                bail!("header {h:?} is not `name: value`");
+            };
+            out.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+        Ok(out)
+    }
+
+    fn filter(&self) -> Result<FilterModule> {
+        let path = self.filter.clone().unwrap_or_else(filter_wasm_path);
+        FilterModule::from_file(&path).with_context(|| {
+            "build the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --release"
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn read_config(path: Option<&PathBuf>) -> Result<(String, Vec<u8>)> {
+    match path {
+        Some(p) => Ok((
+            p.display().to_string(),
+            std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
+        )),
+        None => Ok((
+            "built-in example (examples/checkout.json)".to_owned(),
+            EXAMPLE_CONFIG.as_bytes().to_vec(),
+        )),
+    }
+}
+
+/// Parses a config, printing every error; `None` if it is invalid.
+fn parse_config(name: &str, bytes: &[u8]) -> Option<Config> {
+    match Config::from_json(bytes) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            eprintln!("{name}: {} error(s)", errors.0.len());
+            for error in &errors.0 {
+                eprintln!("  {error}");
+            }
+            None
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Validate { config } => {
+            let (name, bytes) = read_config(Some(&config))?;
+            let Some(config) = parse_config(&name, &bytes) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            println!(
+                "{name}: ok ({} rollout(s), {} version(s), {} flag(s))",
+                config.rollout_names().count(),
+                config.n_slots(),
+                config.flag_values().count()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Explain {
+            config,
+            request,
+            json,
+        } => {
+            let (name, bytes) = read_config(config.as_ref())?;
+            let Some(config) = parse_config(&name, &bytes) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            explain(&config, &bytes, &request, json)
+        }
+        Command::Simulate {
+            config,
+            users,
+            ids,
+            request,
+        } => {
+            let (name, bytes) = read_config(config.as_ref())?;
+            let Some(config) = parse_config(&name, &bytes) else {
+                return Ok(ExitCode::FAILURE);
+            };
+            println!("config: {name}");
+            simulate(&config, &bytes, users, ids, &request)
+        }
+    }
+}
+
+fn explain(config: &Config, bytes: &[u8], request: &RequestArgs, json: bool) -> Result<ExitCode> {
+    let headers = request.headers()?;
+    let decision = config.decide(headers.as_slice(), HostInputs::default());
+    let module = request.filter()?;
+    let mut vm = module.start_vm(VmOptions::default())?;
+    if !vm.configure(bytes)? {
+        bail!("the filter refused the config: {:?}", vm.take_logs());
+    }
+    let report = vm.exchange(&host_test::testing::exchange(&headers, &[]))?;
+    // The native decision and the filter must agree on the contract headers.
+    let mut agree = true;
+    for expected in config.request_headers(&decision) {
+        let got = report
+            .upstream_request_headers
+            .iter()
+            .find(|(k, _)| k == expected.name)
+            .map(|(_, v)| v.as_str());
+        agree &= got == expected.value.as_deref();
+    }
+    if json {
+        let out = serde_json::json!({
+            "decision": decision,
+            "filter": report,
+            "filter_agrees_with_core": agree,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("key: {}", serde_json::to_value(decision.key)?);
+        match decision.rollout {
+            Some(r) => println!(
+                "rollout {}: version {} ({})",
+                r.rollout,
+                r.version,
+                serde_json::to_value(r.reason)?
+            ),
+            None => println!("no rollout matches this request"),
+        }
+        for f in &decision.flags {
+            println!(
+                "flag {}: {} ({})",
+                f.flag,
+                f.value,
+                serde_json::to_value(f.reason)?
+            );
+        }
+        println!("filter .wasm set on the upstream request:");
+        for (k, v) in &report.request_headers_set {
+            println!("  {k}: {v}");
+        }
+        for k in &report.request_headers_removed {
+            println!("  (removed) {k}");
+        }
+        println!("filter .wasm response headers to the client:");
+        for (k, v) in &report.client_response_headers {
+            println!("  {k}: {v}");
+        }
+        println!("filter agrees with core: {agree}");
+    }
+    Ok(if agree {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// A user id of the requested shape.
+fn user_id(shape: IdShape, i: u64) -> String {
+    match shape {
+        IdShape::Sequential => format!("user-{i}"),
+        IdShape::Random => {
+            // SplitMix64: distinct, random-looking ids without a dependency.
+            let mut z = i.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            format!("{:016x}", z ^ (z >> 31))
+        }
+    }
+}
+
+/// Progress on stderr, redrawn in place, only when stderr is a terminal.
+struct Progress {
+    total: u64,
+    shown: u64,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        Progress {
+            total,
+            shown: 0,
+            enabled: std::io::stderr().is_terminal() && total >= 1000,
+        }
+    }
+
+    fn update(&mut self, done: u64) {
+        let percent = done * 100 / self.total.max(1);
+        if !self.enabled || (percent == self.shown && done != self.total) {
+            return;
+        }
+        self.shown = percent;
+        let filled = (percent / 2) as usize;
+        eprint!(
+            "\r[{}{}] {percent:3}% {done}/{}",
+            "#".repeat(filled),
+            ".".repeat(50 - filled),
+            self.total
+        );
+        if done == self.total {
+            eprintln!();
+        }
+        let _ = std::io::stderr().flush();
+    }
+}
+
+fn simulate(
+    config: &Config,
+    bytes: &[u8],
+    users: u64,
+    ids: IdShape,
+    request: &RequestArgs,
+) -> Result<ExitCode> {
+    let base = request.headers()?;
+    let key_source = config_key_source(config);
+    let module = request.filter()?;
+    let mut vm = module.start_vm(VmOptions::default())?;
+    if !vm.configure(bytes)? {
+        bail!("the filter refused the config: {:?}", vm.take_logs());
+    }
+    let names = config.header_names().clone();
+    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rollouts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut flags: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut progress = Progress::new(users);
+    let started = Instant::now();
+    for i in 0..users {
+        let mut headers = host_test::headers(&base);
+        let id = user_id(ids, i);
+        match &key_source {
+            Some(Source::Header(name)) => headers.push((name.clone(), id.into_bytes())),
+            Some(Source::Cookie(name)) => {
+                headers.push(("cookie".to_owned(), format!("{name}={id}").into_bytes()))
+            }
+            _ => {}
+        }
+        let report = vm.exchange(&Exchange {
+            request_headers: headers,
+            ..Exchange::default()
+        })?;
+        let upstream = host_test::headers(&report.upstream_request_headers);
+        let text = |name: &str| {
+            header_value(&upstream, name).map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        if let (Some(r), Some(v)) = (text(&names.rollout), text(&names.version)) {
+            *rollouts.entry(r.clone()).or_default() += 1;
+            *versions.entry(format!("{r}/{v}")).or_default() += 1;
+        }
+        for pair in text(&names.flags)
+            .unwrap_or_default()
+            .split(',')
+            .filter(|p| !p.is_empty())
+        {
+            let (flag, value) = pair.split_once('=').unwrap_or((pair, ""));
+            *flags
+                .entry((flag.to_owned(), value.to_owned()))
+                .or_default() += 1;
+        }
+        progress.update(i + 1);
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "{users} users ({} ids) through {} in {:.2} s: {:.0} requests/s",
+        match ids {
+            IdShape::Sequential => "sequential",
+            IdShape::Random => "random",
+        },
+        request
+            .filter
+            .clone()
+            .unwrap_or_else(filter_wasm_path)
+            .display(),
+        elapsed.as_secs_f64(),
+        users as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
+    if key_source.is_none() {
+        println!("note: the config has no user_key, so every user is keyless");
+    }
+    println!();
+    println!(
+        "{:<32} {:>10} {:>9} {:>9}",
+        "rollout/version", "users", "observed", "weight"
+    );
+    for rollout in config.rollout_names() {
+        let weights = config.weights(rollout).unwrap_or_default();
+        let total_weight: u64 = weights.iter().map(|(_, w)| u64::from(*w)).sum();
+        let seen = rollouts.get(rollout).copied().unwrap_or(0);
+        for (version, weight) in weights {
+            let n = versions
+                .get(&format!("{rollout}/{version}"))
+                .copied()
+                .unwrap_or(0);
+            println!(
+                "{:<32} {:>10} {:>8.3}% {:>8.3}%",
+                format!("{rollout}/{version}"),
+                n,
+                percent(n, seen),
+                percent(u64::from(weight), total_weight)
+            );
+        }
+    }
+    if rollouts.is_empty() {
+        println!("(no request matched a rollout: try --host and --path)");
+    }
+    if config.flag_values().next().is_some() {
+        println!();
+        println!(
+            "{:<32} {:>10} {:>9} {:>9}",
+            "flag=value", "users", "observed", "config"
+        );
+        for (flag, values) in config.flag_values() {
+            let (ppm, variants) = config.flag_split(flag).unwrap_or_default();
+            let variant_total: u64 = variants.iter().map(|(_, w)| u64::from(*w)).sum();
+            for (idx, value) in values.iter().enumerate() {
+                let n = flags
+                    .get(&(flag.to_owned(), (*value).to_owned()))
+                    .copied()
+                    .unwrap_or(0);
+                // Configured share before rules and lists: the default gets what the
+                // percentage leaves, each variant its weight of the rest.
+                let configured = if idx == 0 {
+                    100.0 - ppm as f64 / 10_000.0
+                } else {
+                    let w = variants
+                        .iter()
+                        .find(|(n, _)| n == value)
+                        .map_or(0, |(_, w)| *w);
+                    ppm as f64 / 10_000.0 * percent(u64::from(w), variant_total) / 100.0
+                };
+                println!(
+                    "{:<32} {:>10} {:>8.3}% {:>8.3}%",
+                    format!("{flag}={value}"),
+                    n,
+                    percent(n, users),
+                    configured
+                );
+            }
+        }
+        println!("(config shares ignore rules and allow/deny lists, which the simulated users do not hit)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A serialized reason or key status in words: `"bucket"` -> `bucket`, `{"rule":0}` -> `rule 0`.
+fn words(value: serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.replace('_', " "),
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(k, v)| format!("{} {}", k.replace('_', " "), words(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}
+
+fn config_key_source(config: &Config) -> Option<Source> {
+    config.key_sources().first().cloned()
+}
+
+fn percent(n: u64, of: u64) -> f64 {
+    if of == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / of as f64
+    }
+}
