@@ -211,13 +211,13 @@ fn explain(config: &Config, bytes: &[u8], request: &RequestArgs, json: bool) -> 
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("key: {}", serde_json::to_value(decision.key)?);
+        println!("key: {}", words(serde_json::to_value(decision.key)?));
         match decision.rollout {
             Some(r) => println!(
                 "rollout {}: version {} ({})",
                 r.rollout,
                 r.version,
-                serde_json::to_value(r.reason)?
+                words(serde_json::to_value(r.reason)?)
             ),
             None => println!("no rollout matches this request"),
         }
@@ -226,7 +226,7 @@ fn explain(config: &Config, bytes: &[u8], request: &RequestArgs, json: bool) -> 
                 "flag {}: {} ({})",
                 f.flag,
                 f.value,
-                serde_json::to_value(f.reason)?
+                words(serde_json::to_value(f.reason)?)
             );
         }
         println!("filter .wasm set on the upstream request:");

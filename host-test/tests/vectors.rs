@@ -2,7 +2,12 @@
 //! wasmtime host: the same cases the core runs natively must give the same headers here.
 //! Build the filter first: `cargo build -p rollout-filter --target wasm32-wasip1 --release`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::path::PathBuf;
 
