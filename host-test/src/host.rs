@@ -150,8 +150,14 @@ impl Default for VmOptions {
     }
 }
 
+/// A stream started with [`Vm::begin`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamId(u32);
+
 #[derive(Default)]
 struct StreamState {
+    original_request_headers: Headers,
+    paused: bool,
     request_headers: Headers,
     request_body: Vec<u8>,
     request_trailers: Headers,
@@ -1233,16 +1239,6 @@ fn new_state(shared: Arc<Mutex<SharedState>>, options: VmOptions) -> HostState {
     }
 }
 
-/// What a filter's action was: continue, or pause (stop iteration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Continue to the next filter.
-    Continue,
-    /// Stop iteration; the filter resumes later.
-    Pause,
-}
-
 /// A request for [`Vm::exchange`]: the client's request and the upstream's response to it.
 #[derive(Debug, Clone, Default)]
 pub struct Exchange {
@@ -1268,6 +1264,8 @@ pub struct ExchangeReport {
     pub request_headers_set: Vec<(String, String)>,
     /// Header names the filter removed.
     pub request_headers_removed: Vec<String>,
+    /// The request body as the upstream receives it, lossily as text.
+    pub upstream_request_body: String,
     /// The response headers as the client receives them.
     pub client_response_headers: Vec<(String, String)>,
     /// A local response, if the filter answered itself.
@@ -1305,13 +1303,6 @@ impl Vm {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("the filter trapped in {name}"))?;
         Ok(results.first().and_then(Val::i32))
-    }
-
-    fn call_action(&mut self, name: &str, args: &[Val]) -> Result<Action> {
-        Ok(match self.call(name, args)? {
-            Some(1) => Action::Pause,
-            _ => Action::Continue,
-        })
     }
 
     /// Delivers the plugin configuration; `Ok(false)` if the filter refused it.
@@ -1393,33 +1384,49 @@ impl Vm {
         std::mem::take(&mut self.store.data_mut().logs)
     }
 
-    /// Runs one full exchange: request headers (and body), then, unless the filter answered
-    /// locally, the upstream's response headers (and body), then the stream's end.
+    /// Runs one full exchange: [`Vm::begin`] then [`Vm::finish`]. A filter that pauses to
+    /// wait for an HTTP call needs the two steps, with [`Vm::answer_http_call`] between them.
     pub fn exchange(&mut self, exchange: &Exchange) -> Result<ExchangeReport> {
+        let stream = self.begin(exchange)?;
+        self.finish(stream, exchange)
+    }
+
+    /// Starts a stream: context creation, request headers, and the request body if any.
+    pub fn begin(&mut self, exchange: &Exchange) -> Result<StreamId> {
         let id = self.next_context;
         self.next_context += 1;
-        let mut stream = StreamState {
+        let stream = StreamState {
             request_headers: exchange.request_headers.clone(),
+            original_request_headers: exchange.request_headers.clone(),
+            request_body: exchange.request_body.clone(),
             ..Default::default()
         };
-        stream.request_body = exchange.request_body.clone();
         self.store.data_mut().streams.insert(id, stream);
-        self.store.data_mut().current = id;
         self.store.data_mut().entropy = exchange.entropy;
-        self.call("proxy_on_context_create", &[v(id), v(self.root_id)])?;
-
+        self.on_stream(id, "proxy_on_context_create", &[v(id), v(self.root_id)])?;
         let n = exchange.request_headers.len() as u32;
         let eos = u32::from(exchange.request_body.is_empty());
-        let mut paused =
-            self.call_action("proxy_on_request_headers", &[v(id), v(n), v(eos)])? == Action::Pause;
+        self.on_stream_data(id, "proxy_on_request_headers", &[v(id), v(n), v(eos)])?;
         if eos == 0 {
             let len = exchange.request_body.len() as u32;
-            self.store.data_mut().current = id;
-            paused |= self.call_action("proxy_on_request_body", &[v(id), v(len), v(1u32)])?
-                == Action::Pause;
+            self.on_stream_data(id, "proxy_on_request_body", &[v(id), v(len), v(1)])?;
         }
-        let local = self.stream(id).and_then(|s| s.local_response.clone());
-        if local.is_none() {
+        self.store.data_mut().entropy = None;
+        Ok(StreamId(id))
+    }
+
+    /// Ends a stream: unless the filter answered locally, the upstream's response headers
+    /// and body from `exchange`; then the log, done and delete callbacks.
+    pub fn finish(&mut self, stream: StreamId, exchange: &Exchange) -> Result<ExchangeReport> {
+        let id = stream.0;
+        self.store.data_mut().entropy = exchange.entropy;
+        let local = self
+            .store
+            .data()
+            .streams
+            .get(&id)
+            .is_some_and(|s| s.local_response.is_some());
+        if !local {
             let mut response = exchange.response_headers.clone();
             if header_value(&response, ":status").is_none() {
                 response.insert(0, (":status".to_owned(), b"200".to_vec()));
@@ -1430,20 +1437,15 @@ impl Vm {
                 s.response_headers = response;
                 s.response_body = exchange.response_body.clone();
             }
-            self.store.data_mut().current = id;
-            paused |= self.call_action("proxy_on_response_headers", &[v(id), v(n), v(eos)])?
-                == Action::Pause;
+            self.on_stream_data(id, "proxy_on_response_headers", &[v(id), v(n), v(eos)])?;
             if eos == 0 {
                 let len = exchange.response_body.len() as u32;
-                self.store.data_mut().current = id;
-                paused |= self.call_action("proxy_on_response_body", &[v(id), v(len), v(1u32)])?
-                    == Action::Pause;
+                self.on_stream_data(id, "proxy_on_response_body", &[v(id), v(len), v(1)])?;
             }
         }
-        self.store.data_mut().current = id;
-        self.call("proxy_on_log", &[v(id)])?;
-        self.call("proxy_on_done", &[v(id)])?;
-        self.call("proxy_on_delete", &[v(id)])?;
+        self.on_stream(id, "proxy_on_log", &[v(id)])?;
+        self.on_stream(id, "proxy_on_done", &[v(id)])?;
+        self.on_stream(id, "proxy_on_delete", &[v(id)])?;
         self.store.data_mut().entropy = None;
         let stream = self
             .store
@@ -1451,25 +1453,28 @@ impl Vm {
             .streams
             .remove(&id)
             .unwrap_or_default();
-        Ok(report(
-            &exchange.request_headers,
-            stream,
-            self.take_logs(),
-            paused,
-        ))
+        Ok(report(stream, self.take_logs()))
     }
 
-    fn stream(&self, id: u32) -> Option<&StreamState> {
-        self.store.data().streams.get(&id)
+    /// Calls a stream callback with that stream as the current context.
+    fn on_stream(&mut self, id: u32, name: &str, args: &[Val]) -> Result<Option<i32>> {
+        self.store.data_mut().current = id;
+        self.call(name, args)
+    }
+
+    /// Calls a headers or body callback, and records it if the filter paused (returned 1).
+    fn on_stream_data(&mut self, id: u32, name: &str, args: &[Val]) -> Result<()> {
+        if self.on_stream(id, name, args)? == Some(1) {
+            if let Some(s) = self.store.data_mut().streams.get_mut(&id) {
+                s.paused = true;
+            }
+        }
+        Ok(())
     }
 }
 
-fn report(
-    original: &Headers,
-    stream: StreamState,
-    logs: Vec<LogEntry>,
-    paused: bool,
-) -> ExchangeReport {
+fn report(stream: StreamState, logs: Vec<LogEntry>) -> ExchangeReport {
+    let original = &stream.original_request_headers;
     let finals = &stream.request_headers;
     let mut set = Vec::new();
     for (name, value) in finals {
@@ -1497,8 +1502,9 @@ fn report(
             Some(_) => Vec::new(),
             None => lossy(&stream.response_headers),
         },
+        upstream_request_body: String::from_utf8_lossy(&stream.request_body).into_owned(),
         local_response: stream.local_response,
         logs,
-        paused,
+        paused: stream.paused,
     }
 }
