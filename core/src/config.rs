@@ -257,7 +257,8 @@ impl Config {
         )
     }
 
-    /// The configured variant weights and percentage (in 1/1,000,000) of a flag.
+    /// The share of users a flag serves a variant to, in 1/1,000,000 (0 when the flag is
+    /// switched off), and its variant weights; rules and lists aside.
     pub fn flag_split(&self, flag: &str) -> Option<(u32, Vec<(&str, u32)>)> {
         let flag = self.flags.iter().find(|f| f.name == flag)?;
         let variants = flag
@@ -265,7 +266,8 @@ impl Config {
             .iter()
             .map(|v| (v.name.as_str(), v.weight))
             .collect();
-        Some((flag.percentage_ppm, variants))
+        let share = if flag.enabled { flag.percentage_ppm } else { 0 };
+        Some((share, variants))
     }
 }
 

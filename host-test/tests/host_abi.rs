@@ -2,7 +2,12 @@
 //! (`host-test/probe-filter`), so the harness is proven on a filter that is not ours.
 //! Build it first: `cargo build -p probe-filter --target wasm32-wasip1 --release`.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 use std::time::Duration;
 
@@ -12,7 +17,9 @@ use host_test::{headers, Exchange, ExchangeReport, FilterModule, HttpCallRespons
 fn probe() -> FilterModule {
     let path = workspace_root().join("target/wasm32-wasip1/release/probe_filter.wasm");
     FilterModule::from_file(&path).unwrap_or_else(|e| {
-        panic!("{e:#}\nbuild it first: cargo build -p probe-filter --target wasm32-wasip1 --release")
+        panic!(
+            "{e:#}\nbuild it first: cargo build -p probe-filter --target wasm32-wasip1 --release"
+        )
     })
 }
 
@@ -23,56 +30,110 @@ fn vm(module: &FilterModule, options: VmOptions) -> Vm {
 }
 
 fn request(op: &str, extra: &[(&str, &str)]) -> Exchange {
-    let mut pairs = vec![(":method", "GET"), (":path", "/"), (":authority", "a.example"), ("x-probe", op)];
+    let mut pairs = vec![
+        (":method", "GET"),
+        (":path", "/"),
+        (":authority", "a.example"),
+        ("x-probe", op),
+    ];
     pairs.extend_from_slice(extra);
-    Exchange { request_headers: headers(&pairs), ..Exchange::default() }
+    Exchange {
+        request_headers: headers(&pairs),
+        ..Exchange::default()
+    }
 }
 
 fn upstream(report: &ExchangeReport, name: &str) -> Option<String> {
-    report.upstream_request_headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    report
+        .upstream_request_headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
 }
 
 fn local_header(report: &ExchangeReport, name: &str) -> Option<String> {
     let local = report.local_response.as_ref()?;
-    local.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+    local
+        .headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
 }
 
 #[test]
 fn a_filter_that_is_not_ours_links_every_import() {
-    assert_eq!(probe().unimplemented_imports().unwrap(), Vec::<String>::new());
+    assert_eq!(
+        probe().unimplemented_imports().unwrap(),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn plugin_and_vm_configuration_reach_the_filter_and_refusal_is_reported() {
     let module = probe();
     let mut vm = module
-        .start_vm(VmOptions { vm_configuration: b"vm-cfg".to_vec(), ..VmOptions::default() })
+        .start_vm(VmOptions {
+            vm_configuration: b"vm-cfg".to_vec(),
+            ..VmOptions::default()
+        })
         .unwrap();
-    assert!(vm.take_logs().iter().any(|l| l.message == "vm config: vm-cfg"));
+    assert!(vm
+        .take_logs()
+        .iter()
+        .any(|l| l.message == "vm config: vm-cfg"));
     assert!(vm.configure(b"probe-config").unwrap());
     let report = vm.exchange(&request("config", &[])).unwrap();
-    assert_eq!(upstream(&report, "x-config").as_deref(), Some("probe-config"));
+    assert_eq!(
+        upstream(&report, "x-config").as_deref(),
+        Some("probe-config")
+    );
     assert!(!vm.configure(b"refuse").unwrap());
 }
 
 #[test]
 fn shared_data_is_shared_between_vms_with_compare_and_swap() {
     let module = probe();
-    let (mut a, mut b) = (vm(&module, VmOptions::default()), vm(&module, VmOptions::default()));
-    let set = a.exchange(&request("shared-set", &[("x-value", "one")])).unwrap();
+    let (mut a, mut b) = (
+        vm(&module, VmOptions::default()),
+        vm(&module, VmOptions::default()),
+    );
+    let set = a
+        .exchange(&request("shared-set", &[("x-value", "one")]))
+        .unwrap();
     assert_eq!(local_header(&set, "x-result").as_deref(), Some("ok"));
     let got = b.exchange(&request("shared-get", &[])).unwrap();
     assert_eq!(local_header(&got, "x-value").as_deref(), Some("one"));
     let cas = local_header(&got, "x-cas").unwrap();
     // A write with a stale CAS fails; with the current one it succeeds.
-    let stale = b.exchange(&request("shared-set", &[("x-value", "two"), ("x-cas", "999")])).unwrap();
-    assert_eq!(local_header(&stale, "x-result").as_deref(), Some("CasMismatch"));
-    let fresh = b.exchange(&request("shared-set", &[("x-value", "two"), ("x-cas", &cas)])).unwrap();
+    let stale = b
+        .exchange(&request(
+            "shared-set",
+            &[("x-value", "two"), ("x-cas", "999")],
+        ))
+        .unwrap();
+    assert_eq!(
+        local_header(&stale, "x-result").as_deref(),
+        Some("CasMismatch")
+    );
+    let fresh = b
+        .exchange(&request(
+            "shared-set",
+            &[("x-value", "two"), ("x-cas", &cas)],
+        ))
+        .unwrap();
     assert_eq!(local_header(&fresh, "x-result").as_deref(), Some("ok"));
     assert_eq!(module.shared_data("probe-key").unwrap().0, b"two");
     // The old CAS is now stale too.
-    let again = a.exchange(&request("shared-set", &[("x-value", "three"), ("x-cas", &cas)])).unwrap();
-    assert_eq!(local_header(&again, "x-result").as_deref(), Some("CasMismatch"));
+    let again = a
+        .exchange(&request(
+            "shared-set",
+            &[("x-value", "three"), ("x-cas", &cas)],
+        ))
+        .unwrap();
+    assert_eq!(
+        local_header(&again, "x-result").as_deref(),
+        Some("CasMismatch")
+    );
 }
 
 #[test]
@@ -86,7 +147,10 @@ fn an_http_call_is_answered_by_the_test_and_the_stream_resumes() {
     assert_eq!(calls[0].upstream, "config-cluster");
     assert_eq!(calls[0].body, b"ping");
     assert_eq!(calls[0].timeout, Duration::from_secs(5));
-    let response = HttpCallResponse { headers: headers(&[(":status", "200"), ("etag", "\"v1\"")]), body: b"hello".to_vec() };
+    let response = HttpCallResponse {
+        headers: headers(&[(":status", "200"), ("etag", "\"v1\"")]),
+        body: b"hello".to_vec(),
+    };
     vm.answer_http_call(calls[0].token, response).unwrap();
     assert!(vm.pending_http_calls().is_empty());
     let report = vm.finish(stream, &exchange).unwrap();
@@ -103,11 +167,17 @@ fn a_failed_http_call_delivers_no_headers() {
     let exchange = request("call", &[]);
     let stream = vm.begin(&exchange).unwrap();
     let token = vm.pending_http_calls()[0].token;
-    vm.answer_http_call(token, HttpCallResponse::default()).unwrap();
+    vm.answer_http_call(token, HttpCallResponse::default())
+        .unwrap();
     let report = vm.finish(stream, &exchange).unwrap();
-    assert_eq!(upstream(&report, "x-call-status").as_deref(), Some("failed"));
+    assert_eq!(
+        upstream(&report, "x-call-status").as_deref(),
+        Some("failed")
+    );
     assert_eq!(upstream(&report, "x-call-headers").as_deref(), Some("0"));
-    assert!(vm.answer_http_call(token, HttpCallResponse::default()).is_err());
+    assert!(vm
+        .answer_http_call(token, HttpCallResponse::default())
+        .is_err());
 }
 
 #[test]
@@ -119,13 +189,19 @@ fn ticks_fire_as_the_virtual_clock_advances_and_time_is_reported() {
     assert_eq!(module.metric("probe.ticks"), Some(3));
     let report = vm.exchange(&request("time", &[])).unwrap();
     let start = VmOptions::default().start_time_ns;
-    assert_eq!(upstream(&report, "x-time"), Some((start + 350_000_000).to_string()));
+    assert_eq!(
+        upstream(&report, "x-time"),
+        Some((start + 350_000_000).to_string())
+    );
 }
 
 #[test]
 fn metrics_of_every_kind_are_recorded_and_aggregated_across_vms() {
     let module = probe();
-    let (mut a, mut b) = (vm(&module, VmOptions::default()), vm(&module, VmOptions::default()));
+    let (mut a, mut b) = (
+        vm(&module, VmOptions::default()),
+        vm(&module, VmOptions::default()),
+    );
     a.exchange(&request("count", &[])).unwrap();
     let report = b.exchange(&request("count", &[])).unwrap();
     assert_eq!(upstream(&report, "x-requests-seen").as_deref(), Some("2"));
@@ -139,15 +215,30 @@ fn metrics_of_every_kind_are_recorded_and_aggregated_across_vms() {
 #[test]
 fn properties_environment_and_stdout_reach_the_filter() {
     let module = probe();
-    let mut options = VmOptions { env: vec![("PROBE_ENV".into(), "from-env".into())], ..VmOptions::default() };
-    options.properties.insert("plugin_name".into(), b"my-plugin".to_vec());
+    let mut options = VmOptions {
+        env: vec![("PROBE_ENV".into(), "from-env".into())],
+        ..VmOptions::default()
+    };
+    options
+        .properties
+        .insert("plugin_name".into(), b"my-plugin".to_vec());
     let mut vm = vm(&module, options);
     let report = vm.exchange(&request("property", &[])).unwrap();
-    assert_eq!(upstream(&report, "x-plugin-name").as_deref(), Some("my-plugin"));
+    assert_eq!(
+        upstream(&report, "x-plugin-name").as_deref(),
+        Some("my-plugin")
+    );
     let report = vm.exchange(&request("env", &[])).unwrap();
     assert_eq!(upstream(&report, "x-env").as_deref(), Some("from-env"));
     let report = vm.exchange(&request("stdout", &[])).unwrap();
-    assert!(report.logs.iter().any(|l| l.message == "stdout: hello from stdout"), "{:?}", report.logs);
+    assert!(
+        report
+            .logs
+            .iter()
+            .any(|l| l.message == "stdout: hello from stdout"),
+        "{:?}",
+        report.logs
+    );
 }
 
 #[test]
@@ -157,10 +248,17 @@ fn header_maps_and_bodies_are_rewritten_as_the_filter_asks() {
     let report = vm.exchange(&request("replace-all", &[])).unwrap();
     assert_eq!(
         report.upstream_request_headers,
-        vec![(":path".to_owned(), "/rewritten".to_owned()), ("x-only".to_owned(), "this".to_owned())]
+        vec![
+            (":path".to_owned(), "/rewritten".to_owned()),
+            ("x-only".to_owned(), "this".to_owned())
+        ]
     );
-    assert!(report.request_headers_removed.contains(&"x-probe".to_owned()));
-    assert!(report.client_response_headers.contains(&("x-probe-seen".to_owned(), "yes".to_owned())));
+    assert!(report
+        .request_headers_removed
+        .contains(&"x-probe".to_owned()));
+    assert!(report
+        .client_response_headers
+        .contains(&("x-probe-seen".to_owned(), "yes".to_owned())));
     let mut with_body = request("count", &[]);
     with_body.request_body = b"hello body".to_vec();
     let report = vm.exchange(&with_body).unwrap();

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Runs every check CI runs, on a fresh machine too: installs the wasm target, then format,
+# lints (native and wasm), docs, the wasm builds, and all tests (core, harness over the
+# golden vectors, CLI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "toolchain: wasm32-wasip1 target"
+if ! rustup target list --installed | grep -qx wasm32-wasip1; then
+    rustup target add wasm32-wasip1
+fi
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy (native)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "clippy (wasm32-wasip1)"
+cargo clippy -p rollout-filter -p probe-filter --target wasm32-wasip1 -- -D warnings
+
+step "docs"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+
+step "build the filter .wasm (and the probe filter the harness tests use)"
+cargo build --release -p rollout-filter -p probe-filter --target wasm32-wasip1
+ls -l target/wasm32-wasip1/release/rollout_filter.wasm
+
+step "tests: core, harness over the golden vectors, CLI"
+cargo test --workspace --exclude rollout-filter --exclude probe-filter
+
+step "the main job on the built-in example"
+cargo run --release --quiet -p host-test --bin rollout -- simulate --users 10000
