@@ -1,0 +1,137 @@
+//! The filter .wasm on input no golden vector can carry: bytes that are not UTF-8, oversized
+//! values, odd statuses, and a VM that never got a config. It must decide, not trap.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use host_test::testing::filter_wasm_path;
+use host_test::{Exchange, ExchangeReport, FilterModule, Headers, VmOptions};
+
+const CONFIG: &str = r#"{"user_key": ["header:x-user-id", "cookie:uid"],
+    "rollouts": {"web": {"stable": "v1", "versions": [{"name": "v1", "weight": 1}, {"name": "v2", "weight": 1}]}},
+    "flags": {"f": {"rules": [{"when": [{"attribute": "header:x-app", "op": "semver_gte", "value": "1.0.0"}], "serve": "off"}]}}}"#;
+
+fn module() -> FilterModule {
+    FilterModule::from_file(&filter_wasm_path()).unwrap_or_else(|e| {
+        panic!("{e:#}\nbuild the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --release")
+    })
+}
+
+fn raw(pairs: &[(&str, &[u8])]) -> Headers {
+    let mut h: Headers = vec![
+        (":method".into(), b"GET".to_vec()),
+        (":path".into(), b"/".to_vec()),
+    ];
+    h.extend(pairs.iter().map(|(k, v)| ((*k).to_owned(), v.to_vec())));
+    h
+}
+
+fn version(report: &ExchangeReport) -> Option<&str> {
+    report
+        .upstream_request_headers
+        .iter()
+        .find(|(k, _)| k == "x-rollout-version")
+        .map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn hostile_request_headers_get_a_decision() {
+    let module = module();
+    let mut vm = module.start_vm(VmOptions::default()).unwrap();
+    assert!(vm.configure(CONFIG.as_bytes()).unwrap());
+    let huge = vec![b'k'; 1 << 20];
+    let cases: Vec<(&str, Headers, Option<&str>)> = vec![
+        (
+            "non-UTF-8 key",
+            raw(&[("x-user-id", &[0xff, 0xfe, 0x80, 0x00])]),
+            None,
+        ),
+        (
+            "1 MiB key: ignored, stable",
+            raw(&[("x-user-id", &huge)]),
+            Some("v1"),
+        ),
+        ("1 MiB cookie header", raw(&[("cookie", &huge)]), Some("v1")),
+        (
+            "non-UTF-8 cookie and rule attribute",
+            raw(&[("cookie", b"uid=\xff\xfe; x"), ("x-app", b"\xc3\x28")]),
+            None,
+        ),
+        (
+            "cookie of separators only",
+            raw(&[("cookie", b";;==;; ;=")]),
+            Some("v1"),
+        ),
+        ("no headers at all", Vec::new(), Some("v1")),
+    ];
+    for (what, request_headers, want) in cases {
+        let report = vm
+            .exchange(&Exchange {
+                request_headers,
+                ..Exchange::default()
+            })
+            .unwrap();
+        let got = version(&report);
+        assert!(got == Some("v1") || got == Some("v2"), "{what}: {got:?}");
+        if let Some(want) = want {
+            assert_eq!(got, Some(want), "{what}");
+        }
+        assert!(report.local_response.is_none() && !report.paused, "{what}");
+    }
+}
+
+#[test]
+fn responses_are_counted_by_status_class_including_odd_statuses() {
+    let module = module();
+    let mut vm = module.start_vm(VmOptions::default()).unwrap();
+    assert!(vm.configure(CONFIG.as_bytes()).unwrap());
+    for status in ["200", "204", "302", "404", "503", "99", "abc"] {
+        let exchange = Exchange {
+            request_headers: raw(&[]),
+            response_headers: vec![(":status".into(), status.as_bytes().to_vec())],
+            ..Exchange::default()
+        };
+        vm.exchange(&exchange).unwrap();
+    }
+    let count = |class: &str| {
+        module
+            .metric(&format!("rollout.web.v1.responses.{class}"))
+            .unwrap()
+    };
+    assert_eq!(
+        (
+            count("2xx"),
+            count("3xx"),
+            count("4xx"),
+            count("5xx"),
+            count("other")
+        ),
+        (2, 1, 1, 1, 2)
+    );
+    assert_eq!(module.metric("rollout.web.v1.requests"), Some(7));
+    assert_eq!(module.metric("rollout.web.v2.requests"), Some(0));
+}
+
+#[test]
+fn a_vm_without_a_config_passes_requests_through_untouched() {
+    let module = module();
+    let mut vm = module.start_vm(VmOptions::default()).unwrap();
+    assert!(!vm.configure(b"{not json").unwrap());
+    let request_headers = raw(&[("x-user-id", b"u1"), ("x-rollout-version", b"v2")]);
+    let report = vm
+        .exchange(&Exchange {
+            request_headers,
+            ..Exchange::default()
+        })
+        .unwrap();
+    assert!(report.request_headers_set.is_empty() && report.request_headers_removed.is_empty());
+    assert_eq!(
+        version(&report),
+        Some("v2"),
+        "untouched, since no rollout runs"
+    );
+}
