@@ -279,7 +279,16 @@ fn give(cx: &mut Cx<'_>, bytes: &[u8], ret_ptr: i32, ret_size: i32) -> wasmtime:
     let ok = write(cx, ptr, bytes)
         && write_u32(cx, ret_ptr, ptr as u32)
         && write_u32(cx, ret_size, bytes.len() as u32);
-    Ok(if ok { status::OK } else { status::BAD_ARGUMENT })
+    Ok(status_of(ok))
+}
+
+/// `OK` if a write into guest memory worked, else `BAD_ARGUMENT` (a pointer out of bounds).
+fn status_of(written: bool) -> i32 {
+    if written {
+        status::OK
+    } else {
+        status::BAD_ARGUMENT
+    }
 }
 
 fn remove_all(map: &mut Headers, name: &str) {
@@ -307,11 +316,7 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_get_log_level",
         |mut cx: Cx<'_>, ret: i32| -> i32 {
             let level = cx.data().options.log_level.to_abi() as u32;
-            if write_u32(&mut cx, ret, level) {
-                status::OK
-            } else {
-                status::BAD_ARGUMENT
-            }
+            status_of(write_u32(&mut cx, ret, level))
         },
     )?;
     linker.func_wrap(
@@ -319,11 +324,7 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
         "proxy_get_current_time_nanoseconds",
         |mut cx: Cx<'_>, ret: i32| -> i32 {
             let now = cx.data().now_ns;
-            if write(&mut cx, ret, &now.to_le_bytes()) {
-                status::OK
-            } else {
-                status::BAD_ARGUMENT
-            }
+            status_of(write(&mut cx, ret, &now.to_le_bytes()))
         },
     )?;
     linker.func_wrap(
@@ -444,45 +445,40 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
             }
         },
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_replace_header_map_value",
-        |mut cx: Cx<'_>, map: i32, key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32| -> i32 {
-            let Some(map) = MapType::from_abi(map) else {
-                return status::BAD_ARGUMENT;
-            };
-            let (Some(key), Some(value)) =
-                (read_str(&cx, key_ptr, key_len), read(&cx, val_ptr, val_len))
-            else {
-                return status::BAD_ARGUMENT;
-            };
-            let Some(pairs) = cx.data_mut().map_mut(map) else {
-                return status::NOT_FOUND;
-            };
-            remove_all(pairs, &key);
-            pairs.push((key.to_ascii_lowercase(), value));
-            status::OK
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_add_header_map_value",
-        |mut cx: Cx<'_>, map: i32, key_ptr: i32, key_len: i32, val_ptr: i32, val_len: i32| -> i32 {
-            let Some(map) = MapType::from_abi(map) else {
-                return status::BAD_ARGUMENT;
-            };
-            let (Some(key), Some(value)) =
-                (read_str(&cx, key_ptr, key_len), read(&cx, val_ptr, val_len))
-            else {
-                return status::BAD_ARGUMENT;
-            };
-            let Some(pairs) = cx.data_mut().map_mut(map) else {
-                return status::NOT_FOUND;
-            };
-            pairs.push((key.to_ascii_lowercase(), value));
-            status::OK
-        },
-    )?;
+    // Replace removes every copy before adding one, as Envoy does; add appends another copy.
+    for (import, replace) in [
+        ("proxy_replace_header_map_value", true),
+        ("proxy_add_header_map_value", false),
+    ] {
+        linker.func_wrap(
+            "env",
+            import,
+            move |mut cx: Cx<'_>,
+                  map: i32,
+                  key_ptr: i32,
+                  key_len: i32,
+                  val_ptr: i32,
+                  val_len: i32|
+                  -> i32 {
+                let Some(map) = MapType::from_abi(map) else {
+                    return status::BAD_ARGUMENT;
+                };
+                let (Some(key), Some(value)) =
+                    (read_str(&cx, key_ptr, key_len), read(&cx, val_ptr, val_len))
+                else {
+                    return status::BAD_ARGUMENT;
+                };
+                let Some(pairs) = cx.data_mut().map_mut(map) else {
+                    return status::NOT_FOUND;
+                };
+                if replace {
+                    remove_all(pairs, &key);
+                }
+                pairs.push((key.to_ascii_lowercase(), value));
+                status::OK
+            },
+        )?;
+    }
     linker.func_wrap(
         "env",
         "proxy_remove_header_map_value",
@@ -609,11 +605,7 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
                     }
                 }
             };
-            if write_u32(&mut cx, ret_id, id as u32) {
-                status::OK
-            } else {
-                status::BAD_ARGUMENT
-            }
+            status_of(write_u32(&mut cx, ret_id, id as u32))
         },
     )?;
     linker.func_wrap(
@@ -682,30 +674,19 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
         },
     )?;
     // The harness drives streams synchronously: continuing or closing is recorded in the log.
-    linker.func_wrap(
-        "env",
-        "proxy_continue_stream",
-        |mut cx: Cx<'_>, kind: i32| -> i32 {
-            let message = format!("host: continue_stream({kind})");
+    for (import, what) in [
+        ("proxy_continue_stream", "continue_stream"),
+        ("proxy_close_stream", "close_stream"),
+    ] {
+        linker.func_wrap("env", import, move |mut cx: Cx<'_>, kind: i32| -> i32 {
+            let message = format!("host: {what}({kind})");
             cx.data_mut().logs.push(LogEntry {
                 level: LogLevel::Trace,
                 message,
             });
             status::OK
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_close_stream",
-        |mut cx: Cx<'_>, kind: i32| -> i32 {
-            let message = format!("host: close_stream({kind})");
-            cx.data_mut().logs.push(LogEntry {
-                level: LogLevel::Trace,
-                message,
-            });
-            status::OK
-        },
-    )?;
+        })?;
+    }
     linker.func_wrap(
         "env",
         "proxy_send_local_response",
@@ -785,11 +766,7 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
                 timeout: Duration::from_millis(timeout_ms as u32 as u64),
             };
             state.http_calls.push(call);
-            if write_u32(&mut cx, ret_token, token) {
-                status::OK
-            } else {
-                status::BAD_ARGUMENT
-            }
+            status_of(write_u32(&mut cx, ret_token, token))
         },
     )?;
     // gRPC is outside what the harness emulates: answer as Envoy does for an unknown cluster.
@@ -844,11 +821,7 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
             let ok = write_u32(&mut cx, ret_code, 0)
                 && write_u32(&mut cx, ret_ptr, 0)
                 && write_u32(&mut cx, ret_size, 0);
-            if ok {
-                status::OK
-            } else {
-                status::BAD_ARGUMENT
-            }
+            status_of(ok)
         },
     )?;
     linker.func_wrap(
@@ -896,11 +869,7 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
                     }
                 }
             };
-            if write_u32(&mut cx, ret_id, id as u32) {
-                status::OK
-            } else {
-                status::BAD_ARGUMENT
-            }
+            status_of(write_u32(&mut cx, ret_id, id as u32))
         },
     )?;
     linker.func_wrap(
