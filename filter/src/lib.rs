@@ -59,6 +59,22 @@ struct VersionMetrics {
     responses: [Option<u32>; 6],
 }
 
+/// A metric name with its labels embedded as `NAME.KEY=.=VALUE;.;...`, the convention Istio's
+/// stats use: Envoy's `stats_tags` (see envoy/static/envoy.yaml) turn each `KEY=.=VALUE;.;`
+/// into a Prometheus label and strip it from the name. Without those tags the name is still
+/// unique and readable.
+fn metric_name(base: &str, tags: &[(&str, &str)]) -> String {
+    let mut name = String::from(base);
+    for (key, value) in tags {
+        name.push('.');
+        name.push_str(key);
+        name.push_str("=.=");
+        name.push_str(value);
+        name.push_str(";.;");
+    }
+    name
+}
+
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
 fn define_counter(name: &str) -> Option<u32> {
@@ -123,9 +139,13 @@ impl RootContext for Root {
         let metrics = config
             .versions()
             .map(|(rollout, version)| VersionMetrics {
-                requests: define_counter(&format!("rollout.{rollout}.{version}.requests")),
+                requests: define_counter(&metric_name(
+                    "rollout_requests_total",
+                    &[("rollout", rollout), ("version", version)],
+                )),
                 responses: STATUS_CLASSES.map(|class| {
-                    define_counter(&format!("rollout.{rollout}.{version}.responses.{class}"))
+                    let tags = [("rollout", rollout), ("version", version), ("class", class)];
+                    define_counter(&metric_name("rollout_responses_total", &tags))
                 }),
             })
             .collect();

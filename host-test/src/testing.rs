@@ -36,3 +36,16 @@ pub fn exchange(request: &[(String, String)], response: &[(String, String)]) -> 
         ..Exchange::default()
     }
 }
+
+/// The filter's request counter for a version, as the filter names it (labels embedded for
+/// Envoy's `stats_tags`).
+pub fn requests_metric(rollout: &str, version: &str) -> String {
+    format!("rollout_requests_total.rollout=.={rollout};.;.version=.={version};.;")
+}
+
+/// The filter's response counter for a version and status class (`2xx`, ..., `other`).
+pub fn responses_metric(rollout: &str, version: &str, class: &str) -> String {
+    format!(
+        "rollout_responses_total.rollout=.={rollout};.;.version=.={version};.;.class=.={class};.;"
+    )
+}

@@ -8,7 +8,7 @@
     clippy::panic
 )]
 
-use host_test::testing::filter_wasm_path;
+use host_test::testing::{filter_wasm_path, requests_metric, responses_metric};
 use host_test::{Exchange, ExchangeReport, FilterModule, Headers, VmOptions};
 
 const CONFIG: &str = r#"{"user_key": ["header:x-user-id", "cookie:uid"],
@@ -99,7 +99,7 @@ fn responses_are_counted_by_status_class_including_odd_statuses() {
     }
     let count = |class: &str| {
         module
-            .metric(&format!("rollout.web.v1.responses.{class}"))
+            .metric(&responses_metric("web", "v1", class))
             .unwrap()
     };
     assert_eq!(
@@ -112,8 +112,8 @@ fn responses_are_counted_by_status_class_including_odd_statuses() {
         ),
         (2, 1, 1, 1, 2)
     );
-    assert_eq!(module.metric("rollout.web.v1.requests"), Some(7));
-    assert_eq!(module.metric("rollout.web.v2.requests"), Some(0));
+    assert_eq!(module.metric(&requests_metric("web", "v1")), Some(7));
+    assert_eq!(module.metric(&requests_metric("web", "v2")), Some(0));
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 use std::path::PathBuf;
 
-use host_test::testing::{exchange, filter_wasm_path, workspace_root};
+use host_test::testing::{exchange, filter_wasm_path, requests_metric, workspace_root};
 use host_test::{FilterModule, VmOptions};
 use rollout_core::vectors::{contract_view, InvalidConfig, VectorFile};
 use rollout_core::Config;
@@ -71,7 +71,7 @@ fn every_golden_vector_passes_through_the_filter_wasm() {
             let where_ = format!("{} / {}", path.display(), case.description);
             let version = case.expected.decision["rollout"]["version"].as_str();
             let rollout = case.expected.decision["rollout"]["rollout"].as_str();
-            let counter = version.map(|v| format!("rollout.{}.{v}.requests", rollout.unwrap()));
+            let counter = version.map(|v| requests_metric(rollout.unwrap(), v));
             let before = counter.as_ref().and_then(|c| module.metric(c)).unwrap_or(0);
 
             let mut request = exchange(&case.request.headers, &case.request.response_headers);
