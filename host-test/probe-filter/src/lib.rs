@@ -104,6 +104,11 @@ impl Context for Probe {
 
 impl HttpContext for Probe {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        // Configured as "die", the filter traps on every request: real-Envoy tests use it to
+        // check how a route layout and failure policy behave when a filter's VM dies.
+        if self.config.trim() == "die" {
+            panic!("probe: dying on purpose");
+        }
         let op = self.get_http_request_header("x-probe").unwrap_or_default();
         match op.as_str() {
             "shared-set" => {

@@ -1,0 +1,73 @@
+"""An upstream for trying the scenarios and for their tests: an HTTP/1.1 server on 127.0.0.1
+that answers every request with its own name and the request headers it received, as JSON.
+
+    python3 envoy/echo_upstream.py 8081 v1 &
+    python3 envoy/echo_upstream.py 8082 v2 &
+
+A request header `x-echo-response` (a JSON list of [name, value] pairs) sets the response's
+`:status` and headers, so tests can make an upstream fail or send headers of its own."""
+
+import http.server
+import json
+import sys
+import threading
+
+
+class Upstream:
+    """An HTTP/1.1 server on 127.0.0.1 that answers every request with its own name and the
+    request headers it received, as JSON. A request header `x-echo-response` (a JSON list of
+    [name, value] pairs) sets the response's status and headers."""
+
+    def __init__(self, name, port=0):
+        self.name = name
+        self.count = 0
+        self._lock = threading.Lock()
+        upstream = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # One buffered write per response and no Nagle: otherwise headers and body go out
+            # as two segments and each response waits out a delayed ACK (~40 ms).
+            wbufsize = 1 << 16
+            disable_nagle_algorithm = True
+
+            def do_GET(self):
+                length = int(self.headers.get("content-length") or 0)
+                if length:
+                    self.rfile.read(length)
+                with upstream._lock:
+                    upstream.count += 1
+                pairs = [[k.lower(), v] for k, v in self.headers.items()]
+                body = json.dumps({"upstream": upstream.name, "headers": pairs}).encode()
+                respond = json.loads(self.headers.get("x-echo-response") or "[]")
+                status = next((int(v) for k, v in respond if k == ":status"), 200)
+                self.send_response(status)
+                for k, v in respond:
+                    if not k.startswith(":"):
+                        self.send_header(k, v)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+if __name__ == "__main__":
+    port, name = int(sys.argv[1]), sys.argv[2]
+    upstream = Upstream(name, port)
+    print(f"upstream {name} on 127.0.0.1:{upstream.port}", flush=True)
+    upstream.thread.join()
