@@ -1,16 +1,24 @@
 //! The Envoy/Istio proxy-wasm HTTP filter: a thin adapter that feeds request headers to
-//! `rollout-core`, applies the header contract, and counts requests and responses per version.
+//! `rollout-core`, applies the header contract, counts requests, responses and latency per
+//! version, and keeps the config current from a live source when one is configured.
 //!
 //! Host calls go through `proxy_wasm::hostcalls` rather than the context traits, because the
 //! trait helpers `unwrap()` host errors and a panic here kills the VM; every host error is
 //! instead logged and met with a safe default.
 
+mod metrics;
+mod source;
+
 use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use rollout_core::{Config, HostInputs};
+
+use metrics::{increment, record, ConfigMetrics, VersionMetrics};
+use source::{parse_plugin_config, LiveSource, PluginConfig, SharedKeys};
 
 /// The module's entry point (`_initialize`), which registers the root context.
 #[allow(missing_docs)] // The macro's function cannot carry a doc comment.
@@ -22,9 +30,23 @@ mod entry {
     }}
 }
 
+/// How often every VM checks shared data for a config another VM published: the bound on
+/// how long a worker lags behind the one that fetched it.
+const TICK_MS: u64 = 10;
+/// A config from a source larger than this is refused, not parsed.
+const MAX_CONFIG_BYTES: usize = 4 << 20;
+
 /// Logs and moves on: a log line that cannot be written is no reason to fail a request.
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
+}
+
+/// The host clock in milliseconds since the Unix epoch; 0 if the host cannot tell.
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Random bits from the host (WASI `random_get`, which Envoy implements). The core asks for
@@ -45,69 +67,223 @@ fn wasi_random_u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// The parsed config and the metric ids, shared by every request context of one root.
+/// The config in force and its metric ids, shared by every request context of one root.
 struct Shared {
     config: Config,
     /// Per slot (see `rollout_core::VersionChoice::slot`).
     metrics: Vec<VersionMetrics>,
 }
 
-/// Metric ids of one (rollout, version).
-struct VersionMetrics {
-    requests: Option<u32>,
-    /// Responses by status class: 1xx to 5xx, then "other" for anything unparsable.
-    responses: [Option<u32>; 6],
-}
-
-/// A metric name with its labels embedded as `NAME.KEY=.=VALUE;.;...`, the convention Istio's
-/// stats use: Envoy's `stats_tags` (see envoy/static/envoy.yaml) turn each `KEY=.=VALUE;.;`
-/// into a Prometheus label and strip it from the name. Without those tags the name is still
-/// unique and readable.
-fn metric_name(base: &str, tags: &[(&str, &str)]) -> String {
-    let mut name = String::from(base);
-    for (key, value) in tags {
-        name.push('.');
-        name.push_str(key);
-        name.push_str("=.=");
-        name.push_str(value);
-        name.push_str(";.;");
-    }
-    name
-}
-
-const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
-
-fn define_counter(name: &str) -> Option<u32> {
-    match hostcalls::define_metric(MetricType::Counter, name) {
-        Ok(id) => Some(id),
-        Err(status) => {
-            log(
-                LogLevel::Warn,
-                &format!("rollout: cannot define metric {name}: {status:?}"),
-            );
-            None
-        }
+impl Shared {
+    fn new(config: Config) -> Rc<Shared> {
+        let metrics = VersionMetrics::define_all(&config);
+        Rc::new(Shared { config, metrics })
     }
 }
 
-fn increment(id: Option<u32>) {
-    if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
-    }
+/// State of a live source in one VM.
+struct Live {
+    source: LiveSource,
+    keys: SharedKeys,
+    /// Identifies this VM in the polling lease.
+    token: u64,
+    /// Generation of the config in force here (0: the fallback).
+    generation: u64,
+    /// The last ETag this VM got from the source, sent back as `If-None-Match`.
+    seen_etag: Option<String>,
+    in_flight: Option<u32>,
+    next_poll_ms: u64,
+    /// Whether the last fetch failed, so that only changes of state are logged.
+    failing: bool,
 }
 
 #[derive(Default)]
 struct Root {
     shared: Option<Rc<Shared>>,
+    live: Option<Live>,
+    config_metrics: ConfigMetrics,
 }
 
-impl Context for Root {}
+impl Root {
+    fn install(&mut self, config: Config) {
+        self.shared = Some(Shared::new(config));
+    }
+
+    /// Takes up a config another VM published, if it is newer than the one in force.
+    fn follow(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let generation = live.keys.generation();
+        if generation <= live.generation {
+            return;
+        }
+        let Some((etag, body)) = live.keys.published() else {
+            return;
+        };
+        live.generation = generation;
+        live.seen_etag = Some(etag);
+        // The publisher validated it; a failure here would mean shared data was corrupted.
+        match Config::from_json(&body) {
+            Ok(config) => self.install(config),
+            Err(errors) => log(
+                LogLevel::Error,
+                &format!("rollout: shared config unreadable: {errors}"),
+            ),
+        }
+    }
+
+    /// Asks the source for a newer config, if this VM holds the polling lease and it is time.
+    fn poll(&mut self, now: u64) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if live.in_flight.is_some() || now < live.next_poll_ms {
+            return;
+        }
+        live.next_poll_ms = now + live.source.poll_interval_ms;
+        // The lease outlives a few polls, so another VM takes over only if this one stops.
+        let lease_ms = 3 * live.source.poll_interval_ms + live.source.timeout_ms;
+        if !live.keys.take_lease(live.token, now, now + lease_ms) {
+            return;
+        }
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", live.source.path.as_str()),
+            (":authority", live.source.authority.as_str()),
+            ("accept", "application/json"),
+        ];
+        if let Some(etag) = &live.seen_etag {
+            headers.push(("if-none-match", etag.as_str()));
+        }
+        let timeout = Duration::from_millis(live.source.timeout_ms);
+        match hostcalls::dispatch_http_call(&live.source.cluster, headers, None, vec![], timeout) {
+            Ok(token) => live.in_flight = Some(token),
+            Err(status) => {
+                let why = format!("cannot call cluster {:?}: {status:?}", live.source.cluster);
+                self.fetch_failed(&why);
+            }
+        }
+    }
+
+    fn fetch_failed(&mut self, why: &str) {
+        increment(self.config_metrics.fetch_failures);
+        if let Some(live) = self.live.as_mut() {
+            if !live.failing {
+                log(
+                    LogLevel::Warn,
+                    &format!("rollout: config source failing, keeping the config in force: {why}"),
+                );
+            }
+            live.failing = true;
+        }
+    }
+
+    fn fetch_answered(&mut self, n_headers: usize, body_size: usize) {
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten();
+        match status.as_deref() {
+            _ if n_headers == 0 => {
+                return self.fetch_failed("no response (connection failed or timed out)")
+            }
+            Some(b"304") => {}
+            Some(b"200") => self.fetched(body_size),
+            other => {
+                let status = String::from_utf8_lossy(other.unwrap_or(b"none")).into_owned();
+                return self.fetch_failed(&format!("status {status}"));
+            }
+        }
+        if let Some(live) = self.live.as_mut() {
+            if live.failing {
+                log(LogLevel::Info, "rollout: config source answers again");
+            }
+            live.failing = false;
+        }
+    }
+
+    /// A 200 from the source: validate, then take it up and publish it, or refuse it.
+    fn fetched(&mut self, body_size: usize) {
+        if body_size > MAX_CONFIG_BYTES {
+            return self.fetch_failed(&format!(
+                "config of {body_size} bytes is over {MAX_CONFIG_BYTES}"
+            ));
+        }
+        let body = match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
+            Ok(body) => body.unwrap_or_default(),
+            Err(status) => return self.fetch_failed(&format!("cannot read the body: {status:?}")),
+        };
+        let etag = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, "etag")
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| body_etag(&body));
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if live.seen_etag.as_deref() == Some(etag.as_str()) {
+            return; // A source without conditional requests: same config again.
+        }
+        live.seen_etag = Some(etag.clone());
+        match Config::from_json(&body) {
+            Ok(config) => {
+                let generation = live.keys.generation().max(live.generation) + 1;
+                if !live.keys.publish(&etag, &body, generation) {
+                    log(
+                        LogLevel::Warn,
+                        "rollout: cannot publish the config to other workers",
+                    );
+                }
+                live.generation = generation;
+                increment(self.config_metrics.updates);
+                log(LogLevel::Info, &format!("rollout: config updated from source (generation {generation}, etag {etag})"));
+                self.install(config);
+            }
+            Err(errors) => {
+                increment(self.config_metrics.rejected);
+                for error in &errors.0 {
+                    log(
+                        LogLevel::Error,
+                        &format!("rollout: config from source rejected: {error}"),
+                    );
+                }
+                log(LogLevel::Error, &format!("rollout: config from source rejected with {} error(s); keeping the config in force", errors.0.len()));
+            }
+        }
+    }
+}
+
+/// An ETag for a source that sends none, so unchanged bodies are still recognised.
+fn body_etag(body: &[u8]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    format!("W/\"{:016x}\"", hasher.finish())
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        n_headers: usize,
+        body_size: usize,
+        _n_trailers: usize,
+    ) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        if live.in_flight != Some(token) {
+            return;
+        }
+        live.in_flight = None;
+        self.fetch_answered(n_headers, body_size);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        self.config_metrics = ConfigMetrics::define();
         let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => Vec::new(),
+            Ok(bytes) => bytes.unwrap_or_default(),
             Err(status) => {
                 log(
                     LogLevel::Error,
@@ -116,11 +292,10 @@ impl RootContext for Root {
                 return false;
             }
         };
-        let config = match Config::from_json(&bytes) {
-            Ok(config) => config,
+        match parse_plugin_config(&bytes) {
             Err(errors) => {
                 // Every error on its own line, so each path is visible in Envoy's log.
-                for error in &errors.0 {
+                for error in &errors {
                     log(
                         LogLevel::Error,
                         &format!("rollout: config rejected: {error}"),
@@ -128,43 +303,57 @@ impl RootContext for Root {
                 }
                 log(
                     LogLevel::Error,
+                    &format!("rollout: config rejected with {} error(s)", errors.len()),
+                );
+                increment(self.config_metrics.rejected);
+                false
+            }
+            Ok(PluginConfig::Static(config)) => {
+                log(LogLevel::Info, "rollout: static config loaded");
+                self.install(config);
+                self.live = None;
+                true
+            }
+            Ok(PluginConfig::Live { source, fallback }) => {
+                log(
+                    LogLevel::Info,
                     &format!(
-                        "rollout: config rejected with {} error(s); keeping the previous one",
-                        errors.0.len()
+                        "rollout: live config from cluster {:?} path {:?}, every {} ms",
+                        source.cluster, source.path, source.poll_interval_ms
                     ),
                 );
-                return false;
+                self.install(fallback);
+                let keys = SharedKeys::new(&source);
+                self.live = Some(Live {
+                    source,
+                    keys,
+                    token: wasi_random_u64(),
+                    generation: 0,
+                    seen_etag: None,
+                    in_flight: None,
+                    next_poll_ms: 0,
+                    failing: false,
+                });
+                // Another VM may have fetched already: start from what it published.
+                self.follow();
+                self.set_tick_period(Duration::from_millis(TICK_MS));
+                true
             }
-        };
-        let metrics = config
-            .versions()
-            .map(|(rollout, version)| VersionMetrics {
-                requests: define_counter(&metric_name(
-                    "rollout_requests_total",
-                    &[("rollout", rollout), ("version", version)],
-                )),
-                responses: STATUS_CLASSES.map(|class| {
-                    let tags = [("rollout", rollout), ("version", version), ("class", class)];
-                    define_counter(&metric_name("rollout_responses_total", &tags))
-                }),
-            })
-            .collect();
-        log(
-            LogLevel::Info,
-            &format!(
-                "rollout: config loaded: {} rollout(s), {} flag(s)",
-                config.rollout_names().count(),
-                config.flag_values().count()
-            ),
-        );
-        self.shared = Some(Rc::new(Shared { config, metrics }));
-        true
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if self.live.is_some() {
+            self.follow();
+            self.poll(now_ms());
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Stream {
             shared: self.shared.clone(),
             slot: None,
+            started_ms: 0,
         }))
     }
 
@@ -173,11 +362,13 @@ impl RootContext for Root {
     }
 }
 
-/// One HTTP request/response pair.
+/// One HTTP request/response pair. It keeps the config that was in force when it started,
+/// so a config update never changes a request half way.
 struct Stream {
     shared: Option<Rc<Shared>>,
     /// The decided (rollout, version) slot, kept for the response.
     slot: Option<usize>,
+    started_ms: u64,
 }
 
 impl Context for Stream {}
@@ -220,6 +411,7 @@ impl HttpContext for Stream {
         }
         if let Some(choice) = decision.rollout {
             self.slot = Some(choice.slot);
+            self.started_ms = now_ms();
             increment(shared.metrics.get(choice.slot).and_then(|m| m.requests));
         }
         Action::Continue
@@ -229,15 +421,12 @@ impl HttpContext for Stream {
         let (Some(shared), Some(slot)) = (self.shared.as_ref(), self.slot) else {
             return Action::Continue;
         };
-        let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten();
-        let class = match status.as_deref() {
-            Some([d @ b'1'..=b'5', b'0'..=b'9', b'0'..=b'9']) => usize::from(d - b'1'),
-            _ => 5,
-        };
         if let Some(metrics) = shared.metrics.get(slot) {
-            increment(metrics.responses.get(class).copied().flatten());
+            let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten();
+            metrics.count_response(status.as_deref());
+            record(metrics.latency_ms, now_ms().saturating_sub(self.started_ms));
         }
         for header in shared.config.response_headers(slot) {
             let _ = if header.append {

@@ -50,6 +50,7 @@ pub struct FilterModule {
 /// State shared by every VM of one module, as Envoy shares it across worker threads.
 #[derive(Default)]
 struct SharedState {
+    vms_started: u64,
     metrics: Vec<Metric>,
     data: HashMap<String, (Vec<u8>, u32)>,
     queues: Vec<Queue>,
@@ -1183,6 +1184,13 @@ impl FilterModule {
 }
 
 fn new_state(shared: Arc<Mutex<SharedState>>, options: VmOptions) -> HostState {
+    // Each VM of a module gets its own random sequence (VMs tell each other apart by random
+    // tokens), yet runs stay repeatable: the seed is the VM's start order.
+    let vm_index = {
+        let mut state = shared.lock().unwrap_or_else(|e| e.into_inner());
+        state.vms_started += 1;
+        state.vms_started
+    };
     let vm_id = options
         .properties
         .get("plugin_vm_id")
@@ -1204,7 +1212,7 @@ fn new_state(shared: Arc<Mutex<SharedState>>, options: VmOptions) -> HostState {
         call_response: None,
         vm_id,
         entropy: None,
-        random_state: 0x853c_49e6_748f_ea9b,
+        random_state: 0x853c_49e6_748f_ea9b ^ vm_index.wrapping_mul(0x9e37_79b9_7f4a_7c15),
     }
 }
 

@@ -1,0 +1,236 @@
+//! Where the rollout config comes from: inline plugin configuration, or a live source (any
+//! HTTP server behind an Envoy cluster) polled with ETags by one VM and shared with every
+//! other VM of the process through shared data.
+//!
+//! The plugin configuration is either a rollout config (static), or
+//! `{"config_source": {...}, "fallback": {rollout config}}` (live). The fallback is in force
+//! until the first good config arrives from the source.
+
+use proxy_wasm::hostcalls;
+use rollout_core::Config;
+use serde_json::{Map, Value};
+
+/// The fields of `config_source`.
+const SOURCE_FIELDS: &[&str] = &[
+    "cluster",
+    "path",
+    "authority",
+    "poll_interval_ms",
+    "timeout_ms",
+];
+
+/// A live config source: an HTTP GET through an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LiveSource {
+    pub(crate) cluster: String,
+    pub(crate) path: String,
+    pub(crate) authority: String,
+    /// How often the leader VM asks the source, with `If-None-Match`.
+    pub(crate) poll_interval_ms: u64,
+    pub(crate) timeout_ms: u64,
+}
+
+/// The parsed plugin configuration.
+pub(crate) enum PluginConfig {
+    /// The rollout config itself.
+    Static(Config),
+    /// A live source, and the config in force until the source delivers a good one.
+    Live {
+        source: LiveSource,
+        fallback: Config,
+    },
+}
+
+/// Parses the plugin configuration; on error, every problem as `path: message`.
+pub(crate) fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, Vec<String>> {
+    let lines = |errors: rollout_core::ConfigErrors, prefix: &str| -> Vec<String> {
+        errors
+            .0
+            .iter()
+            .map(|e| match (prefix.is_empty(), e.path.is_empty()) {
+                (true, _) => e.to_string(),
+                (false, true) => format!("{prefix}: {}", e.kind),
+                (false, false) => format!("{prefix}.{}: {}", e.path, e.kind),
+            })
+            .collect()
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
+        // Let the core word the syntax error, with line and column.
+        return Err(Config::from_json(bytes)
+            .err()
+            .map(|e| lines(e, ""))
+            .unwrap_or_default());
+    };
+    let Some(map) = value
+        .as_object()
+        .filter(|m| m.contains_key("config_source"))
+    else {
+        return Config::from_value(&value)
+            .map(PluginConfig::Static)
+            .map_err(|e| lines(e, ""));
+    };
+    let mut errors = Vec::new();
+    for key in map.keys() {
+        if key != "config_source" && key != "fallback" {
+            errors.push(format!(
+                "{key}: unknown field, expected one of: config_source, fallback"
+            ));
+        }
+    }
+    let source = live_source(map.get("config_source"), &mut errors);
+    let fallback = match map.get("fallback") {
+        Some(v) => Config::from_value(v)
+            .map_err(|e| errors.extend(lines(e, "fallback")))
+            .ok(),
+        None => Config::from_value(&Value::Object(Map::new())).ok(),
+    };
+    match (source, fallback) {
+        (Some(source), Some(fallback)) if errors.is_empty() => {
+            Ok(PluginConfig::Live { source, fallback })
+        }
+        _ => Err(errors),
+    }
+}
+
+fn live_source(value: Option<&Value>, errors: &mut Vec<String>) -> Option<LiveSource> {
+    let Some(map) = value.and_then(Value::as_object) else {
+        errors.push("config_source: expected an object".to_owned());
+        return None;
+    };
+    for key in map.keys() {
+        if !SOURCE_FIELDS.contains(&key.as_str()) {
+            errors.push(format!(
+                "config_source.{key}: unknown field, expected one of: {}",
+                SOURCE_FIELDS.join(", ")
+            ));
+        }
+    }
+    let mut text = |key: &str, required: bool| -> Option<String> {
+        match map.get(key) {
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(_) => {
+                errors.push(format!("config_source.{key}: expected a non-empty string"));
+                None
+            }
+            None if required => {
+                errors.push(format!("config_source.{key}: missing required field"));
+                None
+            }
+            None => None,
+        }
+    };
+    let cluster = text("cluster", true);
+    let path = text("path", true);
+    let authority = text("authority", false);
+    let mut millis = |key: &str, default: u64, min: u64, max: u64| -> u64 {
+        match map.get(key) {
+            None => default,
+            Some(v) => {
+                match v.as_u64() {
+                    Some(n) if (min..=max).contains(&n) => n,
+                    _ => {
+                        errors.push(format!("config_source.{key}: expected an integer from {min} to {max}, found {v}"));
+                        default
+                    }
+                }
+            }
+        }
+    };
+    let poll_interval_ms = millis("poll_interval_ms", 1000, 10, 3_600_000);
+    let timeout_ms = millis("timeout_ms", 2000, 10, 60_000);
+    if let Some(path) = &path {
+        if !path.starts_with('/') {
+            errors.push(format!(
+                "config_source.path: expected a path starting with '/', found {path:?}"
+            ));
+        }
+    }
+    let (cluster, path) = (cluster?, path?);
+    Some(LiveSource {
+        authority: authority.unwrap_or_else(|| cluster.clone()),
+        cluster,
+        path,
+        poll_interval_ms,
+        timeout_ms,
+    })
+}
+
+/// The shared-data keys one live source uses; shared data is process-wide per VM id, so the
+/// keys name the source to keep two filters with different sources apart.
+pub(crate) struct SharedKeys {
+    /// The published config: the ETag, a newline, then the body.
+    pub(crate) config: String,
+    /// The generation of the published config, as decimal text: cheap to poll every tick.
+    pub(crate) generation: String,
+    /// Which VM polls the source, and until when: `TOKEN EXPIRY_MS`.
+    pub(crate) lease: String,
+}
+
+impl SharedKeys {
+    pub(crate) fn new(source: &LiveSource) -> SharedKeys {
+        let base = format!("rollout.{}{}", source.cluster, source.path);
+        SharedKeys {
+            config: format!("{base}.config"),
+            generation: format!("{base}.generation"),
+            lease: format!("{base}.lease"),
+        }
+    }
+
+    /// The generation published so far (0 if none).
+    pub(crate) fn generation(&self) -> u64 {
+        match hostcalls::get_shared_data(&self.generation) {
+            Ok((Some(bytes), _)) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// The published (ETag, body).
+    pub(crate) fn published(&self) -> Option<(String, Vec<u8>)> {
+        let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&self.config) else {
+            return None;
+        };
+        let split = bytes.iter().position(|&b| b == b'\n')?;
+        let etag = String::from_utf8_lossy(bytes.get(..split)?).into_owned();
+        Some((etag, bytes.get(split + 1..)?.to_vec()))
+    }
+
+    /// Publishes a config for every VM: the body first, then the generation that announces it.
+    pub(crate) fn publish(&self, etag: &str, body: &[u8], generation: u64) -> bool {
+        let mut value = Vec::with_capacity(etag.len() + 1 + body.len());
+        value.extend_from_slice(etag.as_bytes());
+        value.push(b'\n');
+        value.extend_from_slice(body);
+        hostcalls::set_shared_data(&self.config, Some(&value), None).is_ok()
+            && hostcalls::set_shared_data(
+                &self.generation,
+                Some(generation.to_string().as_bytes()),
+                None,
+            )
+            .is_ok()
+    }
+
+    /// Takes or renews the polling lease for `token` until `until_ms`; false if another VM
+    /// holds an unexpired lease or won the race (compare-and-swap).
+    pub(crate) fn take_lease(&self, token: u64, now_ms: u64, until_ms: u64) -> bool {
+        let (current, cas) = match hostcalls::get_shared_data(&self.lease) {
+            Ok(found) => found,
+            Err(_) => return false,
+        };
+        if let Some(bytes) = current {
+            let text = String::from_utf8_lossy(&bytes);
+            let mut parts = text.split(' ');
+            let holder: Option<u64> = parts.next().and_then(|p| p.parse().ok());
+            let expiry: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            if holder != Some(token) && expiry > now_ms {
+                return false;
+            }
+        }
+        let value = format!("{token} {until_ms}");
+        // A zero CAS means "unconditional" to the host, so a first lease can only be raced
+        // by another first lease; both then poll once, which is harmless.
+        hostcalls::set_shared_data(&self.lease, Some(value.as_bytes()), cas).is_ok()
+    }
+}

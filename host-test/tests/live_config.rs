@@ -1,0 +1,311 @@
+//! Live config through the filter .wasm: two VMs (as two Envoy workers) share one source,
+//! one VM polls it with ETags, the other takes up what it publishes; bad configs, failing
+//! sources and 304s never disturb the config in force.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+use std::time::Duration;
+
+use host_test::testing::filter_wasm_path;
+use host_test::{headers, Exchange, FilterModule, HttpCallResponse, Vm, VmOptions};
+
+const PLUGIN: &str = r#"{
+  "config_source": {"cluster": "rollout-config", "path": "/rollout.json", "authority": "config.local",
+                    "poll_interval_ms": 100, "timeout_ms": 500},
+  "fallback": {"user_key": ["header:x-user-id"],
+               "rollouts": {"web": {"versions": [{"name": "v1", "weight": 1}]}}}
+}"#;
+
+fn config(weights: (u32, u32)) -> String {
+    format!(
+        r#"{{"user_key": ["header:x-user-id"],
+            "rollouts": {{"web": {{"versions": [{{"name": "v1", "weight": {}}}, {{"name": "v2", "weight": {}}}]}}}}}}"#,
+        weights.0, weights.1
+    )
+}
+
+struct Workers {
+    module: FilterModule,
+    vms: Vec<Vm>,
+    /// Log lines collected so far, including those exchanges carried off.
+    logbook: Vec<String>,
+}
+
+impl Workers {
+    fn start() -> Workers {
+        let module = FilterModule::from_file(&filter_wasm_path()).unwrap_or_else(|e| {
+            panic!("{e:#}\nbuild the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --release")
+        });
+        let mut vms: Vec<Vm> = (0..2)
+            .map(|_| module.start_vm(VmOptions::default()).unwrap())
+            .collect();
+        for vm in &mut vms {
+            assert!(vm.configure(PLUGIN.as_bytes()).unwrap());
+        }
+        Workers {
+            module,
+            vms,
+            logbook: Vec::new(),
+        }
+    }
+
+    fn advance(&mut self, ms: u64) {
+        for vm in &mut self.vms {
+            vm.advance(Duration::from_millis(ms)).unwrap();
+        }
+    }
+
+    /// Every pending call of every VM: (vm index, token, if-none-match).
+    fn pending(&self) -> Vec<(usize, u32, Option<String>)> {
+        let mut out = Vec::new();
+        for (i, vm) in self.vms.iter().enumerate() {
+            for call in vm.pending_http_calls() {
+                assert_eq!(call.upstream, "rollout-config");
+                let h = |n: &str| {
+                    host_test::header_value(&call.headers, n)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                };
+                assert_eq!(h(":path").as_deref(), Some("/rollout.json"));
+                assert_eq!(h(":authority").as_deref(), Some("config.local"));
+                out.push((i, call.token, h("if-none-match")));
+            }
+        }
+        out
+    }
+
+    /// Advances until exactly one VM has a pending call, and returns it.
+    fn next_call(&mut self) -> (usize, u32, Option<String>) {
+        for _ in 0..50 {
+            let pending = self.pending();
+            assert!(pending.len() <= 1, "more than one VM polls: {pending:?}");
+            if let Some(call) = pending.into_iter().next() {
+                return call;
+            }
+            self.advance(10);
+        }
+        panic!("no VM polled the source");
+    }
+
+    fn answer(&mut self, call: (usize, u32, Option<String>), status: &str, etag: &str, body: &str) {
+        let mut pairs = vec![(":status", status)];
+        if !etag.is_empty() {
+            pairs.push(("etag", etag));
+        }
+        let response = HttpCallResponse {
+            headers: headers(&pairs),
+            body: body.as_bytes().to_vec(),
+        };
+        self.vms[call.0].answer_http_call(call.1, response).unwrap();
+    }
+
+    fn fail(&mut self, call: (usize, u32, Option<String>)) {
+        self.vms[call.0]
+            .answer_http_call(call.1, HttpCallResponse::default())
+            .unwrap();
+    }
+
+    /// The version each VM gives one user.
+    fn versions(&mut self, user: &str) -> Vec<String> {
+        let exchange = Exchange {
+            request_headers: headers(&[(":path", "/"), (":authority", "a"), ("x-user-id", user)]),
+            ..Exchange::default()
+        };
+        let mut versions = Vec::new();
+        for vm in &mut self.vms {
+            let report = vm.exchange(&exchange).unwrap();
+            self.logbook
+                .extend(report.logs.into_iter().map(|l| l.message));
+            let version = report
+                .upstream_request_headers
+                .iter()
+                .find(|(k, _)| k == "x-rollout-version");
+            versions.push(version.unwrap().1.clone());
+        }
+        versions
+    }
+
+    /// How many of 1000 users each VM sends to v2; all VMs must agree user by user.
+    fn v2_users(&mut self) -> usize {
+        (0..1000)
+            .filter(|i| {
+                let versions = self.versions(&format!("user-{i}"));
+                assert!(
+                    versions.iter().all(|v| v == &versions[0]),
+                    "workers disagree: {versions:?}"
+                );
+                versions[0] == "v2"
+            })
+            .count()
+    }
+
+    fn metric(&self, name: &str) -> i64 {
+        self.module.metric(name).unwrap_or(0)
+    }
+
+    fn logs(&mut self) -> Vec<String> {
+        let mut logs = std::mem::take(&mut self.logbook);
+        logs.extend(
+            self.vms
+                .iter_mut()
+                .flat_map(|vm| vm.take_logs())
+                .map(|l| l.message),
+        );
+        logs
+    }
+}
+
+#[test]
+fn the_fallback_serves_until_the_source_answers_then_every_worker_takes_it_up() {
+    let mut w = Workers::start();
+    assert_eq!(w.versions("user-1"), vec!["v1", "v1"]);
+    let call = w.next_call();
+    assert_eq!(call.2, None, "the first poll is unconditional");
+    w.answer(call, "200", "\"a\"", &config((0, 1)));
+    // The other worker takes it up from shared data within a tick.
+    w.advance(10);
+    assert_eq!(w.versions("user-1"), vec!["v2", "v2"]);
+    assert_eq!(w.metric("rollout_config_updates_total"), 1);
+}
+
+#[test]
+fn an_unchanged_source_costs_a_304_and_a_change_moves_users_only_into_the_raised_version() {
+    let mut w = Workers::start();
+    let call = w.next_call();
+    w.answer(call, "200", "\"a\"", &config((90, 10)));
+    w.advance(10);
+    let before: Vec<bool> = (0..1000)
+        .map(|i| w.versions(&format!("user-{i}"))[0] == "v2")
+        .collect();
+    let call = w.next_call();
+    assert_eq!(call.2.as_deref(), Some("\"a\""), "polls send If-None-Match");
+    w.answer(call, "304", "", "");
+    assert_eq!(w.metric("rollout_config_updates_total"), 1);
+    let call = w.next_call();
+    w.answer(call, "200", "\"b\"", &config((90, 30)));
+    w.advance(10);
+    let after: Vec<bool> = (0..1000)
+        .map(|i| w.versions(&format!("user-{i}"))[0] == "v2")
+        .collect();
+    for (i, (was, is)) in before.iter().zip(&after).enumerate() {
+        assert!(!was || *is, "user-{i} left v2 when v2's weight went up");
+    }
+    let (n_before, n_after) = (
+        before.iter().filter(|b| **b).count(),
+        after.iter().filter(|b| **b).count(),
+    );
+    assert!(n_after > n_before, "{n_before} -> {n_after}");
+    assert_eq!(w.v2_users(), n_after);
+}
+
+#[test]
+fn bad_configs_and_failing_sources_never_replace_the_config_in_force() {
+    let mut w = Workers::start();
+    let call = w.next_call();
+    w.answer(call, "200", "\"good\"", &config((0, 1)));
+    w.advance(10);
+    w.logs();
+    let answers: [(&str, &str, &str); 4] = [
+        (
+            "200",
+            "\"bad\"",
+            r#"{"rollouts": {"web": {"versions": [{"name": "v1", "weight": -1}]}}}"#,
+        ),
+        ("200", "\"garbage\"", "<html>not json</html>"),
+        ("503", "", "unavailable"),
+        ("404", "", ""),
+    ];
+    for (status, etag, body) in answers {
+        let call = w.next_call();
+        w.answer(call, status, etag, body);
+        w.advance(10);
+        assert_eq!(
+            w.versions("user-1"),
+            vec!["v2", "v2"],
+            "after a {status} {etag}"
+        );
+    }
+    let call = w.next_call();
+    w.fail(call); // connection refused or timed out
+    assert_eq!(w.versions("user-1"), vec!["v2", "v2"]);
+    assert_eq!(w.metric("rollout_config_rejected_total"), 2);
+    assert_eq!(w.metric("rollout_config_fetch_failures_total"), 3);
+    let logs = w.logs();
+    assert!(
+        logs.iter().any(|l| l.ends_with("config from source rejected: rollouts.web.versions[0].weight: expected an integer weight from 0 to 1000000, found -1")),
+        "{logs:#?}"
+    );
+    assert!(
+        logs.iter()
+            .any(|l| l.contains("config from source rejected: (root): not valid JSON")),
+        "{logs:#?}"
+    );
+    let failing = logs
+        .iter()
+        .filter(|l| l.contains("config source failing"))
+        .count();
+    assert_eq!(
+        failing, 1,
+        "a failing source is logged once, not on every poll: {logs:#?}"
+    );
+    // The source recovers with a new config.
+    let call = w.next_call();
+    w.answer(call, "200", "\"new\"", &config((1, 0)));
+    w.advance(10);
+    assert_eq!(w.versions("user-1"), vec!["v1", "v1"]);
+    assert!(w
+        .logs()
+        .iter()
+        .any(|l| l.contains("config source answers again")));
+}
+
+#[test]
+fn a_source_that_never_answers_leaves_the_fallback_in_force() {
+    let mut w = Workers::start();
+    for _ in 0..3 {
+        let call = w.next_call();
+        w.fail(call);
+    }
+    assert_eq!(w.versions("user-1"), vec!["v1", "v1"]);
+    assert_eq!(w.metric("rollout_config_fetch_failures_total"), 3);
+}
+
+#[test]
+fn bad_live_plugin_configurations_are_refused_with_their_paths() {
+    let module = FilterModule::from_file(&filter_wasm_path()).unwrap();
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            r#"{"config_source": {"path": "rollout.json", "poll_interval_ms": 1}, "extra": 1}"#,
+            &[
+                "extra: unknown field, expected one of: config_source, fallback",
+                "config_source.cluster: missing required field",
+                "config_source.poll_interval_ms: expected an integer from 10 to 3600000, found 1",
+                "config_source.path: expected a path starting with '/', found \"rollout.json\"",
+            ],
+        ),
+        (
+            r#"{"config_source": {"cluster": "c", "path": "/x", "pol_interval_ms": 5}}"#,
+            &["config_source.pol_interval_ms: unknown field, expected one of: cluster, path, authority, poll_interval_ms, timeout_ms"],
+        ),
+        (
+            r#"{"config_source": {"cluster": "c", "path": "/x"}, "fallback": {"rollouts": {"r": {"versions": []}}}}"#,
+            &["fallback.rollouts.r.versions: must not be empty"],
+        ),
+    ];
+    for (plugin, errors) in cases {
+        let mut vm = module.start_vm(VmOptions::default()).unwrap();
+        assert!(!vm.configure(plugin.as_bytes()).unwrap(), "{plugin}");
+        let logs: Vec<String> = vm.take_logs().into_iter().map(|l| l.message).collect();
+        for error in errors {
+            assert!(
+                logs.iter()
+                    .any(|l| l.ends_with(&format!("config rejected: {error}"))),
+                "{error} not in {logs:#?}"
+            );
+        }
+    }
+}
