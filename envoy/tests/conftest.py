@@ -15,6 +15,7 @@ import time
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from config_server import ConfigServer  # noqa: E402,F401  (the config source the READMEs use)
 from echo_upstream import Upstream  # noqa: E402  (the same upstream the READMEs use)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -22,6 +23,7 @@ ENVOY = pathlib.Path(sys.executable).parent / "envoy"
 FILTER_WASM = ROOT / "target/wasm32-wasip1/release/rollout_filter.wasm"
 PROBE_WASM = ROOT / "target/wasm32-wasip1/release/probe_filter.wasm"
 STATIC_CONFIG = ROOT / "envoy/static/envoy.yaml"
+LIVE_CONFIG = ROOT / "envoy/live/envoy.yaml"
 
 _base_ids = itertools.count(100 + (id(object()) % 1000) * 10)
 
@@ -175,9 +177,10 @@ def start_envoy(tmp_path_factory, upstreams):
     started = []
     tmp = tmp_path_factory.mktemp("envoy")
 
-    def start(config_text=None):
+    def start(config_text=None, ports=None):
         text = config_text if config_text is not None else STATIC_CONFIG.read_text()
-        envoy = Envoy(text, tmp, {8081: upstreams["v1"].port, 8082: upstreams["v2"].port})
+        mapping = {8081: upstreams["v1"].port, 8082: upstreams["v2"].port, **(ports or {})}
+        envoy = Envoy(text, tmp, mapping)
         started.append(envoy)
         return envoy
 

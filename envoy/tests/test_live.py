@@ -1,0 +1,193 @@
+"""The live scenario (envoy/live/envoy.yaml) in a real Envoy with --concurrency 2: the config
+comes from a config source over HTTP, changes while traffic flows, and neither bad configs
+nor a failing source ever fail a client request."""
+
+import json
+import statistics
+import threading
+import time
+
+import pytest
+
+from conftest import LIVE_CONFIG, Client, ConfigServer
+
+N_PROBES = 8  # keep-alive connections; Envoy spreads them over both workers
+
+
+def rollout(v1, v2, **extra):
+    config = {"user_key": ["header:x-user-id"],
+              "rollouts": {"checkout": {"versions": [{"name": "v1", "weight": v1}, {"name": "v2", "weight": v2}]}}}
+    config.update(extra)
+    return json.dumps(config).encode()
+
+
+def wait_until(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Load:
+    """Steady client traffic on its own connections while a test changes the source: every
+    response must be a 200."""
+
+    def __init__(self, port, connections=4):
+        self.clients = [Client(port) for _ in range(connections)]
+        self.statuses = []
+        self.running = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        i = 0
+        while self.running:
+            client = self.clients[i % len(self.clients)]
+            try:
+                status, _, _ = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", f"load-{i}")])
+            except OSError as e:
+                status = f"error {e}"
+            self.statuses.append(status)
+            i += 1
+
+    def stop(self):
+        self.running = False
+        self.thread.join(10)
+        for c in self.clients:
+            c.close()
+        failed = [s for s in self.statuses if s != 200]
+        return len(self.statuses), failed
+
+
+class Probes:
+    """Several connections that report the version one user gets on each of them."""
+
+    def __init__(self, port):
+        self.clients = [Client(port) for _ in range(N_PROBES)]
+
+    def versions(self, user="user-1", extra=()):
+        seen = []
+        for client in self.clients:
+            status, headers, body = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", user), *extra])
+            assert status == 200, status
+            seen.append(json.loads(body)["upstream"])
+        return seen
+
+    def close(self):
+        for c in self.clients:
+            c.close()
+
+
+@pytest.fixture
+def source():
+    server = ConfigServer(rollout(1, 0))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def live(start_envoy, source):
+    envoy = start_envoy(LIVE_CONFIG.read_text(), ports={8090: source.port})
+    probes = Probes(envoy.port)
+    yield envoy, probes
+    probes.close()
+
+
+def metric(envoy, name):
+    return envoy.prometheus().get((name, frozenset()), 0.0)
+
+
+def test_config_flips_reach_every_worker_fast_with_zero_failed_requests(live, source):
+    envoy, probes = live
+    wait_until(lambda: set(probes.versions()) == {"v1"}, what="the first config")
+    load = Load(envoy.port)
+    started, requests_before = time.monotonic(), source.requests
+    delays = []
+    for flip in range(10):
+        target = "v2" if flip % 2 == 0 else "v1"
+        source.set(rollout(0, 1) if target == "v2" else rollout(1, 0))
+        t0 = time.monotonic()
+        wait_until(lambda: set(probes.versions()) == {target}, what=f"flip {flip} to {target}")
+        delays.append(time.monotonic() - t0)
+        time.sleep(0.1)
+    elapsed = time.monotonic() - started
+    total, failed = load.stop()
+    assert total > 100 and not failed, f"{len(failed)} of {total} requests failed: {failed[:5]}"
+    # One worker polls for all: about one request per poll interval (50 ms), not one per worker.
+    polls = source.requests - requests_before
+    assert polls <= elapsed / 0.05 * 1.3 + 5, f"{polls} polls in {elapsed:.2f} s"
+    assert source.not_modified > 0, "an unchanged source must be answered with 304"
+    assert metric(envoy, "rollout_config_updates_total") >= 10
+    print(f"\npropagation over {len(delays)} flips: median {statistics.median(delays) * 1000:.0f} ms, "
+          f"max {max(delays) * 1000:.0f} ms; {polls} polls in {elapsed:.1f} s")
+
+
+def test_bad_configs_and_failing_sources_never_fail_a_request_or_replace_the_config(live, source):
+    envoy, probes = live
+    source.set(rollout(0, 1))
+    wait_until(lambda: set(probes.versions()) == {"v2"}, what="the good config")
+    load = Load(envoy.port)
+    rejected = metric(envoy, "rollout_config_rejected_total")
+    source.set(rollout(1, -1))  # fails validation
+    wait_until(lambda: metric(envoy, "rollout_config_rejected_total") == rejected + 1, what="the rejection")
+    source.garbage = True
+    wait_until(lambda: metric(envoy, "rollout_config_rejected_total") == rejected + 2, what="garbage refused")
+    source.garbage = False
+    assert set(probes.versions()) == {"v2"}
+    for what, breakage, undo in [
+        ("503", lambda: setattr(source, "fail_with", 503), lambda: setattr(source, "fail_with", None)),
+        ("slower than the timeout", lambda: setattr(source, "delay", 1.5), lambda: setattr(source, "delay", 0.0)),
+        ("down", source.stop, source.start),
+    ]:
+        failures = metric(envoy, "rollout_config_fetch_failures_total")
+        breakage()
+        wait_until(lambda: metric(envoy, "rollout_config_fetch_failures_total") >= failures + 2,
+                   timeout=15, what=f"source {what} noticed")
+        assert set(probes.versions()) == {"v2"}, f"source {what}"
+        undo()
+    source.set(rollout(1, 0))
+    wait_until(lambda: set(probes.versions()) == {"v1"}, what="recovery")
+    total, failed = load.stop()
+    assert total > 100 and not failed, f"{len(failed)} of {total} requests failed: {failed[:5]}"
+    log = envoy.log_text()
+    assert "config from source rejected: rollouts.checkout.versions[1].weight: expected an integer weight" in log
+    assert "config source failing" in log and "config source answers again" in log
+
+
+def test_with_no_config_ever_loaded_requests_go_to_the_default_version(start_envoy, source):
+    source.stop()
+    envoy = start_envoy(LIVE_CONFIG.read_text(), ports={8090: source.port})
+    probes = Probes(envoy.port)
+    spoof = [("x-rollout-version", "v2")]
+    for i in range(20):
+        assert set(probes.versions(f"user-{i}", spoof)) == {"v1"}
+    source.start()
+    source.set(rollout(0, 1))
+    wait_until(lambda: set(probes.versions()) == {"v2"}, what="the first config once the source is up")
+    probes.close()
+
+
+def test_a_weight_raised_at_the_source_moves_users_only_into_that_version(live, source):
+    envoy, probes = live
+    client = probes.clients[0]
+
+    def versions():
+        out = []
+        for i in range(2000):
+            _, _, body = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", f"user-{i}")])
+            out.append(json.loads(body)["upstream"])
+        return out
+
+    source.set(rollout(90, 10))
+    wait_until(lambda: len(set(probes.versions("user-3") + probes.versions("user-1"))) == 2, what="90/10")
+    before = versions()
+    updates = metric(envoy, "rollout_config_updates_total")
+    source.set(rollout(90, 30))
+    wait_until(lambda: metric(envoy, "rollout_config_updates_total") == updates + 1, what="90/30")
+    time.sleep(0.1)  # every worker takes it up within a tick
+    after = versions()
+    moved = [(i, b, a) for i, (b, a) in enumerate(zip(before, after)) if b != a]
+    assert moved, "raising v2 moved nobody"
+    assert all(b == "v1" and a == "v2" for _, b, a in moved), moved[:10]
