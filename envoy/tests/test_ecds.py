@@ -1,0 +1,72 @@
+"""The ECDS scenario (envoy/ecds/): the filter's extension config discovered from a watched
+file, the route Istio's WasmPlugin takes. A new file updates the filter without a restart; a
+config the filter refuses is rejected by Envoy and the one in force stays."""
+
+import json
+import os
+
+from conftest import ROOT, Client
+from test_live import wait_until
+
+ECDS_DIR = ROOT / "envoy/ecds"
+
+
+def rollout_json(v1, v2):
+    return json.dumps({"user_key": ["header:x-user-id"],
+                       "rollouts": {"checkout": {"versions": [{"name": "v1", "weight": v1}, {"name": "v2", "weight": v2}]}}})
+
+
+def resource(shipped, rollout):
+    """The shipped resource file with another rollout config and an absolute .wasm path."""
+    lines, out, i = shipped.splitlines(), [], 0
+    while i < len(lines):
+        out.append(lines[i])
+        if lines[i].strip() == "value: |":
+            indent = len(lines[i]) - len(lines[i].lstrip())
+            i += 1
+            while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > indent):
+                i += 1
+            out.append(" " * (indent + 2) + rollout)
+            continue
+        i += 1
+    return "\n".join(out).replace("filename: target/", f"filename: {ROOT}/target/") + "\n"
+
+
+def publish(folder, text):
+    """Writes the resource the way ECDS expects: a new file renamed over the watched one."""
+    tmp = folder / ".rollout-filter.yaml.next"
+    tmp.write_text(text)
+    os.replace(tmp, folder / "rollout-filter.yaml")
+
+
+def version_of(client, user):
+    status, headers, body = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", user)])
+    assert status == 200
+    return json.loads(body)["upstream"]
+
+
+def test_ecds_updates_the_filter_without_a_restart_and_rejects_a_bad_config(start_envoy, tmp_path):
+    shipped = (ECDS_DIR / "rollout-filter.yaml").read_text()
+    folder = tmp_path / "ecds"
+    folder.mkdir()
+    publish(folder, resource(shipped, rollout_json(1, 0)))
+    config = (ECDS_DIR / "envoy.yaml").read_text()
+    config = config.replace("path: envoy/ecds/rollout-filter.yaml", f"path: {folder}/rollout-filter.yaml")
+    config = config.replace("watched_directory: {path: envoy/ecds}", f"watched_directory: {{path: {folder}}}")
+    envoy = start_envoy(config)
+    clients = [Client(envoy.port) for _ in range(6)]
+    assert {version_of(c, "user-1") for c in clients} == {"v1"}
+
+    publish(folder, resource(shipped, rollout_json(0, 1)))
+    wait_until(lambda: {version_of(c, "user-1") for c in clients} == {"v2"}, what="the ECDS update")
+
+    rejected_before = envoy.log_text().count("rollout: config rejected:")
+    publish(folder, resource(shipped, '{"rollouts": {"checkout": {"versions": [{"name": "v1", "weight": "lots"}]}}}'))
+    wait_until(lambda: envoy.log_text().count("rollout: config rejected:") > rejected_before, what="the rejection")
+    assert "rollouts.checkout.versions[0].weight: expected an integer, found a string" in envoy.log_text()
+    stats = envoy.admin("/stats?filter=extension_config_discovery.http_filter.rollout.update_rejected")[1]
+    assert "update_rejected: 1" in stats, stats
+    for _ in range(20):
+        assert {version_of(c, "user-1") for c in clients} == {"v2"}
+    for c in clients:
+        c.close()
