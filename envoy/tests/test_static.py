@@ -5,6 +5,7 @@ what happens when the filter's VM dies."""
 import json
 import pathlib
 import subprocess
+import time
 
 from conftest import (
     ENVOY,
@@ -180,6 +181,19 @@ def test_prometheus_metrics_match_the_upstreams_own_counters(start_envoy, upstre
         assert samples[("rollout_requests_total", frozenset(labels))] == served, version
         assert samples[("rollout_responses_total", frozenset(labels | {("class", "5xx")}))] == failed[version]
         assert samples[("rollout_responses_total", frozenset(labels | {("class", "2xx")}))] == served - failed[version]
+    # Every response is also a sample of its version's latency histogram. Envoy merges
+    # histograms from the workers at its stats flush (every 5 s by default), so wait for one.
+    deadline = time.monotonic() + 15
+    while True:
+        samples = envoy.prometheus()
+        counts = {v: samples.get(("rollout_upstream_latency_ms_count",
+                                  frozenset({("rollout", "checkout"), ("version", v)})), 0)
+                  for v in upstreams}
+        served = {v: u.count - before[v] for v, u in upstreams.items()}
+        if counts == served or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert counts == served
     assert sum(failed.values()) == len(range(0, 600, 7))
 
 
