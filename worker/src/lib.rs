@@ -1,0 +1,336 @@
+//! The Cloudflare Worker: the same decision core at the edge. A request comes in, the Worker
+//! decides version and flags exactly as the Envoy filter does, forwards the request to that
+//! version's origin with the header contract, and returns the origin's response with the
+//! contract's response headers.
+//!
+//! Settings come from Worker vars (see `wrangler.toml`); the rollout config comes from a KV
+//! namespace bound as `ROLLOUT_CONFIG`, held in the isolate for `ROLLOUT_CONFIG_TTL_MS`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use rollout_core::{Config, HostInputs, KeyStatus, Source};
+use worker::{
+    console_error, console_log, console_warn, event, js_sys, AnalyticsEngineDataPointBuilder,
+    Context, Date, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
+};
+
+/// The KV namespace binding that holds the rollout config.
+const KV_BINDING: &str = "ROLLOUT_CONFIG";
+/// The optional Analytics Engine binding that gets one data point per request.
+const ANALYTICS_BINDING: &str = "ROLLOUT_ANALYTICS";
+
+/// Worker settings, from vars.
+struct Settings {
+    kv_key: String,
+    ttl_ms: u64,
+    /// `rollout/version` (or `default`) to origin base URL.
+    origins: HashMap<String, String>,
+    /// Cookie to assign a user key in, for users who arrive without one.
+    assign_cookie: Option<String>,
+}
+
+impl Settings {
+    fn from_env(env: &Env) -> Settings {
+        let var = |name: &str| {
+            env.var(name)
+                .ok()
+                .map(|v| v.to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let origins = match var("ROLLOUT_ORIGINS").map(|o| serde_json::from_str(&o)) {
+            Some(Ok(map)) => map,
+            Some(Err(e)) => {
+                console_error!("rollout: ROLLOUT_ORIGINS is not a JSON object of strings: {e}");
+                HashMap::new()
+            }
+            None => HashMap::new(),
+        };
+        Settings {
+            kv_key: var("ROLLOUT_CONFIG_KEY").unwrap_or_else(|| "rollout.json".to_owned()),
+            ttl_ms: var("ROLLOUT_CONFIG_TTL_MS")
+                .and_then(|t| t.parse().ok())
+                .unwrap_or(10_000),
+            origins,
+            assign_cookie: var("ROLLOUT_ASSIGN_COOKIE"),
+        }
+    }
+}
+
+/// The config in force in this isolate, and when KV was last read.
+#[derive(Default)]
+struct Cache {
+    config: Option<Rc<Config>>,
+    /// The KV text the config was parsed from, so an unchanged value is not parsed again.
+    text: Option<String>,
+    read_at_ms: Option<u64>,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+}
+
+/// The config in force, reading KV if the held one is older than the TTL. A value that fails
+/// validation is logged with every error path and never replaces the config in force; a
+/// missing key or a KV error keeps it too.
+async fn config(env: &Env, settings: &Settings) -> Option<Rc<Config>> {
+    let now = Date::now().as_millis();
+    let fresh = CACHE.with(|c| {
+        let c = c.borrow();
+        c.read_at_ms
+            .is_some_and(|at| now.saturating_sub(at) < settings.ttl_ms)
+    });
+    if fresh {
+        return CACHE.with(|c| c.borrow().config.clone());
+    }
+    let read = match env.kv(KV_BINDING) {
+        Ok(kv) => kv
+            .get(&settings.kv_key)
+            .text()
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        c.read_at_ms = Some(now);
+        match read {
+            Ok(Some(text)) if c.text.as_deref() == Some(text.as_str()) => {}
+            Ok(Some(text)) => match Config::from_json(text.as_bytes()) {
+                Ok(config) => {
+                    console_log!("rollout: config loaded from KV key {}", settings.kv_key);
+                    c.config = Some(Rc::new(config));
+                    c.text = Some(text);
+                }
+                Err(errors) => {
+                    for error in &errors.0 {
+                        console_error!("rollout: config rejected: {error}");
+                    }
+                    console_error!(
+                        "rollout: config rejected with {} error(s); keeping the one in force",
+                        errors.0.len()
+                    );
+                }
+            },
+            Ok(None) => console_warn!(
+                "rollout: KV key {} is missing; keeping the config in force",
+                settings.kv_key
+            ),
+            Err(e) => console_warn!("rollout: cannot read KV ({e}); keeping the config in force"),
+        }
+        c.config.clone()
+    })
+}
+
+/// Random bits from the isolate's generator, for keyless `no_key: random` requests and new
+/// user keys. Not secret: they only spread users.
+fn random_u64() -> u64 {
+    let high = (js_sys::Math::random() * 4_294_967_296.0) as u64;
+    let low = (js_sys::Math::random() * 4_294_967_296.0) as u64;
+    (high << 32) | low
+}
+
+/// The request as the core sees it: lowercase header names, with Envoy's pseudo-headers
+/// made from the URL, so both hosts decide from the same facts.
+fn facts(req: &Request) -> Result<Vec<(String, String)>> {
+    let url = req.url()?;
+    let mut authority = url.host_str().unwrap_or_default().to_owned();
+    if let Some(port) = url.port() {
+        authority = format!("{authority}:{port}");
+    }
+    let mut path = url.path().to_owned();
+    if let Some(query) = url.query() {
+        path = format!("{path}?{query}");
+    }
+    let mut out = vec![
+        (":method".to_owned(), req.method().to_string()),
+        (":authority".to_owned(), authority),
+        (":path".to_owned(), path),
+    ];
+    out.extend(
+        req.headers()
+            .entries()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v)),
+    );
+    Ok(out)
+}
+
+#[event(fetch)]
+async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+    match handle(req, &env).await {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            console_error!("rollout: {e}");
+            Response::error("rollout worker: internal error", 500)
+        }
+    }
+}
+
+async fn handle(req: Request, env: &Env) -> Result<Response> {
+    let settings = Settings::from_env(env);
+    let config = match config(env, &settings).await {
+        Some(config) => config,
+        // No config was ever loaded: decide with an empty one, which still removes client
+        // copies of the contract headers, and send everything to the default origin.
+        None => {
+            Rc::new(Config::from_json(b"{}").map_err(|e| worker::Error::RustError(e.to_string()))?)
+        }
+    };
+    let mut facts = facts(&req)?;
+    let mut decision = config.decide(
+        facts.as_slice(),
+        HostInputs {
+            entropy: Some(&mut random_u64),
+        },
+    );
+    // Users without a key get one in a cookie, so they stay on one version from now on.
+    let mut assigned: Option<(String, String)> = None;
+    if let (KeyStatus::Missing, Some(cookie)) = (decision.key, &settings.assign_cookie) {
+        if config
+            .key_sources()
+            .contains(&Source::Cookie(cookie.clone()))
+        {
+            let id = format!("{:016x}", random_u64());
+            match facts.iter_mut().find(|(k, _)| k == "cookie") {
+                Some((_, value)) => *value = format!("{value}; {cookie}={id}"),
+                None => facts.push(("cookie".to_owned(), format!("{cookie}={id}"))),
+            }
+            assigned = Some((cookie.clone(), id));
+        }
+    }
+    if assigned.is_some() {
+        decision = config.decide(
+            facts.as_slice(),
+            HostInputs {
+                entropy: Some(&mut random_u64),
+            },
+        );
+    }
+
+    let target = decision
+        .rollout
+        .map(|r| format!("{}/{}", r.rollout, r.version));
+    let origin_key = target.clone().unwrap_or_else(|| "default".to_owned());
+    let Some(origin) = settings
+        .origins
+        .get(&origin_key)
+        .or_else(|| settings.origins.get("default"))
+    else {
+        console_error!("rollout: no origin for {origin_key} in ROLLOUT_ORIGINS");
+        return Response::error(
+            format!("rollout worker: no origin configured for {origin_key}"),
+            502,
+        );
+    };
+
+    // The upstream request: everything as the client sent it, except the contract headers.
+    let contract = config.request_headers(&decision);
+    let headers = Headers::new();
+    for (name, value) in &facts {
+        if name.starts_with(':') || name == "host" || contract.iter().any(|h| h.name == name) {
+            continue;
+        }
+        headers.append(name, value)?;
+    }
+    for header in &contract {
+        if let Some(value) = &header.value {
+            headers.set(header.name, value)?;
+        }
+    }
+    let url = req.url()?;
+    let mut upstream_url = format!("{}{}", origin.trim_end_matches('/'), url.path());
+    if let Some(query) = url.query() {
+        upstream_url = format!("{upstream_url}?{query}");
+    }
+    let mut init = RequestInit::new();
+    init.with_method(req.method()).with_headers(headers);
+    if !matches!(req.method(), Method::Get | Method::Head) {
+        init.with_body(req.inner().body().map(Into::into));
+    }
+    let upstream = Request::new_with_init(&upstream_url, &init)?;
+    let started = Date::now().as_millis();
+    let response = match Fetch::Request(upstream).send().await {
+        Ok(response) => response,
+        Err(e) => {
+            console_error!("rollout: origin {origin} for {origin_key} failed: {e}");
+            record(
+                env,
+                &decision,
+                &config,
+                502,
+                Date::now().as_millis().saturating_sub(started),
+            );
+            return Response::error(
+                format!("rollout worker: origin for {origin_key} is unreachable"),
+                502,
+            );
+        }
+    };
+    let latency_ms = Date::now().as_millis().saturating_sub(started);
+    record(env, &decision, &config, response.status_code(), latency_ms);
+
+    // Fetched responses have immutable headers: build the client's response on a copy.
+    let status = response.status_code();
+    let out_headers = Headers::new();
+    for (name, value) in response.headers().entries() {
+        out_headers.append(&name, &value)?;
+    }
+    if let Some(choice) = decision.rollout {
+        for header in config.response_headers(choice.slot) {
+            if header.append {
+                out_headers.append(header.name, &header.value)?;
+            } else {
+                out_headers.set(header.name, &header.value)?;
+            }
+        }
+    }
+    if let Some((cookie, id)) = assigned {
+        out_headers.append(
+            "set-cookie",
+            &format!("{cookie}={id}; Path=/; Max-Age=31536000; SameSite=Lax; HttpOnly"),
+        )?;
+    }
+    let (_, body) = response.into_parts();
+    Ok(Response::builder()
+        .with_status(status)
+        .with_headers(out_headers)
+        .body(body))
+}
+
+/// One Analytics Engine data point per request, if the binding exists: indexed by rollout,
+/// with rollout, version, flags and status as blobs and status and latency as doubles.
+fn record(
+    env: &Env,
+    decision: &rollout_core::Decision<'_>,
+    config: &Config,
+    status: u16,
+    latency_ms: u64,
+) {
+    let Ok(dataset) = env.analytics_engine(ANALYTICS_BINDING) else {
+        return;
+    };
+    let (rollout, version) = decision
+        .rollout
+        .map_or(("", ""), |r| (r.rollout, r.version));
+    let flags_header = config.header_names().flags.as_str();
+    let flags = config
+        .request_headers(decision)
+        .into_iter()
+        .find(|h| h.name == flags_header)
+        .and_then(|h| h.value)
+        .unwrap_or_default();
+    let point = AnalyticsEngineDataPointBuilder::new()
+        .indexes([rollout])
+        .blobs([
+            rollout.to_owned(),
+            version.to_owned(),
+            flags.into_owned(),
+            status.to_string(),
+        ])
+        .doubles([f64::from(status), latency_ms as f64])
+        .build();
+    if let Err(e) = dataset.write_data_point(&point) {
+        console_warn!("rollout: analytics data point not written: {e}");
+    }
+}
