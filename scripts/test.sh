@@ -57,10 +57,14 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wasm_bindge
 fi
 (cd worker && npm install --no-audit --no-fund --loglevel=error)
 
-step "build the Worker (worker-build --release)"
-(cd worker && WASM_BINDGEN_BIN="$(command -v wasm-bindgen)" WASM_OPT_BIN="$PWD/node_modules/.bin/wasm-opt" \
-    ESBUILD_BIN="$PWD/node_modules/.bin/esbuild" worker-build --release)
+step "build the Worker (worker-build --release), and check its packaging offline"
+export WASM_BINDGEN_BIN WASM_OPT_BIN ESBUILD_BIN WRANGLER_SEND_METRICS=false
+WASM_BINDGEN_BIN="$(command -v wasm-bindgen)"
+WASM_OPT_BIN="$PWD/worker/node_modules/.bin/wasm-opt"
+ESBUILD_BIN="$PWD/worker/node_modules/.bin/esbuild"
+(cd worker && worker-build --release)
 ls -l worker/build/index_bg.wasm
+(cd worker && npx wrangler deploy --dry-run --outdir ../target/worker-dry-run)
 
 step "Worker tests in real workerd (Miniflare, local KV, local origins)"
 (cd worker && node --test test/worker.test.mjs)

@@ -40,23 +40,42 @@ async function origin(name) {
   return `http://127.0.0.1:${server.address().port}`;
 }
 
+/** A recording stand-in for the Analytics Engine binding (the local one discards points):
+ * a wrapped binding whose writeDataPoint forwards each point to this process. */
+const RECORDER = `export default function (env) {
+  return { writeDataPoint(point) { env.SINK.fetch("http://sink/", { method: "POST", body: JSON.stringify(point) }); } };
+}`;
+
 async function worker({ config, origins, ttlMs = 0, assignCookie = "" }) {
+  const points = [];
   const mf = new Miniflare({
-    modules: true,
-    scriptPath: SCRIPT,
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
-    compatibilityDate: "2026-04-01",
-    kvNamespaces: ["ROLLOUT_CONFIG"],
-    bindings: {
-      ROLLOUT_CONFIG_KEY: "rollout.json",
-      ROLLOUT_CONFIG_TTL_MS: String(ttlMs),
-      ROLLOUT_ORIGINS: JSON.stringify(origins),
-      ROLLOUT_ASSIGN_COOKIE: assignCookie,
-    },
+    workers: [
+      {
+        name: "rollout",
+        modules: true,
+        scriptPath: SCRIPT,
+        modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+        compatibilityDate: "2026-04-01",
+        kvNamespaces: ["ROLLOUT_CONFIG"],
+        wrappedBindings: { ROLLOUT_ANALYTICS: { scriptName: "analytics-recorder" } },
+        bindings: {
+          ROLLOUT_CONFIG_KEY: "rollout.json",
+          ROLLOUT_CONFIG_TTL_MS: String(ttlMs),
+          ROLLOUT_ORIGINS: JSON.stringify(origins),
+          ROLLOUT_ASSIGN_COOKIE: assignCookie,
+        },
+      },
+      {
+        name: "analytics-recorder",
+        modules: true,
+        script: RECORDER,
+        serviceBindings: { SINK: async (request) => { points.push(await request.json()); return new Response("ok"); } },
+      },
+    ],
   });
-  const kv = await mf.getKVNamespace("ROLLOUT_CONFIG");
+  const kv = await mf.getKVNamespace("ROLLOUT_CONFIG", "rollout");
   if (config !== undefined) await kv.put("rollout.json", typeof config === "string" ? config : JSON.stringify(config));
-  return { mf, kv };
+  return { mf, kv, points };
 }
 
 /** Sends a vector-style request (pseudo-headers included) through the Worker. */
@@ -242,6 +261,33 @@ test("a user without a key is given one in a cookie and stays on one version", a
       const again = await send(mf, [[":path", "/"], [":authority", "a"], ["cookie", `uid=${id}`]]);
       assert.equal(again.body.origin, first.body.origin);
       assert.ok(!again.headers.some(([k]) => k === "set-cookie"), "a known user gets no new cookie");
+    }
+  } finally {
+    await mf.dispose();
+  }
+});
+
+test("every request writes one analytics data point: rollout, version, flags, status, latency", async () => {
+  const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2") };
+  const config = { ...rollout(50, 50), flags: { "new-cart": { percentage: 50 } } };
+  const { mf, points } = await worker({ config, origins });
+  try {
+    const sent = [];
+    for (let i = 0; i < 30; i++) {
+      const extra = i % 3 === 0 ? [["x-echo-response", JSON.stringify([[":status", "503"]])]] : [];
+      const res = await send(mf, [[":path", "/"], [":authority", "a"], ["x-user-id", `user-${i}`], ...extra]);
+      sent.push({ version: res.headers.find(([k]) => k === "x-rollout-version")[1], status: res.status, flags: res.body.headers.find(([k]) => k === "x-rollout-flags")[1] });
+    }
+    for (let i = 0; i < 50 && points.length < sent.length; i++) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(points.length, sent.length);
+    const seen = points.map((p) => `${p.blobs[1]} ${p.blobs[3]} ${p.blobs[2]}`).sort();
+    const expected = sent.map((s) => `${s.version} ${s.status} ${s.flags}`).sort();
+    assert.deepEqual(seen, expected);
+    for (const p of points) {
+      assert.deepEqual(p.indexes, ["checkout"]);
+      assert.equal(p.blobs[0], "checkout");
+      assert.equal(p.doubles[0], Number(p.blobs[3]));
+      assert.ok(p.doubles[1] >= 0 && p.doubles[1] < 10000, `latency ${p.doubles[1]}`);
     }
   } finally {
     await mf.dispose();
