@@ -5,7 +5,7 @@ config the filter refuses is rejected by Envoy and the one in force stays."""
 import json
 import os
 
-from conftest import ROOT, Client
+from conftest import ROOT, Client, replace_plugin_configuration
 from test_live import wait_until
 
 ECDS_DIR = ROOT / "envoy/ecds"
@@ -18,18 +18,8 @@ def rollout_json(v1, v2):
 
 def resource(shipped, rollout):
     """The shipped resource file with another rollout config and an absolute .wasm path."""
-    lines, out, i = shipped.splitlines(), [], 0
-    while i < len(lines):
-        out.append(lines[i])
-        if lines[i].strip() == "value: |":
-            indent = len(lines[i]) - len(lines[i].lstrip())
-            i += 1
-            while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > indent):
-                i += 1
-            out.append(" " * (indent + 2) + rollout)
-            continue
-        i += 1
-    return "\n".join(out).replace("filename: target/", f"filename: {ROOT}/target/") + "\n"
+    text = replace_plugin_configuration(shipped, rollout)
+    return text.replace("filename: target/", f"filename: {ROOT}/target/")
 
 
 def publish(folder, text):

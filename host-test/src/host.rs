@@ -292,6 +292,21 @@ fn status_of(written: bool) -> i32 {
     }
 }
 
+/// The index of the first item that `found` accepts, pushing `make()` first if none does.
+fn find_or_push<T>(
+    items: &mut Vec<T>,
+    found: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> T,
+) -> usize {
+    match items.iter().position(found) {
+        Some(i) => i,
+        None => {
+            items.push(make());
+            items.len() - 1
+        }
+    }
+}
+
 fn remove_all(map: &mut Headers, name: &str) {
     map.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
 }
@@ -590,21 +605,15 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
             let id = {
                 let state = cx.data();
                 let mut shared = state.shared();
-                match shared
-                    .queues
-                    .iter()
-                    .position(|q| q.vm_id == vm_id && q.name == name)
-                {
-                    Some(i) => i,
-                    None => {
-                        shared.queues.push(Queue {
-                            vm_id,
-                            name,
-                            items: Default::default(),
-                        });
-                        shared.queues.len() - 1
-                    }
-                }
+                find_or_push(
+                    &mut shared.queues,
+                    |q| q.vm_id == vm_id && q.name == name,
+                    || Queue {
+                        vm_id: vm_id.clone(),
+                        name: name.clone(),
+                        items: Default::default(),
+                    },
+                )
             };
             status_of(write_u32(&mut cx, ret_id, id as u32))
         },
@@ -853,22 +862,16 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
                 let state = cx.data();
                 let mut shared = state.shared();
                 // Defining a name twice gives the same metric, as in Envoy.
-                match shared
-                    .metrics
-                    .iter()
-                    .position(|m| m.name == name && m.kind == kind)
-                {
-                    Some(i) => i,
-                    None => {
-                        shared.metrics.push(Metric {
-                            name,
-                            kind,
-                            value: 0,
-                            samples: Vec::new(),
-                        });
-                        shared.metrics.len() - 1
-                    }
-                }
+                find_or_push(
+                    &mut shared.metrics,
+                    |m| m.name == name && m.kind == kind,
+                    || Metric {
+                        name: name.clone(),
+                        kind,
+                        value: 0,
+                        samples: Vec::new(),
+                    },
+                )
             };
             status_of(write_u32(&mut cx, ret_id, id as u32))
         },
