@@ -69,6 +69,8 @@ struct Cache {
 
 thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    /// Vars do not change within an isolate: parse them (ROLLOUT_ORIGINS is JSON) once.
+    static SETTINGS: std::cell::OnceCell<Rc<Settings>> = const { std::cell::OnceCell::new() };
 }
 
 /// The config in force, reading KV if the held one is older than the TTL. A value that fails
@@ -168,7 +170,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
 }
 
 async fn handle(req: Request, env: &Env) -> Result<Response> {
-    let settings = Settings::from_env(env);
+    let settings = SETTINGS.with(|s| s.get_or_init(|| Rc::new(Settings::from_env(env))).clone());
     let config = match config(env, &settings).await {
         Some(config) => config,
         // No config was ever loaded: decide with an empty one, which still removes client
