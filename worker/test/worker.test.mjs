@@ -23,7 +23,10 @@ after(() => Promise.all(servers.map((s) => new Promise((r) => s.close(r)))));
 /** An origin that answers with its name and the request headers it got (JSON); a request
  * header x-echo-response ([[name, value], ...]) sets the status and response headers. */
 async function origin(name) {
-  const server = http.createServer((req, res) => {
+  const server = http.createServer(async (req, res) => {
+    const chunks = [];
+    for await (const chunk of req) chunks.push(chunk);
+    const body = Buffer.concat(chunks).toString();
     const headers = [];
     for (let i = 0; i < req.rawHeaders.length; i += 2) {
       headers.push([req.rawHeaders[i].toLowerCase(), req.rawHeaders[i + 1]]);
@@ -33,7 +36,7 @@ async function origin(name) {
     for (const [k, v] of respond) if (!k.startsWith(":")) res.appendHeader(k, v);
     res.setHeader("content-type", "application/json");
     res.writeHead(status);
-    res.end(JSON.stringify({ origin: name, headers }));
+    res.end(JSON.stringify({ origin: name, method: req.method, url: req.url, body, headers }));
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   servers.push(server);
@@ -289,6 +292,28 @@ test("every request writes one analytics data point: rollout, version, flags, st
       assert.equal(p.doubles[0], Number(p.blobs[3]));
       assert.ok(p.doubles[1] >= 0 && p.doubles[1] < 10000, `latency ${p.doubles[1]}`);
     }
+  } finally {
+    await mf.dispose();
+  }
+});
+
+test("method, body, query and other headers reach the origin untouched", async () => {
+  const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2") };
+  const { mf } = await worker({ config: rollout(1, 1), origins });
+  try {
+    const headers = new Headers({ "x-user-id": "user-7", "content-type": "application/json", "x-custom": "kept" });
+    const res = await mf.dispatchFetch("http://shop.example.com/cart/items?sku=42&qty=2", {
+      method: "POST", headers, body: JSON.stringify({ sku: 42 }),
+    });
+    const echo = await res.json();
+    assert.equal(res.status, 200);
+    assert.equal(echo.method, "POST");
+    assert.equal(echo.url, "/cart/items?sku=42&qty=2");
+    assert.equal(echo.body, JSON.stringify({ sku: 42 }));
+    const got = Object.fromEntries(echo.headers);
+    assert.equal(got["x-custom"], "kept");
+    assert.equal(got["content-type"], "application/json");
+    assert.equal(got["x-rollout-version"], echo.origin);
   } finally {
     await mf.dispose();
   }
