@@ -1,10 +1,13 @@
-"""Benchmark: the proxy's throughput, latency and CPU per request with and without the rollout
-filter, in one run with interleaved rounds, on loopback only.
+"""Benchmark: the proxy's throughput, latency and CPU per request with no filter, with Envoy's
+native weighted_clusters, with a Lua filter doing an equivalent sticky split, and with the
+rollout filter, in one run with interleaved rounds, on loopback only.
 
     .venv/bin/python envoy/tests/bench_load.py [ROUNDS] [SECONDS]
 
 The proxy under test is envoy/static/envoy.yaml with --concurrency 1 (so its CPU time per
-request is comparable), once as shipped and once with the wasm filter removed. Its upstream
+request is comparable): as shipped, and with the wasm filter removed (no filter; with the
+routes replaced by weighted_clusters 90/10; with a Lua filter that hashes x-user-id and sets
+x-rollout-version for 10% of users). Its upstream
 is a second Envoy answering with a direct response, so the upstream is never the bottleneck.
 Load: wrk -t2 -c50 with a distinct x-user-id per request. CPU is the proxy process's
 user+system time from /proc, divided by the requests wrk completed."""
@@ -51,11 +54,48 @@ end
 """
 
 
-def without_filter(text):
-    """The shipped config with the wasm filter removed: the proxy's floor."""
+LUA_SPLIT = """
+          - name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  function envoy_on_request(handle)
+                    local headers = handle:headers()
+                    headers:remove("x-rollout-version")
+                    local key = headers:get("x-user-id")
+                    if key == nil then return end
+                    local h = 2166136261
+                    for i = 1, #key do
+                      h = (bit.bxor(h, key:byte(i)) * 16777619) % 4294967296
+                    end
+                    if h % 100 < 10 then headers:add("x-rollout-version", "v2") end
+                  end
+"""
+
+WEIGHTED_ROUTES = """              routes:
+              - match: {prefix: "/"}
+                route:
+                  weighted_clusters:
+                    clusters:
+                    - {name: checkout-v1, weight: 90}
+                    - {name: checkout-v2, weight: 10}
+"""
+
+
+def without_filter(text, insert=""):
+    """The shipped config with the wasm filter removed (the proxy's floor), or replaced."""
     start = text.index("          - name: envoy.filters.http.wasm")
     end = text.index("          - name: envoy.filters.http.router")
-    return text[:start] + text[end:]
+    return text[:start] + insert.lstrip("\n") + text[end:]
+
+
+def weighted_clusters(text):
+    """No filter, and Envoy's own weighted split instead of the header routes."""
+    text = without_filter(text)
+    start = text.index("              routes:")
+    end = text.index("          http_filters:")
+    return text[:start] + WEIGHTED_ROUTES + text[end:]
 
 
 def cpu_seconds(pid):
@@ -84,7 +124,12 @@ def main(rounds, seconds):
     script.write_text(LUA_USER_IDS)
     upstream = Envoy(UPSTREAM, tmp, {})
     shipped = STATIC_CONFIG.read_text()
-    variants = {"no filter": without_filter(shipped), "rollout filter": shipped}
+    variants = {
+        "no filter": without_filter(shipped),
+        "weighted_clusters": weighted_clusters(shipped),
+        "lua split": without_filter(shipped, LUA_SPLIT),
+        "rollout filter": shipped,
+    }
     results = {name: [] for name in variants}
     try:
         for _ in range(rounds):
@@ -100,13 +145,13 @@ def main(rounds, seconds):
                     envoy.stop()
     finally:
         upstream.stop()
-    base = None
     print(f"{rounds} interleaved rounds of {seconds} s, wrk -t2 -c50, proxy --concurrency 1, median per variant")
-    print(f"{'variant':<16} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'non-2xx':>8} {'rps ratio':>10}")
-    for name, rows in results.items():
-        med = [sorted(col)[len(col) // 2] for col in zip(*rows)]
-        base = base or med[0]
-        print(f"{name:<16} {med[0]:>9.0f} {med[1]:>8.2f} {med[2]:>8.2f} {med[3]:>11.1f} {med[4]:>8d} {med[0] / base:>10.2f}")
+    print(f"{'variant':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'non-2xx':>8} "
+          f"{'rps vs native':>14}")
+    medians = {name: [sorted(col)[len(col) // 2] for col in zip(*rows)] for name, rows in results.items()}
+    native = medians["weighted_clusters"][0]
+    for name, med in medians.items():
+        print(f"{name:<18} {med[0]:>9.0f} {med[1]:>8.2f} {med[2]:>8.2f} {med[3]:>11.1f} {med[4]:>8d} {med[0] / native:>14.2f}")
 
 
 if __name__ == "__main__":
