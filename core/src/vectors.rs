@@ -92,42 +92,64 @@ pub fn response_contract_names(config: &Config) -> [&str; 2] {
     [config.header_names().version.as_str(), "server-timing"]
 }
 
+/// What the native core gives one request, in the shape of [`Expected`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// The decision, serialized.
+    pub decision: Value,
+    /// Final values of the contract's request headers.
+    pub request_headers: BTreeMap<String, String>,
+    /// Final values of the contract's response headers, over the upstream's response.
+    pub response_headers: BTreeMap<String, String>,
+}
+
+impl Request {
+    /// Runs this request through the native core and the header contract.
+    pub fn observe(&self, config: &Config) -> Observed {
+        let decision = self.decide(config);
+        let mut request_headers = BTreeMap::new();
+        for header in config.request_headers(&decision) {
+            if let Some(value) = header.value {
+                request_headers.insert(header.name.to_owned(), value.into_owned());
+            }
+        }
+        let mut response: Vec<(String, String)> = self.response_headers.clone();
+        let slot = decision.rollout.map_or(usize::MAX, |r| r.slot);
+        for header in config.response_headers(slot) {
+            if !header.append {
+                response.retain(|(n, _)| n != header.name);
+            }
+            response.push((header.name.to_owned(), header.value));
+        }
+        Observed {
+            decision: serde_json::to_value(&decision).unwrap_or(Value::Null),
+            request_headers,
+            response_headers: contract_view(&response, &response_contract_names(config)),
+        }
+    }
+}
+
 /// Runs one case on the native core; returns a description of every mismatch.
 pub fn check_native(config: &Config, case: &Case) -> Vec<String> {
+    let got = case.request.observe(config);
+    let expected = &case.expected;
     let mut problems = Vec::new();
-    let decision = case.request.decide(config);
-    let got = serde_json::to_value(&decision).unwrap_or(Value::Null);
-    if got != case.expected.decision {
+    if got.decision != expected.decision {
         problems.push(format!(
-            "decision: expected {}, got {got}",
-            case.expected.decision
+            "decision: expected {}, got {}",
+            expected.decision, got.decision
         ));
     }
-    let mut request = BTreeMap::new();
-    for header in config.request_headers(&decision) {
-        if let Some(value) = header.value {
-            request.insert(header.name.to_owned(), value.into_owned());
-        }
-    }
-    if request != case.expected.request_headers {
+    if got.request_headers != expected.request_headers {
         problems.push(format!(
-            "request headers: expected {:?}, got {request:?}",
-            case.expected.request_headers
+            "request headers: expected {:?}, got {:?}",
+            expected.request_headers, got.request_headers
         ));
     }
-    let mut response: Vec<(String, String)> = case.request.response_headers.clone();
-    let slot = decision.rollout.map_or(usize::MAX, |r| r.slot);
-    for header in config.response_headers(slot) {
-        if !header.append {
-            response.retain(|(n, _)| n != header.name);
-        }
-        response.push((header.name.to_owned(), header.value));
-    }
-    let response = contract_view(&response, &response_contract_names(config));
-    if response != case.expected.response_headers {
+    if got.response_headers != expected.response_headers {
         problems.push(format!(
-            "response headers: expected {:?}, got {response:?}",
-            case.expected.response_headers
+            "response headers: expected {:?}, got {:?}",
+            expected.response_headers, got.response_headers
         ));
     }
     problems
@@ -248,25 +270,11 @@ mod tests {
             let Ok(request) = serde_json::from_value::<Request>(case["request"].clone()) else {
                 continue;
             };
-            let decision = request.decide(config);
-            let mut req = serde_json::Map::new();
-            for h in config.request_headers(&decision) {
-                if let Some(v) = h.value {
-                    req.insert(h.name.to_owned(), Value::String(v.into_owned()));
-                }
-            }
-            let mut response = request.response_headers.clone();
-            for h in config.response_headers(decision.rollout.map_or(usize::MAX, |r| r.slot)) {
-                if !h.append {
-                    response.retain(|(n, _)| n != h.name);
-                }
-                response.push((h.name.to_owned(), h.value));
-            }
-            let resp = contract_view(&response, &response_contract_names(config));
+            let got = request.observe(config);
             case["expected"] = serde_json::json!({
-                "decision": serde_json::to_value(&decision).unwrap_or(Value::Null),
-                "request_headers": req,
-                "response_headers": resp,
+                "decision": got.decision,
+                "request_headers": got.request_headers,
+                "response_headers": got.response_headers,
             });
         }
         let text = serde_json::to_string_pretty(&doc).unwrap_or_default();

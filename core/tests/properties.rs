@@ -127,33 +127,63 @@ fn version_split_matches_weights_for_every_id_shape() {
     }
 }
 
+/// One random single-weight change: the weights before and after, the changed version's name,
+/// and every user (of 3000) whose version changed, as (key, from, to).
+struct WeightChange {
+    before: Vec<u32>,
+    after: Vec<u32>,
+    changed: String,
+    moves: Vec<(String, String, String)>,
+}
+
+/// `trials` random configs of 2 to 5 versions with weights from `min_weight`; `change` gives
+/// the chosen version's new weight from its old one.
+fn weight_changes(
+    seed: u64,
+    trials: usize,
+    min_weight: u32,
+    change: impl Fn(&mut Rng, u32) -> u32,
+) -> Vec<WeightChange> {
+    let mut rng = Rng(seed);
+    (0..trials)
+        .map(|trial| {
+            let n_versions = 2 + rng.below(4) as usize;
+            let before: Vec<u32> = (0..n_versions)
+                .map(|_| rng.below(1000) as u32 + min_weight)
+                .collect();
+            let changed = rng.below(n_versions as u64) as usize;
+            let mut after = before.clone();
+            after[changed] = change(&mut rng, before[changed]);
+            let (old, new) = (rollout_config(&before), rollout_config(&after));
+            let moves = (0..3000)
+                .map(|i| format!("t{trial}-user-{i}"))
+                .filter_map(|key| {
+                    let (from, to) = (version_of(&old, &key), version_of(&new, &key));
+                    (from != to).then_some((key, from, to))
+                })
+                .collect();
+            WeightChange {
+                before,
+                after,
+                changed: format!("v{changed}"),
+                moves,
+            }
+        })
+        .collect()
+}
+
 #[test]
 fn raising_one_weight_moves_users_only_into_that_version() {
-    let mut rng = Rng(7);
-    for trial in 0..60 {
-        let n_versions = 2 + rng.below(4) as usize;
-        let before: Vec<u32> = (0..n_versions)
-            .map(|_| rng.below(1000) as u32 + 1)
-            .collect();
-        let changed = rng.below(n_versions as u64) as usize;
-        let mut after = before.clone();
-        after[changed] += rng.below(2000) as u32 + 1;
-        let (old, new) = (rollout_config(&before), rollout_config(&after));
-        let target = format!("v{changed}");
-        let mut moved = 0;
-        for i in 0..3000 {
-            let key = format!("t{trial}-user-{i}");
-            let (from, to) = (version_of(&old, &key), version_of(&new, &key));
-            if from != to {
-                assert_eq!(
-                    to, target,
-                    "{before:?} -> {after:?}: {key} moved {from} -> {to}"
-                );
-                moved += 1;
-            }
+    for c in weight_changes(7, 60, 1, |rng, w| w + rng.below(2000) as u32 + 1) {
+        let (before, after) = (&c.before, &c.after);
+        for (key, from, to) in &c.moves {
+            assert_eq!(
+                to, &c.changed,
+                "{before:?} -> {after:?}: {key} moved {from} -> {to}"
+            );
         }
         assert!(
-            moved > 0,
+            !c.moves.is_empty(),
             "{before:?} -> {after:?}: raising a weight moved nobody"
         );
     }
@@ -161,26 +191,14 @@ fn raising_one_weight_moves_users_only_into_that_version() {
 
 #[test]
 fn lowering_one_weight_moves_users_only_out_of_that_version() {
-    let mut rng = Rng(11);
-    for trial in 0..60 {
-        let n_versions = 2 + rng.below(4) as usize;
-        let before: Vec<u32> = (0..n_versions)
-            .map(|_| rng.below(1000) as u32 + 2)
-            .collect();
-        let changed = rng.below(n_versions as u64) as usize;
-        let mut after = before.clone();
-        after[changed] = rng.below(u64::from(before[changed])) as u32; // may reach 0
-        let (old, new) = (rollout_config(&before), rollout_config(&after));
-        let source = format!("v{changed}");
-        for i in 0..3000 {
-            let key = format!("t{trial}-user-{i}");
-            let (from, to) = (version_of(&old, &key), version_of(&new, &key));
-            if from != to {
-                assert_eq!(
-                    from, source,
-                    "{before:?} -> {after:?}: {key} moved {from} -> {to}"
-                );
-            }
+    // The new weight may reach 0.
+    for c in weight_changes(11, 60, 2, |rng, w| rng.below(u64::from(w)) as u32) {
+        let (before, after) = (&c.before, &c.after);
+        for (key, from, to) in &c.moves {
+            assert_eq!(
+                from, &c.changed,
+                "{before:?} -> {after:?}: {key} moved {from} -> {to}"
+            );
         }
     }
 }

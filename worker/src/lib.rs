@@ -228,6 +228,14 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
 
     // The upstream request: everything as the client sent it, except the contract headers.
     let contract = config.request_headers(&decision);
+    // The flags header value, built once: the upstream request and the data point share it.
+    let flags_header = config.header_names().flags.as_str();
+    let flags = contract
+        .iter()
+        .find(|h| h.name == flags_header)
+        .and_then(|h| h.value.as_deref())
+        .unwrap_or_default()
+        .to_owned();
     let headers = Headers::new();
     for (name, value) in &facts {
         if name.starts_with(':') || name == "host" || contract.iter().any(|h| h.name == name) {
@@ -259,7 +267,7 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
             record(
                 env,
                 &decision,
-                &config,
+                &flags,
                 502,
                 Date::now().as_millis().saturating_sub(started),
             );
@@ -270,7 +278,7 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
         }
     };
     let latency_ms = Date::now().as_millis().saturating_sub(started);
-    record(env, &decision, &config, response.status_code(), latency_ms);
+    record(env, &decision, &flags, response.status_code(), latency_ms);
 
     // Fetched responses have immutable headers: build the client's response on a copy.
     let status = response.status_code();
@@ -305,7 +313,7 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
 fn record(
     env: &Env,
     decision: &rollout_core::Decision<'_>,
-    config: &Config,
+    flags: &str,
     status: u16,
     latency_ms: u64,
 ) {
@@ -315,19 +323,12 @@ fn record(
     let (rollout, version) = decision
         .rollout
         .map_or(("", ""), |r| (r.rollout, r.version));
-    let flags_header = config.header_names().flags.as_str();
-    let flags = config
-        .request_headers(decision)
-        .into_iter()
-        .find(|h| h.name == flags_header)
-        .and_then(|h| h.value)
-        .unwrap_or_default();
     let point = AnalyticsEngineDataPointBuilder::new()
         .indexes([rollout])
         .blobs([
             rollout.to_owned(),
             version.to_owned(),
-            flags.into_owned(),
+            flags.to_owned(),
             status.to_string(),
         ])
         .doubles([f64::from(status), latency_ms as f64])
