@@ -2,7 +2,12 @@
 //! through the built filter .wasm in the wasmtime harness. Run with `cargo bench -p
 //! rollout-benches`; the harness group needs the filter built for wasm32-wasip1 (release).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::hint::black_box;
 
@@ -10,6 +15,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use host_test::testing::filter_wasm_path;
 use host_test::{headers, Exchange, FilterModule, VmOptions};
 use rollout_core::{Config, HostInputs};
+use unleash_yggdrasil::{ClientFeatures, Context, EngineState, UpdateMessage};
 
 /// A rule-bearing flag, as real configs have them.
 fn flag_json(i: usize) -> String {
@@ -103,5 +109,127 @@ fn harness_request(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, core_decide, core_parse, harness_request);
+/// Flags per iteration in the flag comparison: enough that a request's fixed cost (finding
+/// the key, choosing the version) is a small share of ours.
+const GRADUAL_FLAGS: usize = 100;
+const GRADUAL_PERCENT: usize = 25;
+
+/// Our side: one rollout and [`GRADUAL_FLAGS`] flags, each on for 25 % of users, sticky on the
+/// user id header.
+fn gradual_config(n_flags: usize) -> Config {
+    let flags: Vec<String> = (0..n_flags)
+        .map(|i| format!(r#""flag-{i}": {{"percentage": {GRADUAL_PERCENT}}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"user_key": ["header:x-user-id"],
+            "rollouts": {{"checkout": {{"versions": [{{"name": "v1", "weight": 1}}]}}}},
+            "flags": {{{}}}}}"#,
+        flags.join(",")
+    );
+    Config::from_json(json.as_bytes()).unwrap()
+}
+
+/// Unleash's side: the same flags as `flexibleRollout` strategies, 25 % sticky on userId, each
+/// flag its own group (as Unleash's UI sets it up).
+fn gradual_engine(n_flags: usize) -> EngineState {
+    let features: Vec<serde_json::Value> = (0..n_flags)
+        .map(|i| {
+            serde_json::json!({
+                "name": format!("flag-{i}"),
+                "enabled": true,
+                "strategies": [{
+                    "name": "flexibleRollout",
+                    "parameters": {
+                        "rollout": GRADUAL_PERCENT.to_string(),
+                        "stickiness": "userId",
+                        "groupId": format!("flag-{i}"),
+                    },
+                }],
+            })
+        })
+        .collect();
+    let features: ClientFeatures =
+        serde_json::from_value(serde_json::json!({"version": 2, "features": features})).unwrap();
+    let engine = EngineState::default();
+    let warnings = engine.take_state(UpdateMessage::FullResponse(features));
+    assert!(warnings.unwrap_or_default().is_empty());
+    engine
+}
+
+fn unleash_context(user: &str) -> Context {
+    Context {
+        user_id: Some(user.to_owned()),
+        session_id: None,
+        environment: None,
+        app_name: None,
+        current_time: None,
+        remote_address: None,
+        properties: None,
+    }
+}
+
+/// Before timing, check that the two sides really are equivalent: every flag on for about a
+/// quarter of 4,000 users on both engines (the hashes differ, so the users do too).
+fn check_equivalent(config: &Config, engine: &EngineState, flags: &[String]) {
+    let users = 4000;
+    let mut ours = vec![0usize; flags.len()];
+    let mut theirs = vec![0usize; flags.len()];
+    for u in 0..users {
+        let user = format!("user-{u}");
+        let facts = [("x-user-id", user.as_str())];
+        let decision = config.decide(&facts[..], HostInputs::default());
+        assert_eq!(decision.flags.len(), flags.len());
+        let context = unleash_context(&user);
+        for (i, flag) in flags.iter().enumerate() {
+            ours[i] += usize::from(decision.flags[i].value == "on");
+            theirs[i] += usize::from(engine.is_enabled(flag, &context, &None));
+        }
+    }
+    for (name, counts) in [("rollout-core", ours), ("unleash-yggdrasil", theirs)] {
+        for (flag, on) in flags.iter().zip(counts) {
+            let share = on * 100 / users;
+            assert!(
+                (20..=30).contains(&share),
+                "{name}: {flag} on for {share} % of users, configured {GRADUAL_PERCENT} %"
+            );
+        }
+    }
+}
+
+fn flag_comparison(c: &mut Criterion) {
+    let config = gradual_config(GRADUAL_FLAGS);
+    let engine = gradual_engine(GRADUAL_FLAGS);
+    // Sorted as the decision lists them, so index i names the same flag on both sides.
+    let mut flags: Vec<String> = (0..GRADUAL_FLAGS).map(|i| format!("flag-{i}")).collect();
+    flags.sort();
+    check_equivalent(&config, &engine, &flags);
+
+    let mut group = c.benchmark_group(format!(
+        "{GRADUAL_FLAGS} gradual-rollout flags for one user"
+    ));
+    let user = "user-123456";
+    // Ours includes finding the key and choosing a version: a whole request's decision.
+    let facts = [("x-user-id", user)];
+    group.bench_function("rollout-core decide", |b| {
+        b.iter(|| black_box(config.decide(black_box(&facts[..]), HostInputs::default())))
+    });
+    // Theirs gets a ready context, built once, and answers one flag per call.
+    let context = unleash_context(user);
+    group.bench_function("unleash-yggdrasil is_enabled", |b| {
+        b.iter(|| {
+            for flag in &flags {
+                black_box(engine.is_enabled(black_box(flag), black_box(&context), &None));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    core_decide,
+    flag_comparison,
+    core_parse,
+    harness_request
+);
 criterion_main!(benches);

@@ -1,17 +1,20 @@
 """Benchmark: the proxy's throughput, latency and CPU per request with no filter, with Envoy's
-native weighted_clusters, with a Lua filter doing an equivalent sticky split, and with the
-rollout filter, in one run with interleaved rounds, on loopback only.
+native weighted_clusters, with a Lua filter doing an equivalent sticky split, with a wasm filter
+that does nothing (the floor for any proxy-wasm filter), and with the rollout filter, in one run
+with interleaved rounds, on loopback only.
 
-    .venv/bin/python envoy/tests/bench_load.py [ROUNDS] [SECONDS]
+    .venv/bin/python envoy/tests/bench_load.py [ROUNDS] [SECONDS] [--json PATH]
 
 The proxy under test is envoy/static/envoy.yaml with --concurrency 1 (so its CPU time per
 request is comparable): as shipped, and with the wasm filter removed (no filter; with the
 routes replaced by weighted_clusters 90/10; with a Lua filter that hashes x-user-id and sets
-x-rollout-version for 10% of users). Its upstream
+x-rollout-version for 10% of users; with the probe test filter configured to do nothing, which
+needs target/wasm32-wasip1/release/probe_filter.wasm). Its upstream
 is a second Envoy answering with a direct response, so the upstream is never the bottleneck.
 Load: wrk -t2 -c50 with a distinct x-user-id per request. CPU is the proxy process's
 user+system time from /proc, divided by the requests wrk completed."""
 
+import json
 import os
 import pathlib
 import re
@@ -98,6 +101,15 @@ def weighted_clusters(text):
     return text[:start] + WEIGHTED_ROUTES + text[end:]
 
 
+def empty_wasm_filter(text):
+    """The shipped config with the rollout filter swapped for a wasm filter that does nothing:
+    what the host charges for running any proxy-wasm filter, before it does any work."""
+    text = text.replace("release/rollout_filter.wasm", "release/probe_filter.wasm")
+    start = text.index("                  value: |")
+    end = text.index("          - name: envoy.filters.http.router")
+    return text[:start] + "                  value: pass\n" + text[end:]
+
+
 def cpu_seconds(pid):
     fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = int(fields[11]) + int(fields[12])  # utime + stime
@@ -118,7 +130,7 @@ def run_wrk(port, seconds, script):
     return requests, rps, latency(50), latency(99), int(errors.group(1)) if errors else 0
 
 
-def main(rounds, seconds):
+def main(rounds, seconds, json_path=None):
     tmp = pathlib.Path(tempfile.mkdtemp())
     script = tmp / "user_ids.lua"
     script.write_text(LUA_USER_IDS)
@@ -128,6 +140,7 @@ def main(rounds, seconds):
         "no filter": without_filter(shipped),
         "weighted_clusters": weighted_clusters(shipped),
         "lua split": without_filter(shipped, LUA_SPLIT),
+        "empty wasm filter": empty_wasm_filter(shipped),
         "rollout filter": shipped,
     }
     results = {name: [] for name in variants}
@@ -145,14 +158,29 @@ def main(rounds, seconds):
                     envoy.stop()
     finally:
         upstream.stop()
+    columns = ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "non_2xx")
+    medians = {name: dict(zip(columns, (sorted(col)[len(col) // 2] for col in zip(*rows))))
+               for name, rows in results.items()}
+    native = medians["weighted_clusters"]
+    for med in medians.values():
+        med["rps_vs_native"] = med["rps"] / native["rps"]
+        med["cpu_vs_native"] = med["cpu_us_per_request"] / native["cpu_us_per_request"]
     print(f"{rounds} interleaved rounds of {seconds} s, wrk -t2 -c50, proxy --concurrency 1, median per variant")
     print(f"{'variant':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>11} {'non-2xx':>8} "
           f"{'rps vs native':>14}")
-    medians = {name: [sorted(col)[len(col) // 2] for col in zip(*rows)] for name, rows in results.items()}
-    native = medians["weighted_clusters"][0]
     for name, med in medians.items():
-        print(f"{name:<18} {med[0]:>9.0f} {med[1]:>8.2f} {med[2]:>8.2f} {med[3]:>11.1f} {med[4]:>8d} {med[0] / native:>14.2f}")
+        print(f"{name:<18} {med['rps']:>9.0f} {med['p50_ms']:>8.2f} {med['p99_ms']:>8.2f} "
+              f"{med['cpu_us_per_request']:>11.1f} {med['non_2xx']:>8d} {med['rps_vs_native']:>14.2f}")
+    if json_path:
+        pathlib.Path(json_path).write_text(json.dumps(
+            {"rounds": rounds, "seconds": seconds, "variants": medians}, indent=2))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 3, int(sys.argv[2]) if len(sys.argv) > 2 else 10)
+    args = sys.argv[1:]
+    json_out = None
+    if "--json" in args:
+        at = args.index("--json")
+        json_out = args[at + 1]
+        del args[at:at + 2]
+    main(int(args[0]) if args else 3, int(args[1]) if len(args) > 1 else 10, json_out)

@@ -1,11 +1,12 @@
 """Benchmark: how long from a config change at the source until every probed worker of a real
 Envoy (--concurrency 2, envoy/live/envoy.yaml) decides by it. Prints p50/p99 over N flips.
 
-    .venv/bin/python envoy/tests/bench_propagation.py [FLIPS]
+    .venv/bin/python envoy/tests/bench_propagation.py [FLIPS] [--json PATH]
 
 Each flip switches every user between v1 and v2 and times until 8 keep-alive connections
 (spread over both workers) all see the new version; the time includes the probe requests."""
 
+import json
 import pathlib
 import statistics
 import sys
@@ -17,7 +18,7 @@ from conftest import LIVE_CONFIG, ConfigServer, Envoy, Upstream  # noqa: E402
 from test_live import Probes, rollout, wait_until  # noqa: E402
 
 
-def main(flips):
+def main(flips, json_path=None):
     upstreams = {"v1": Upstream("v1"), "v2": Upstream("v2")}
     source = ConfigServer(rollout(1, 0))
     envoy = Envoy(LIVE_CONFIG.read_text(), pathlib.Path(tempfile.mkdtemp()),
@@ -37,6 +38,10 @@ def main(flips):
         p99 = delays[min(len(delays) - 1, int(round(0.99 * (len(delays) - 1))))]
         print(f"propagation over {flips} flips (poll interval 50 ms): p50 {statistics.median(delays):.0f} ms, "
               f"p99 {p99:.0f} ms, max {delays[-1]:.0f} ms")
+        if json_path:
+            pathlib.Path(json_path).write_text(json.dumps({
+                "flips": flips, "poll_interval_ms": 50, "p50_ms": statistics.median(delays),
+                "p99_ms": p99, "max_ms": delays[-1]}, indent=2))
     finally:
         envoy.stop()
         source.stop()
@@ -45,4 +50,10 @@ def main(flips):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 30)
+    args = sys.argv[1:]
+    json_out = None
+    if "--json" in args:
+        at = args.index("--json")
+        json_out = args[at + 1]
+        del args[at:at + 2]
+    main(int(args[0]) if args else 30, json_out)

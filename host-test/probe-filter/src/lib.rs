@@ -106,8 +106,12 @@ impl HttpContext for Probe {
     fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
         // Configured as "die", the filter traps on every request: real-Envoy tests use it to
         // check how a route layout and failure policy behave when a filter's VM dies.
-        if self.config.trim() == "die" {
-            panic!("probe: dying on purpose");
+        match self.config.trim() {
+            "die" => panic!("probe: dying on purpose"),
+            // Configured as "pass", it does nothing at all: the load benchmark's floor for any
+            // wasm filter (the host's cost of running one per request).
+            "pass" => return Action::Continue,
+            _ => {}
         }
         let op = self.get_http_request_header("x-probe").unwrap_or_default();
         match op.as_str() {

@@ -1,0 +1,203 @@
+"""Writes the benchmark results table (markdown) from one run of scripts/bench.sh: criterion's
+estimates, the load and propagation JSON, the two wasm modules' sizes, and the machine's
+description. The same text goes to benches/RESULTS.md and between the bench markers in README.md.
+
+    python benches/report.py --criterion target/criterion --results target/bench-results \\
+        [--wasm-opt PATH] [--filter PATH] [--worker PATH] [--write FILE] [--readme FILE]
+"""
+
+import argparse
+import datetime
+import gzip
+import json
+import os
+import pathlib
+import platform
+import re
+import subprocess
+import tempfile
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+# The wasm features rustc's wasm32 targets emit (and wasm-bindgen's exception handling); wasm-opt
+# must be told, or it refuses them.
+WASM_FEATURES = ["--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-globals",
+                 "--enable-nontrapping-float-to-int", "--enable-multivalue",
+                 "--enable-reference-types", "--enable-exception-handling"]
+
+FLAG_GROUP = "100 gradual-rollout flags for one user"
+OURS, THEIRS = "rollout-core decide", "unleash-yggdrasil is_enabled"
+
+
+def criterion_means(root):
+    """full id -> mean time in ns, for every benchmark criterion has results for."""
+    means = {}
+    for bench in pathlib.Path(root).glob("**/new/benchmark.json"):
+        full_id = json.loads(bench.read_text())["full_id"]
+        estimates = json.loads((bench.parent / "estimates.json").read_text())
+        means[full_id] = estimates["mean"]["point_estimate"]
+    return means
+
+
+def gzip_size(data):
+    return len(gzip.compress(data, compresslevel=9, mtime=0))
+
+
+def wasm_sizes(path, wasm_opt=None):
+    """raw, after `wasm-opt -Oz` (None without wasm-opt), and gzip -9 of each."""
+    raw = pathlib.Path(path).read_bytes()
+    sizes = {"raw": len(raw), "raw_gzip": gzip_size(raw), "opt": None, "opt_gzip": None}
+    if wasm_opt:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = pathlib.Path(tmp) / "opt.wasm"
+            subprocess.run([wasm_opt, "-Oz", *WASM_FEATURES, str(path), "-o", str(out)], check=True)
+            opt = out.read_bytes()
+        sizes["opt"], sizes["opt_gzip"] = len(opt), gzip_size(opt)
+    return sizes
+
+
+def command_line(args):
+    try:
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "not found"
+
+
+def machine():
+    cpuinfo = pathlib.Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
+    model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
+    meminfo = pathlib.Path("/proc/meminfo").read_text() if os.path.exists("/proc/meminfo") else ""
+    mem = re.search(r"MemTotal:\s*(\d+) kB", meminfo)
+    os_release = pathlib.Path("/etc/os-release")
+    pretty = re.search(r'PRETTY_NAME="(.*)"', os_release.read_text()) if os_release.exists() else None
+    envoy = command_line([".venv/bin/envoy", "--version"])
+    envoy_version = re.search(r"/(\d+\.\d+\.\d+)/", envoy)
+    return [
+        ("CPU", model.group(1) if model else platform.processor() or "unknown"),
+        ("cores", str(os.cpu_count())),
+        ("memory", f"{int(mem.group(1)) / 1048576:.1f} GiB" if mem else "unknown"),
+        ("OS", f"{pretty.group(1) if pretty else platform.system()}, kernel {platform.release()}"),
+        ("rustc", command_line(["rustc", "--version"])),
+        ("Envoy", envoy_version.group(1) if envoy_version else envoy),
+        ("commit", command_line(["git", "rev-parse", "--short", "HEAD"])),
+        ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+    ]
+
+
+def fmt_ns(ns):
+    if ns >= 1e6:
+        return f"{ns / 1e6:.2f} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.2f} µs"
+    return f"{ns:.0f} ns"
+
+
+def fmt_bytes(n):
+    return "n/a" if n is None else f"{n:,} B"
+
+
+def goal_row(goal, target, measured, met):
+    return f"| {goal} | {target} | {measured} | {'met' if met else '**missed**'} |"
+
+
+def render(means, load, propagation, filter_sizes, worker_sizes, machine_rows):
+    lines = ["Written by `scripts/bench.sh` (`benches/report.py`); every number below is from the "
+             "one run described here.", "", "| machine | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in machine_rows]
+
+    ours = means.get(f"{FLAG_GROUP}/{OURS}")
+    theirs = means.get(f"{FLAG_GROUP}/{THEIRS}")
+    variants = load["variants"] if load else {}
+    rollout = variants.get("rollout filter")
+    floor = variants.get("empty wasm filter")
+    lines += ["", "### Goals (issue 5)", "", "| goal | target | measured | |", "|---|---|---|---|"]
+    if rollout:
+        lines.append(goal_row("Envoy throughput with the rollout filter, vs native weighted_clusters",
+                              ">= 0.90", f"{rollout['rps_vs_native']:.2f}",
+                              rollout["rps_vs_native"] >= 0.90))
+    if ours and theirs:
+        ratio = ours / theirs
+        lines.append(goal_row("per-flag evaluation, vs unleash-yggdrasil `is_enabled`", "<= 0.3x",
+                              f"{ratio:.2f}x ({fmt_ns(ours / 100)} vs {fmt_ns(theirs / 100)} per flag)",
+                              ratio <= 0.3))
+    lines.append(goal_row("filter module, raw", "<= 100,000 B", fmt_bytes(filter_sizes["raw"]),
+                          filter_sizes["raw"] <= 100_000))
+    lines.append(goal_row("Worker wasm, gzip", "<= 150,000 B", fmt_bytes(worker_sizes["raw_gzip"]),
+                          worker_sizes["raw_gzip"] <= 150_000))
+    if propagation:
+        lines.append(goal_row("config propagation to every Envoy worker, p99", "<= 100 ms",
+                              f"{propagation['p99_ms']:.0f} ms", propagation["p99_ms"] <= 100))
+
+    lines += ["", "### Module sizes", "",
+              "| module | raw | gzip -9 | after `wasm-opt -Oz` | gzip -9 of that |", "|---|---|---|---|---|"]
+    for name, s in [("filter (`rollout_filter.wasm`, as Envoy loads it)", filter_sizes),
+                    ("Worker (`index_bg.wasm`, as deployed: worker-build ran wasm-opt)", worker_sizes)]:
+        lines.append(f"| {name} | {fmt_bytes(s['raw'])} | {fmt_bytes(s['raw_gzip'])} | "
+                     f"{fmt_bytes(s['opt'])} | {fmt_bytes(s['opt_gzip'])} |")
+
+    lines += ["", "### Criterion (mean time per iteration)", "", "| benchmark | time |", "|---|---|"]
+    lines += [f"| {name} | {fmt_ns(ns)} |" for name, ns in sorted(means.items())]
+    if ours and theirs:
+        lines += ["", f"Per flag: rollout-core {fmt_ns(ours / 100)} (a whole decision for 100 flags, "
+                      f"key lookup and version choice included, divided by 100), unleash-yggdrasil "
+                      f"{fmt_ns(theirs / 100)} (100 `is_enabled` calls on a ready context, divided by "
+                      f"100): ratio {ours / theirs:.2f}x."]
+
+    if load:
+        lines += ["", f"### Envoy under load ({load['rounds']} interleaved rounds of {load['seconds']} s "
+                      "per variant, wrk -t2 -c50, proxy `--concurrency 1`, medians)", "",
+                  "| variant | req/s | p50 | p99 | proxy CPU per request | req/s vs native | CPU vs native |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, v in variants.items():
+            lines.append(f"| {name} | {v['rps']:,.0f} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | "
+                         f"{v['cpu_us_per_request']:.1f} µs | {v['rps_vs_native']:.2f} | "
+                         f"{v['cpu_vs_native']:.2f} |")
+        if floor:
+            lines += ["", f"The empty wasm filter does nothing per request; its {floor['rps_vs_native']:.2f} "
+                          "is what Envoy's V8 runtime charges any proxy-wasm filter, and bounds every one."]
+    if propagation:
+        lines += ["", f"### Config propagation ({propagation['flips']} flips, poll every "
+                      f"{propagation['poll_interval_ms']} ms)", "",
+                  f"p50 {propagation['p50_ms']:.0f} ms, p99 {propagation['p99_ms']:.0f} ms, "
+                  f"max {propagation['max_ms']:.0f} ms from the change at the source until every "
+                  "probed worker decides by it."]
+    return "\n".join(lines) + "\n"
+
+
+def replace_between_markers(text, body):
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    return text[:start] + "\n" + body + text[end:]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--criterion", required=True)
+    parser.add_argument("--results", required=True)
+    parser.add_argument("--wasm-opt")
+    parser.add_argument("--filter", default="target/wasm32-wasip1/release/rollout_filter.wasm")
+    parser.add_argument("--worker", default="worker/build/index_bg.wasm")
+    parser.add_argument("--write")
+    parser.add_argument("--readme")
+    args = parser.parse_args()
+
+    results = pathlib.Path(args.results)
+
+    def optional_json(name):
+        path = results / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    body = render(criterion_means(args.criterion), optional_json("load.json"),
+                  optional_json("propagation.json"), wasm_sizes(args.filter, args.wasm_opt),
+                  wasm_sizes(args.worker, args.wasm_opt), machine())
+    steps = pathlib.Path(__file__).with_name("STEPS.md")
+    if args.write:
+        history = ("\n" + steps.read_text()) if steps.exists() else ""
+        pathlib.Path(args.write).write_text("# Benchmark results\n\n" + body + history)
+    if args.readme:
+        readme = pathlib.Path(args.readme)
+        readme.write_text(replace_between_markers(readme.read_text(), body))
+    print(body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The results writer on recorded inputs: ratios, goal verdicts and the README splice."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import report  # noqa: E402
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def criterion_result(root, group, function, mean_ns):
+    d = root / group / function / "new"
+    d.mkdir(parents=True)
+    (d / "benchmark.json").write_text(json.dumps({"full_id": f"{group}/{function}"}))
+    (d / "estimates.json").write_text(json.dumps({"mean": {"point_estimate": mean_ns}}))
+
+
+def recorded(tmp):
+    crit = tmp / "criterion"
+    criterion_result(crit, report.FLAG_GROUP, report.OURS, 2_000.0)
+    criterion_result(crit, report.FLAG_GROUP, report.THEIRS, 10_000.0)
+    criterion_result(crit, "core decide", "2 versions, 0 flags", 134.0)
+    results = tmp / "results"
+    results.mkdir()
+    row = {"p50_ms": 2.0, "p99_ms": 4.0, "non_2xx": 0}
+    variants = {
+        "weighted_clusters": dict(row, rps=20_000, cpu_us_per_request=40.0, rps_vs_native=1.0, cpu_vs_native=1.0),
+        "empty wasm filter": dict(row, rps=17_600, cpu_us_per_request=45.0, rps_vs_native=0.88, cpu_vs_native=1.125),
+        "rollout filter": dict(row, rps=15_000, cpu_us_per_request=53.0, rps_vs_native=0.75, cpu_vs_native=1.325),
+    }
+    (results / "load.json").write_text(json.dumps({"rounds": 3, "seconds": 8, "variants": variants}))
+    (results / "propagation.json").write_text(json.dumps(
+        {"flips": 40, "poll_interval_ms": 50, "p50_ms": 30.0, "p99_ms": 120.0, "max_ms": 130.0}))
+    (tmp / "filter.wasm").write_bytes(b"\0asm" + bytes(90_000))
+    (tmp / "worker.wasm").write_bytes(os.urandom(160_000))  # incompressible: gzip stays above 150 KB
+    return crit, results
+
+
+def goal(body, name):
+    return next(line for line in body.splitlines() if line.startswith(f"| {name}"))
+
+
+def test_goals_are_judged_from_the_recorded_numbers(tmp_path):
+    crit, results = recorded(tmp_path)
+    body = report.render(report.criterion_means(crit), json.loads((results / "load.json").read_text()),
+                         json.loads((results / "propagation.json").read_text()),
+                         report.wasm_sizes(tmp_path / "filter.wasm"), report.wasm_sizes(tmp_path / "worker.wasm"),
+                         [("CPU", "test")])
+    assert goal(body, "per-flag").endswith("| 0.20x (20 ns vs 100 ns per flag) | met |")
+    assert goal(body, "Envoy throughput").endswith("| 0.75 | **missed** |")
+    assert goal(body, "filter module").endswith("| 90,004 B | met |")
+    assert goal(body, "Worker wasm").endswith("| **missed** |")
+    assert goal(body, "config propagation").endswith("| 120 ms | **missed** |")
+    assert "| empty wasm filter | 17,600 |" in body
+    assert "its 0.88 is what Envoy's V8 runtime charges" in body
+
+
+def test_command_writes_results_and_splices_the_readme(tmp_path):
+    crit, results = recorded(tmp_path)
+    fake_opt = tmp_path / "wasm-opt"
+    # Stands in for wasm-opt: "optimises" by dropping the last 4 bytes.
+    fake_opt.write_text('#!/bin/sh\nin=""; out=""\nwhile [ $# -gt 0 ]; do case "$1" in -o) out="$2"; shift;; '
+                        '-*) ;; *) in="$1";; esac; shift; done\nhead -c -4 "$in" > "$out"\n')
+    fake_opt.chmod(0o755)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Title\n\nbefore\n{report.BEGIN}\nold table\n{report.END}\nafter\n")
+    out = tmp_path / "RESULTS.md"
+    subprocess.run([sys.executable, str(HERE / "report.py"), "--criterion", str(crit), "--results", str(results),
+                    "--wasm-opt", str(fake_opt), "--filter", str(tmp_path / "filter.wasm"),
+                    "--worker", str(tmp_path / "worker.wasm"), "--write", str(out), "--readme", str(readme)],
+                   check=True, capture_output=True)
+    text = readme.read_text()
+    assert text.startswith("# Title\n\nbefore\n" + report.BEGIN + "\n")
+    assert text.endswith(report.END + "\nafter\n")
+    assert "old table" not in text
+    assert "| 90,004 B | " in text and "| 90,000 B |" in text  # raw, and after the fake wasm-opt
+    assert out.read_text().startswith("# Benchmark results\n")
+    assert goal(out.read_text(), "per-flag").endswith("| met |")

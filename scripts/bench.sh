@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every benchmark on this machine and writes the results table with the machine's
+# description to benches/RESULTS.md and into README.md: module sizes, the core beside
+# unleash-yggdrasil (criterion), the filter .wasm per request in the harness, Envoy under load
+# beside its native split, a Lua split and an empty wasm filter, and config propagation.
+# Takes about 15 minutes on 2 cores; run it on an otherwise idle machine.
+#
+#     scripts/bench.sh [--quick]     (--quick: shorter runs, for trying the script out)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+rounds=3 seconds=8 flips=40 criterion=()
+if [ "${1:-}" = "--quick" ]; then
+    rounds=1 seconds=2 flips=6 criterion=(--warm-up-time 1 --measurement-time 2)
+fi
+out=target/bench-results
+rm -rf "$out" && mkdir -p "$out"
+
+step "tools: wasm targets, Envoy, Worker build tools"
+ensure_targets
+ensure_envoy
+ensure_worker_tools
+
+step "build both wasm modules"
+build_filters
+build_worker
+
+step "criterion: core, core beside unleash-yggdrasil, the filter .wasm in the harness"
+cargo bench -p rollout-benches --bench decide -- "${criterion[@]}"
+
+step "Envoy under load: $rounds interleaved rounds of $seconds s per variant"
+.venv/bin/python envoy/tests/bench_load.py "$rounds" "$seconds" --json "$out/load.json"
+
+step "config propagation: $flips flips"
+.venv/bin/python envoy/tests/bench_propagation.py "$flips" --json "$out/propagation.json"
+
+step "results table"
+.venv/bin/python benches/report.py --criterion target/criterion --results "$out" \
+    --wasm-opt worker/node_modules/.bin/wasm-opt \
+    --write benches/RESULTS.md --readme README.md
