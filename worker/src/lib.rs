@@ -133,29 +133,33 @@ fn random_u64() -> u64 {
     (high << 32) | low
 }
 
+/// Splits the request URL into authority and path with query. The runtime hands over an
+/// absolute URL it has already normalised (`https://host[:port]/path[?query]`), so splitting
+/// it is enough, and it keeps a URL parser (a third of this module's code) out of the Worker.
+fn authority_and_path(url: &str) -> (&str, &str) {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.split_once('#').map_or(rest, |(rest, _)| rest);
+    let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    (host, if path.is_empty() { "/" } else { path })
+}
+
 /// The request as the core sees it: lowercase header names, with Envoy's pseudo-headers
 /// made from the URL, so both hosts decide from the same facts.
-fn facts(req: &Request) -> Result<Vec<(String, String)>> {
-    let url = req.url()?;
-    let mut authority = url.host_str().unwrap_or_default().to_owned();
-    if let Some(port) = url.port() {
-        authority = format!("{authority}:{port}");
-    }
-    let mut path = url.path().to_owned();
-    if let Some(query) = url.query() {
-        path = format!("{path}?{query}");
-    }
+fn facts(req: &Request, authority: &str, path: &str) -> Vec<(String, String)> {
     let mut out = vec![
         (":method".to_owned(), req.method().to_string()),
-        (":authority".to_owned(), authority),
-        (":path".to_owned(), path),
+        (":authority".to_owned(), authority.to_owned()),
+        (":path".to_owned(), path.to_owned()),
     ];
     out.extend(
         req.headers()
             .entries()
             .map(|(k, v)| (k.to_ascii_lowercase(), v)),
     );
-    Ok(out)
+    out
 }
 
 #[event(fetch)]
@@ -179,7 +183,9 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
             Rc::new(Config::from_json(b"{}").map_err(|e| worker::Error::RustError(e.to_string()))?)
         }
     };
-    let mut facts = facts(&req)?;
+    let url = req.inner().url();
+    let (authority, path) = authority_and_path(&url);
+    let mut facts = facts(&req, authority, path);
     let mut decision = config.decide(
         facts.as_slice(),
         HostInputs {
@@ -248,11 +254,7 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
             headers.set(header.name, value)?;
         }
     }
-    let url = req.url()?;
-    let mut upstream_url = format!("{}{}", origin.trim_end_matches('/'), url.path());
-    if let Some(query) = url.query() {
-        upstream_url = format!("{upstream_url}?{query}");
-    }
+    let upstream_url = format!("{}{path}", origin.trim_end_matches('/'));
     let mut init = RequestInit::new();
     init.with_method(req.method()).with_headers(headers);
     if !matches!(req.method(), Method::Get | Method::Head) {
