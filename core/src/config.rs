@@ -543,7 +543,7 @@ impl Walk {
         config
             .rollouts
             .sort_by_key(|r| (r.hosts.is_empty(), core::cmp::Reverse(r.path_prefix.len())));
-        config.flags.sort_by(|a, b| a.name.cmp(&b.name));
+        config.flags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         let mut slot = 0;
         for rollout in &mut config.rollouts {
             rollout.first_slot = slot;
@@ -838,7 +838,7 @@ impl Walk {
             if let Some(v) = map.get(key) {
                 let keys = self.at_key(key, |w| w.string_list(v));
                 *list = keys.into_iter().map(String::into_bytes).collect();
-                list.sort();
+                list.sort_unstable();
             }
         }
         if let Some(v) = map.get("percentage") {
