@@ -100,7 +100,8 @@ def goal_row(goal, target, measured, met):
     return f"| {goal} | {target} | {measured} | {'met' if met else '**missed**'} |"
 
 
-def render(means, load, propagation, filter_sizes, worker_sizes, machine_rows):
+def render(means, load, propagation, filter_sizes, worker_sizes, machine_rows, profile=None,
+           size_profile=None):
     lines = ["Written by `scripts/bench.sh` (`benches/report.py`); every number below is from the "
              "one run described here.", "", "| machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in machine_rows]
@@ -155,6 +156,17 @@ def render(means, load, propagation, filter_sizes, worker_sizes, machine_rows):
         if floor:
             lines += ["", f"The empty wasm filter does nothing per request; its {floor['rps_vs_native']:.2f} "
                           "is what Envoy's V8 runtime charges any proxy-wasm filter, and bounds every one."]
+    if profile:
+        lines += ["", "### Profile (not timed)", "",
+                  "| config | heap allocations per decision (native) | filter → host calls per request | "
+                  "host → filter calls per request |", "|---|---|---|---|"]
+        for row in profile:
+            lines.append(f"| {row['shape']} | {row['allocations_per_decision']} | "
+                         f"{row['host_calls_per_request']} | {row['filter_calls_per_request']} |")
+    if size_profile:
+        lines += ["", f"Filter code by crate ({size_profile['code']:,} B of code, {size_profile['data']:,} B "
+                      "of data; `benches/wasm_size.py` on a build that keeps names): " +
+                  ", ".join(f"{crate} {size:,} B" for crate, size in size_profile["by_crate"][:10]) + "."]
     if propagation:
         lines += ["", f"### Config propagation ({propagation['flips']} flips, poll every "
                       f"{propagation['poll_interval_ms']} ms)", "",
@@ -188,7 +200,8 @@ def main():
 
     body = render(criterion_means(args.criterion), optional_json("load.json"),
                   optional_json("propagation.json"), wasm_sizes(args.filter, args.wasm_opt),
-                  wasm_sizes(args.worker, args.wasm_opt), machine())
+                  wasm_sizes(args.worker, args.wasm_opt), machine(), optional_json("profile.json"),
+                  optional_json("filter_size.json"))
     steps = pathlib.Path(__file__).with_name("STEPS.md")
     if args.write:
         history = ("\n" + steps.read_text()) if steps.exists() else ""

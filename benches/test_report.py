@@ -1,4 +1,5 @@
-"""The results writer on recorded inputs: ratios, goal verdicts and the README splice."""
+"""The results writer on recorded inputs (ratios, goal verdicts, the README splice), and the
+size profiler on the built filter."""
 
 import json
 import os
@@ -35,6 +36,11 @@ def recorded(tmp):
     (results / "load.json").write_text(json.dumps({"rounds": 3, "seconds": 8, "variants": variants}))
     (results / "propagation.json").write_text(json.dumps(
         {"flips": 40, "poll_interval_ms": 50, "p50_ms": 30.0, "p99_ms": 120.0, "max_ms": 130.0}))
+    (results / "profile.json").write_text(json.dumps([{
+        "shape": "2 versions, 0 flags", "allocations_per_decision": 0,
+        "host_calls_per_request": 11, "filter_calls_per_request": 8}]))
+    (results / "filter_size.json").write_text(json.dumps(
+        {"code": 170_000, "data": 39_000, "by_crate": [["core", 44_000], ["rollout_core", 21_000]]}))
     (tmp / "filter.wasm").write_bytes(b"\0asm" + bytes(90_000))
     (tmp / "worker.wasm").write_bytes(os.urandom(160_000))  # incompressible: gzip stays above 150 KB
     return crit, results
@@ -79,4 +85,17 @@ def test_command_writes_results_and_splices_the_readme(tmp_path):
     assert "old table" not in text
     assert "| 90,004 B | " in text and "| 90,000 B |" in text  # raw, and after the fake wasm-opt
     assert out.read_text().startswith("# Benchmark results\n")
+    assert "| 2 versions, 0 flags | 0 | 11 | 8 |" in text
+    assert "core 44,000 B, rollout_core 21,000 B." in text
     assert goal(out.read_text(), "per-flag").endswith("| met |")
+
+
+def test_size_profile_accounts_for_every_byte_of_code():
+    import wasm_size
+    module = HERE.parent / "target/wasm32-wasip1/release/rollout_filter.wasm"
+    result = wasm_size.profile(module)
+    assert result["total"] == module.stat().st_size
+    counted = sum(size for _, size in result["by_crate"])
+    # Function bodies fill the code section but for its leading function count.
+    assert result["code"] - 5 <= counted < result["code"]
+    assert result["data"] > 0

@@ -2,7 +2,8 @@
 # Runs every benchmark on this machine and writes the results table with the machine's
 # description to benches/RESULTS.md and into README.md: module sizes, the core beside
 # unleash-yggdrasil (criterion), the filter .wasm per request in the harness, Envoy under load
-# beside its native split, a Lua split and an empty wasm filter, and config propagation.
+# beside its native split, a Lua split and an empty wasm filter, and config propagation; and a
+# profile: allocations per decision, filter/host crossings per request, module size by crate.
 # Takes about 15 minutes on 2 cores; run it on an otherwise idle machine.
 #
 #     scripts/bench.sh [--quick]     (--quick: shorter runs, for trying the script out)
@@ -26,8 +27,14 @@ step "build both wasm modules"
 build_filters
 build_worker
 
+step "filter module size by crate (a build that keeps function names)"
+CARGO_PROFILE_RELEASE_STRIP=false CARGO_TARGET_DIR=target/size-profile \
+    cargo build --release -p rollout-filter --target wasm32-wasip1
+python3 benches/wasm_size.py target/size-profile/wasm32-wasip1/release/rollout_filter.wasm \
+    --json "$out/filter_size.json"
+
 step "criterion: core, core beside unleash-yggdrasil, the filter .wasm in the harness"
-cargo bench -p rollout-benches --bench decide -- "${criterion[@]}"
+ROLLOUT_BENCH_OUT="$out" cargo bench -p rollout-benches --bench decide -- "${criterion[@]}"
 
 step "Envoy under load: $rounds interleaved rounds of $seconds s per variant"
 .venv/bin/python envoy/tests/bench_load.py "$rounds" "$seconds" --json "$out/load.json"

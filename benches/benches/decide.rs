@@ -9,13 +9,79 @@
     missing_docs
 )]
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use host_test::testing::filter_wasm_path;
 use host_test::{headers, Exchange, FilterModule, VmOptions};
 use rollout_core::{Config, HostInputs};
 use unleash_yggdrasil::{ClientFeatures, Context, EngineState, UpdateMessage};
+
+/// Counts heap allocations, so the profile can say how many a decision makes.
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is passed unchanged to the system allocator; only a counter is added.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's contract for `alloc` is the system allocator's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above, that is from the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `dealloc`, and `new_size` is the caller's, unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Not timed: per shape, the heap allocations of one native decision (with its contract
+/// headers) and the filter/host crossings of one request through the .wasm. Printed, and
+/// written as JSON to `$ROLLOUT_BENCH_OUT/profile.json` when that is set (scripts/bench.sh).
+fn profile(_c: &mut Criterion) {
+    let module = FilterModule::from_file(&filter_wasm_path()).ok();
+    let mut rows = Vec::new();
+    for (name, n_versions, n_flags) in SHAPES {
+        let json = config_json(n_versions, n_flags);
+        let config = Config::from_json(json.as_bytes()).unwrap();
+        let facts = request();
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let decision = config.decide(&facts[..], HostInputs::default());
+        black_box(config.request_headers(&decision));
+        let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+        let calls = module.as_ref().map(|module| {
+            let mut vm = module.start_vm(VmOptions::default()).unwrap();
+            assert!(vm.configure(json.as_bytes()).unwrap());
+            let exchange = Exchange {
+                request_headers: headers(&request()),
+                ..Exchange::default()
+            };
+            vm.exchange(&exchange).unwrap().calls
+        });
+        eprintln!("profile: {name}: {allocations} allocations per decision; {calls:?} per request");
+        rows.push(serde_json::json!({
+            "shape": name,
+            "allocations_per_decision": allocations,
+            "host_calls_per_request": calls.map(|c| c.into_host),
+            "filter_calls_per_request": calls.map(|c| c.into_filter),
+        }));
+    }
+    if let Some(dir) = std::env::var_os("ROLLOUT_BENCH_OUT") {
+        let path = std::path::Path::new(&dir).join("profile.json");
+        std::fs::write(&path, serde_json::to_vec_pretty(&rows).unwrap()).unwrap();
+    }
+}
 
 /// A rule-bearing flag, as real configs have them.
 fn flag_json(i: usize) -> String {
@@ -227,6 +293,7 @@ fn flag_comparison(c: &mut Criterion) {
 
 criterion_group!(
     benches,
+    profile,
     core_decide,
     flag_comparison,
     core_parse,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use wasmtime::{Caller, Engine, Func, Instance, Linker, Memory, Module, Store, Val};
+use wasmtime::{CallHook, Caller, Engine, Func, Instance, Linker, Memory, Module, Store, Val};
 
 use crate::abi::{self, status, BufferType, LogLevel, MapType, MetricKind};
 
@@ -157,6 +157,8 @@ pub struct StreamId(u32);
 
 #[derive(Default)]
 struct StreamState {
+    /// The VM's call counts when the stream began.
+    calls_at_begin: CallCounts,
     original_request_headers: Headers,
     paused: bool,
     request_headers: Headers,
@@ -168,8 +170,28 @@ struct StreamState {
     local_response: Option<LocalResponse>,
 }
 
+/// Crossings between the filter and the host: what a proxy-wasm filter costs beyond its own
+/// code (each is a host call or a callback in Envoy's V8 runtime too).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CallCounts {
+    /// Calls the filter made to host functions (proxy-wasm and WASI).
+    pub into_host: u32,
+    /// Calls the host made into the filter: callbacks, and allocations for data it returns.
+    pub into_filter: u32,
+}
+
+impl CallCounts {
+    fn since(self, before: CallCounts) -> CallCounts {
+        CallCounts {
+            into_host: self.into_host - before.into_host,
+            into_filter: self.into_filter - before.into_filter,
+        }
+    }
+}
+
 /// Per-VM host state, the data of the wasmtime store.
 struct HostState {
+    calls: CallCounts,
     shared: Arc<Mutex<SharedState>>,
     memory: Option<Memory>,
     alloc: Option<Func>,
@@ -1125,6 +1147,15 @@ impl FilterModule {
         define_host_functions(&mut linker)?;
         linker.define_unknown_imports_as_traps(&self.module)?;
         let mut store = Store::new(&self.engine, new_state(self.shared.clone(), options));
+        store.call_hook(|mut cx, hook| {
+            let calls = &mut cx.data_mut().calls;
+            match hook {
+                CallHook::CallingHost => calls.into_host += 1,
+                CallHook::CallingWasm => calls.into_filter += 1,
+                CallHook::ReturningFromHost | CallHook::ReturningFromWasm => {}
+            }
+            Ok(())
+        });
         let instance = linker
             .instantiate(&mut store, &self.module)
             .map_err(anyhow::Error::from)
@@ -1200,6 +1231,7 @@ fn new_state(shared: Arc<Mutex<SharedState>>, options: VmOptions) -> HostState {
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default();
     HostState {
+        calls: CallCounts::default(),
         shared,
         memory: None,
         alloc: None,
@@ -1254,6 +1286,9 @@ pub struct ExchangeReport {
     pub logs: Vec<LogEntry>,
     /// Whether the filter paused on request or response headers.
     pub paused: bool,
+    /// Crossings between filter and host from the stream's start to its end (by any context
+    /// of the VM, should others run in between).
+    pub calls: CallCounts,
 }
 
 fn lossy(headers: &Headers) -> Vec<(String, String)> {
@@ -1376,6 +1411,7 @@ impl Vm {
         let id = self.next_context;
         self.next_context += 1;
         let stream = StreamState {
+            calls_at_begin: self.store.data().calls,
             request_headers: exchange.request_headers.clone(),
             original_request_headers: exchange.request_headers.clone(),
             request_body: exchange.request_body.clone(),
@@ -1433,7 +1469,8 @@ impl Vm {
             .streams
             .remove(&id)
             .unwrap_or_default();
-        Ok(report(stream, self.take_logs()))
+        let calls = self.store.data().calls.since(stream.calls_at_begin);
+        Ok(report(stream, self.take_logs(), calls))
     }
 
     /// Calls a stream callback with that stream as the current context.
@@ -1453,7 +1490,7 @@ impl Vm {
     }
 }
 
-fn report(stream: StreamState, logs: Vec<LogEntry>) -> ExchangeReport {
+fn report(stream: StreamState, logs: Vec<LogEntry>, calls: CallCounts) -> ExchangeReport {
     let original = &stream.original_request_headers;
     let finals = &stream.request_headers;
     let mut set = Vec::new();
@@ -1486,5 +1523,6 @@ fn report(stream: StreamState, logs: Vec<LogEntry>) -> ExchangeReport {
         local_response: stream.local_response,
         logs,
         paused: stream.paused,
+        calls,
     }
 }

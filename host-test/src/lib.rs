@@ -6,6 +6,6 @@ pub mod host;
 pub mod testing;
 
 pub use host::{
-    header_value, headers, Exchange, ExchangeReport, FilterModule, Headers, HttpCall,
+    header_value, headers, CallCounts, Exchange, ExchangeReport, FilterModule, Headers, HttpCall,
     HttpCallResponse, LocalResponse, LogEntry, Metric, StreamId, Vm, VmOptions,
 };

@@ -135,3 +135,32 @@ fn a_vm_without_a_config_passes_requests_through_untouched() {
         "untouched, since no rollout runs"
     );
 }
+
+/// The profile of a request's crossings between filter and host, the cost a proxy-wasm filter
+/// pays beyond its own code (benches/STEPS.md): a change that adds one fails here first.
+/// Request: read all headers, set version/rollout/flags, count, read the clock. Response: read
+/// `:status`, read the clock, record latency, count, set the version and Server-Timing headers.
+/// Into the filter: six SDK callbacks plus an allocation for each header read.
+#[test]
+fn one_request_costs_a_known_number_of_host_calls() {
+    let module = module();
+    let mut vm = module.start_vm(VmOptions::default()).unwrap();
+    assert!(vm.configure(CONFIG.as_bytes()).unwrap());
+    let exchange = Exchange {
+        request_headers: raw(&[("x-user-id", b"user-1"), ("x-app", b"2.0.0")]),
+        ..Exchange::default()
+    };
+    let report = vm.exchange(&exchange).unwrap();
+    assert_eq!(report.calls.into_host, 12, "{report:#?}");
+    assert_eq!(report.calls.into_filter, 8, "{report:#?}");
+    // A client's copy of a contract header costs one removal more.
+    let spoofed = Exchange {
+        request_headers: raw(&[
+            ("x-user-id", b"user-1"),
+            ("x-rollout-version", b"v9"),
+            ("x-rollout-version", b"v8"),
+        ]),
+        ..Exchange::default()
+    };
+    assert_eq!(vm.exchange(&spoofed).unwrap().calls.into_host, 13);
+}
