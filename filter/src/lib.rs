@@ -6,17 +6,19 @@
 //! trait helpers `unwrap()` host errors and a panic here kills the VM; every host error is
 //! instead logged and met with a safe default.
 
+mod host;
 mod metrics;
 mod source;
 
 use std::rc::Rc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
 use rollout_core::{Config, HostInputs};
 
+use host::HeaderPairs;
 use metrics::{increment, record, ConfigMetrics, VersionMetrics};
 use source::{parse_plugin_config, LiveSource, PluginConfig, SharedKeys};
 
@@ -43,10 +45,7 @@ fn log(level: LogLevel, message: &str) {
 
 /// The host clock in milliseconds since the Unix epoch; 0 if the host cannot tell.
 fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64)
+    host::now_ms().unwrap_or(0)
 }
 
 /// Random bits from the host (WASI `random_get`, which Envoy implements). The core asks for
@@ -180,13 +179,13 @@ impl Root {
     }
 
     fn fetch_answered(&mut self, n_headers: usize, body_size: usize) {
-        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        if n_headers == 0 {
+            return self.fetch_failed("no response (connection failed or timed out)");
+        }
+        let status = host::header_value(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten();
         match status.as_deref() {
-            _ if n_headers == 0 => {
-                return self.fetch_failed("no response (connection failed or timed out)")
-            }
             Some(b"304") => {}
             Some(b"200") => self.fetched(body_size),
             other => {
@@ -213,9 +212,10 @@ impl Root {
             Ok(body) => body.unwrap_or_default(),
             Err(status) => return self.fetch_failed(&format!("cannot read the body: {status:?}")),
         };
-        let etag = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, "etag")
+        let etag = host::header_value(MapType::HttpCallResponseHeaders, "etag")
             .ok()
             .flatten()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
             .unwrap_or_else(|| body_etag(&body));
         let Some(live) = self.live.as_mut() else {
             return;
@@ -379,34 +379,30 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         // One host call for every header: cheaper than one call per header the config reads.
-        let headers =
-            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_else(|status| {
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "rollout: cannot read request headers ({status:?}); deciding without them"
-                    ),
-                );
-                Vec::new()
-            });
+        let headers = HeaderPairs::read(MapType::HttpRequestHeaders).unwrap_or_else(|error| {
+            log(
+                LogLevel::Warn,
+                &format!("rollout: cannot read request headers ({error:?}); deciding without them"),
+            );
+            HeaderPairs::empty()
+        });
         let mut entropy = wasi_random_u64;
         let inputs = HostInputs {
             entropy: Some(&mut entropy),
         };
-        let decision = shared.config.decide(headers.as_slice(), inputs);
+        let decision = shared.config.decide(&headers, inputs);
         for header in shared.config.request_headers(&decision) {
             let copies = headers
                 .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(header.name))
+                .filter(|(n, _)| n.eq_ignore_ascii_case(header.name.as_bytes()))
                 .count();
             // Replace, and before it remove, so that no client copy survives even where a host
             // replaces only the first of several values.
             if copies > 1 || (copies == 1 && header.value.is_none()) {
-                let _ = hostcalls::remove_map_value(MapType::HttpRequestHeaders, header.name);
+                let _ = host::remove_header(MapType::HttpRequestHeaders, header.name);
             }
             if let Some(value) = header.value.as_deref() {
-                let _ =
-                    hostcalls::set_map_value(MapType::HttpRequestHeaders, header.name, Some(value));
+                let _ = host::replace_header(MapType::HttpRequestHeaders, header.name, value);
             }
         }
         if let Some(choice) = decision.rollout {
@@ -422,7 +418,7 @@ impl HttpContext for Stream {
             return Action::Continue;
         };
         if let Some(metrics) = shared.metrics.get(slot) {
-            let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+            let status = host::header_value(MapType::HttpResponseHeaders, ":status")
                 .ok()
                 .flatten();
             metrics.count_response(status.as_deref());
@@ -430,13 +426,9 @@ impl HttpContext for Stream {
         }
         for header in shared.config.response_headers(slot) {
             let _ = if header.append {
-                hostcalls::add_map_value(MapType::HttpResponseHeaders, header.name, &header.value)
+                host::add_header(MapType::HttpResponseHeaders, header.name, &header.value)
             } else {
-                hostcalls::set_map_value(
-                    MapType::HttpResponseHeaders,
-                    header.name,
-                    Some(&header.value),
-                )
+                host::replace_header(MapType::HttpResponseHeaders, header.name, &header.value)
             };
         }
         Action::Continue

@@ -40,14 +40,14 @@ pub(crate) fn define(kind: MetricType, name: &str) -> Option<u32> {
 /// Adds one to a counter, if it was defined.
 pub(crate) fn increment(id: Option<u32>) {
     if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, 1);
+        let _ = crate::host::increment_metric(id, 1);
     }
 }
 
 /// Records a histogram value, if it was defined.
 pub(crate) fn record(id: Option<u32>, value: u64) {
     if let Some(id) = id {
-        let _ = hostcalls::record_metric(id, value);
+        let _ = crate::host::record_metric(id, value);
     }
 }
 

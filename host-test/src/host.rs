@@ -136,6 +136,10 @@ pub struct VmOptions {
     pub log_level: LogLevel,
     /// Start of the virtual clock, in nanoseconds since the Unix epoch.
     pub start_time_ns: u64,
+    /// Imports that answer with the given status instead of working (for example
+    /// `proxy_get_header_map_value` with 2, BadArgument): how a filter meets a host error.
+    /// Honoured by the header-map, metric and clock calls.
+    pub host_errors: HashMap<String, i32>,
 }
 
 impl Default for VmOptions {
@@ -147,6 +151,7 @@ impl Default for VmOptions {
             log_level: LogLevel::Info,
             // 2026-01-01T00:00:00Z: a fixed start keeps runs repeatable.
             start_time_ns: 1_767_225_600_000_000_000,
+            host_errors: HashMap::new(),
         }
     }
 }
@@ -333,6 +338,11 @@ fn remove_all(map: &mut Headers, name: &str) {
     map.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
 }
 
+/// The status a test told this import to answer with instead of working, if any.
+fn injected_error(cx: &Cx<'_>, import: &str) -> Option<i32> {
+    cx.data().options.host_errors.get(import).copied()
+}
+
 fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
     linker.func_wrap(
         "env",
@@ -361,6 +371,9 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_current_time_nanoseconds",
         |mut cx: Cx<'_>, ret: i32| -> i32 {
+            if let Some(status) = injected_error(&cx, "proxy_get_current_time_nanoseconds") {
+                return status;
+            }
             let now = cx.data().now_ns;
             status_of(write(&mut cx, ret, &now.to_le_bytes()))
         },
@@ -424,6 +437,9 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_get_header_map_pairs",
         |mut cx: Cx<'_>, map: i32, ret_ptr: i32, ret_size: i32| -> wasmtime::Result<i32> {
+            if let Some(status) = injected_error(&cx, "proxy_get_header_map_pairs") {
+                return Ok(status);
+            }
             let Some(map) = MapType::from_abi(map) else {
                 return Ok(status::BAD_ARGUMENT);
             };
@@ -467,6 +483,9 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
          ret_ptr: i32,
          ret_size: i32|
          -> wasmtime::Result<i32> {
+            if let Some(status) = injected_error(&cx, "proxy_get_header_map_value") {
+                return Ok(status);
+            }
             let Some(map) = MapType::from_abi(map) else {
                 return Ok(status::BAD_ARGUMENT);
             };
@@ -498,6 +517,9 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
                   val_ptr: i32,
                   val_len: i32|
                   -> i32 {
+                if let Some(status) = injected_error(&cx, import) {
+                    return status;
+                }
                 let Some(map) = MapType::from_abi(map) else {
                     return status::BAD_ARGUMENT;
                 };
@@ -521,6 +543,9 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_remove_header_map_value",
         |mut cx: Cx<'_>, map: i32, key_ptr: i32, key_len: i32| -> i32 {
+            if let Some(status) = injected_error(&cx, "proxy_remove_header_map_value") {
+                return status;
+            }
             let Some(map) = MapType::from_abi(map) else {
                 return status::BAD_ARGUMENT;
             };
@@ -902,6 +927,9 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_increment_metric",
         |cx: Cx<'_>, id: i32, offset: i64| -> i32 {
+            if let Some(status) = injected_error(&cx, "proxy_increment_metric") {
+                return status;
+            }
             let state = cx.data();
             let mut shared = state.shared();
             match shared.metrics.get_mut(id as u32 as usize) {
@@ -918,6 +946,9 @@ fn define_host_functions(linker: &mut Linker<HostState>) -> Result<()> {
         "env",
         "proxy_record_metric",
         |cx: Cx<'_>, id: i32, value: i64| -> i32 {
+            if let Some(status) = injected_error(&cx, "proxy_record_metric") {
+                return status;
+            }
             let state = cx.data();
             let mut shared = state.shared();
             match shared.metrics.get_mut(id as u32 as usize) {

@@ -164,3 +164,52 @@ fn one_request_costs_a_known_number_of_host_calls() {
     };
     assert_eq!(vm.exchange(&spoofed).unwrap().calls.into_host, 13);
 }
+
+/// Every per-request host call failing, as a host may answer when a map is gone (BadArgument)
+/// or it is in trouble (InternalFailure): the filter logs, decides what it can and keeps
+/// serving; it never traps (the SDK's own wrappers would panic on these statuses).
+#[test]
+fn host_errors_on_the_request_path_never_trap() {
+    let module = module();
+    let imports = [
+        "proxy_get_header_map_pairs",
+        "proxy_get_header_map_value",
+        "proxy_replace_header_map_value",
+        "proxy_add_header_map_value",
+        "proxy_remove_header_map_value",
+        "proxy_increment_metric",
+        "proxy_record_metric",
+        "proxy_get_current_time_nanoseconds",
+    ];
+    let request = Exchange {
+        request_headers: raw(&[("x-user-id", b"user-1"), ("x-rollout-version", b"v9")]),
+        ..Exchange::default()
+    };
+    for status in [2, 10] {
+        let options = VmOptions {
+            host_errors: imports.iter().map(|i| ((*i).to_owned(), status)).collect(),
+            ..VmOptions::default()
+        };
+        let mut vm = module.start_vm(options).unwrap();
+        assert!(vm.configure(CONFIG.as_bytes()).unwrap());
+        for _ in 0..3 {
+            let report = vm.exchange(&request).unwrap();
+            assert!(
+                report
+                    .logs
+                    .iter()
+                    .any(|l| l.message.contains("cannot read request headers")),
+                "{report:#?}"
+            );
+        }
+    }
+    // Only the response side failing: the request is still routed and stamped.
+    let options = VmOptions {
+        host_errors: [("proxy_get_header_map_value".to_owned(), 2)].into(),
+        ..VmOptions::default()
+    };
+    let mut vm = module.start_vm(options).unwrap();
+    assert!(vm.configure(CONFIG.as_bytes()).unwrap());
+    let report = vm.exchange(&request).unwrap();
+    assert!(matches!(version(&report), Some("v1" | "v2")), "{report:#?}");
+}
