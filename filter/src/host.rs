@@ -1,10 +1,41 @@
-//! The host calls of the per-request path, made directly. The SDK's wrappers `panic!` on any
-//! status they do not expect (a trap, so a dead VM, in a filter built with panic=abort), and
-//! its header read copies every header into its own `String` and `Vec`; here every status is
-//! an `Err` for the caller to meet with a safe default, and headers are read where the host
-//! put them (benches/STEPS.md has the measurements).
+//! The proxy-wasm ABI 0.2.1 host calls the filter makes, made directly: every status other
+//! than OK is an `Err` for the caller to meet with a safe default (an SDK wrapper that panics
+//! on an unexpected status would trap, and kill the VM, in a filter built with panic=abort),
+//! and headers are read where the host put them, not copied.
 
-use proxy_wasm::types::MapType;
+/// Header maps (the ABI's numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum HeaderMap {
+    Request = 0,
+    Response = 2,
+    CallResponse = 6,
+}
+
+/// Buffers (the ABI's numbering).
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub(crate) enum BufferType {
+    CallResponseBody = 4,
+    PluginConfiguration = 7,
+}
+
+/// Metric kinds (the ABI's numbering).
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub(crate) enum MetricType {
+    Counter = 0,
+    Histogram = 2,
+}
+
+/// Log levels (the ABI's numbering).
+#[derive(Debug, Clone, Copy)]
+#[repr(u32)]
+pub(crate) enum LogLevel {
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
 
 /// A host status other than OK (proxy-wasm ABI 0.2.1 numbering).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +72,42 @@ extern "C" {
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+    fn proxy_log(level: u32, message: *const u8, size: usize) -> u32;
+    fn proxy_get_buffer_bytes(
+        kind: u32,
+        start: usize,
+        max: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, size: usize, id: *mut u32) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        token: *mut u32,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *mut *mut u8,
+        value_size: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
 }
 
 fn check(status: u32) -> Result<(), HostError> {
@@ -51,14 +118,23 @@ fn check(status: u32) -> Result<(), HostError> {
     }
 }
 
+/// Hands the host a buffer of `size` bytes to fill with data it returns; [`take_buffer`]
+/// takes it back.
+#[allow(unsafe_code)]
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let mut buffer = std::mem::ManuallyDrop::new(vec![0u8; size]);
+    buffer.as_mut_ptr()
+}
+
 /// Takes ownership of a buffer the host filled through `proxy_on_memory_allocate`.
 #[allow(unsafe_code)]
 fn take_buffer(data: *mut u8, size: usize) -> Vec<u8> {
     if data.is_null() {
         return Vec::new();
     }
-    // SAFETY: the host got `data` from the SDK's `proxy_on_memory_allocate`, which hands out
-    // the buffer of a forgotten `Vec::<u8>::with_capacity(size)`; we are its only owner now.
+    // SAFETY: the host got `data` from `proxy_on_memory_allocate(size)`, the buffer of a
+    // `vec![0u8; size]` (capacity exactly `size`) that was never dropped; we own it now.
     unsafe { Vec::from_raw_parts(data, size, size) }
 }
 
@@ -78,7 +154,7 @@ impl HeaderPairs {
         }
     }
 
-    pub(crate) fn read(map: MapType) -> Result<HeaderPairs, HostError> {
+    pub(crate) fn read(map: HeaderMap) -> Result<HeaderPairs, HostError> {
         let mut data = std::ptr::null_mut();
         let mut size = 0;
         // SAFETY: both out-pointers are live locals of the types the ABI writes.
@@ -134,7 +210,7 @@ fn read_u32(buffer: &[u8], at: usize) -> Option<u32> {
 }
 
 /// One header's value; `Ok(None)` if the map has no such header.
-pub(crate) fn header_value(map: MapType, name: &str) -> Result<Option<Vec<u8>>, HostError> {
+pub(crate) fn header_value(map: HeaderMap, name: &str) -> Result<Option<Vec<u8>>, HostError> {
     let mut data = std::ptr::null_mut();
     let mut size = 0;
     // SAFETY: `name` is live for the call; both out-pointers are live locals.
@@ -150,7 +226,7 @@ pub(crate) fn header_value(map: MapType, name: &str) -> Result<Option<Vec<u8>>, 
 }
 
 /// Sets a header, replacing the value the map has.
-pub(crate) fn replace_header(map: MapType, name: &str, value: &str) -> Result<(), HostError> {
+pub(crate) fn replace_header(map: HeaderMap, name: &str, value: &str) -> Result<(), HostError> {
     // SAFETY: `name` and `value` are live for the call; the host only reads them.
     #[allow(unsafe_code)]
     let status = unsafe {
@@ -166,7 +242,7 @@ pub(crate) fn replace_header(map: MapType, name: &str, value: &str) -> Result<()
 }
 
 /// Adds a value to a header, keeping the values the map has.
-pub(crate) fn add_header(map: MapType, name: &str, value: &str) -> Result<(), HostError> {
+pub(crate) fn add_header(map: HeaderMap, name: &str, value: &str) -> Result<(), HostError> {
     // SAFETY: as for `replace_header`.
     #[allow(unsafe_code)]
     let status = unsafe {
@@ -182,7 +258,7 @@ pub(crate) fn add_header(map: MapType, name: &str, value: &str) -> Result<(), Ho
 }
 
 /// Removes every value of a header.
-pub(crate) fn remove_header(map: MapType, name: &str) -> Result<(), HostError> {
+pub(crate) fn remove_header(map: HeaderMap, name: &str) -> Result<(), HostError> {
     // SAFETY: `name` is live for the call; the host only reads it.
     #[allow(unsafe_code)]
     let status = unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) };
@@ -211,4 +287,118 @@ pub(crate) fn now_ms() -> Result<u64, HostError> {
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
     check(status)?;
     Ok(nanos / 1_000_000)
+}
+
+/// Writes a line to the host's log.
+pub(crate) fn log(level: LogLevel, message: &str) -> Result<(), HostError> {
+    // SAFETY: `message` is live for the call; the host only reads it.
+    #[allow(unsafe_code)]
+    let status = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+    check(status)
+}
+
+/// Up to `max` bytes of a buffer from `start`; empty if the host has no such buffer.
+pub(crate) fn buffer(kind: BufferType, start: usize, max: usize) -> Result<Vec<u8>, HostError> {
+    let mut data = std::ptr::null_mut();
+    let mut size = 0;
+    // SAFETY: both out-pointers are live locals of the types the ABI writes.
+    #[allow(unsafe_code)]
+    let status = unsafe { proxy_get_buffer_bytes(kind as u32, start, max, &mut data, &mut size) };
+    match status {
+        OK => Ok(take_buffer(data, size)),
+        NOT_FOUND => Ok(Vec::new()),
+        other => Err(HostError(other)),
+    }
+}
+
+/// Defines a metric (or finds the one of that name) and returns its id.
+pub(crate) fn define_metric(kind: MetricType, name: &str) -> Result<u32, HostError> {
+    let mut id = 0;
+    // SAFETY: `name` is live for the call; the out-pointer is a live local.
+    #[allow(unsafe_code)]
+    let status = unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) };
+    check(status)?;
+    Ok(id)
+}
+
+/// Asks for `proxy_on_tick` every `period_ms` milliseconds.
+pub(crate) fn set_tick_period_ms(period_ms: u32) -> Result<(), HostError> {
+    // SAFETY: a plain value only.
+    #[allow(unsafe_code)]
+    let status = unsafe { proxy_set_tick_period_milliseconds(period_ms) };
+    check(status)
+}
+
+/// The host's serialised form of header pairs (see [`HeaderPairs`]).
+fn serialize_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let text: usize = pairs.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + pairs.len() * 8 + text);
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend_from_slice(&len(pairs.len()));
+    for (k, v) in pairs {
+        out.extend_from_slice(&len(k.len()));
+        out.extend_from_slice(&len(v.len()));
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Sends a bodiless HTTP request to a cluster; the answer comes to `proxy_on_http_call_response`
+/// with the returned token.
+pub(crate) fn http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    timeout_ms: u32,
+) -> Result<u32, HostError> {
+    let headers = serialize_pairs(headers);
+    let trailers = serialize_pairs(&[]);
+    let mut token = 0;
+    // SAFETY: every buffer is live for the call and only read; the out-pointer is a local.
+    #[allow(unsafe_code)]
+    let status = unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            std::ptr::null(),
+            0,
+            trailers.as_ptr(),
+            trailers.len(),
+            timeout_ms,
+            &mut token,
+        )
+    };
+    check(status)?;
+    Ok(token)
+}
+
+/// A shared-data value and its CAS; `(None, 0)` if the key has none.
+pub(crate) fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), HostError> {
+    let mut data = std::ptr::null_mut();
+    let mut size = 0;
+    let mut cas = 0;
+    // SAFETY: `key` is live for the call; the out-pointers are live locals.
+    #[allow(unsafe_code)]
+    let status =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    match status {
+        OK => Ok((Some(take_buffer(data, size)), cas)),
+        NOT_FOUND => Ok((None, 0)),
+        other => Err(HostError(other)),
+    }
+}
+
+/// Sets a shared-data value; with a non-zero `cas`, only if the value is still that version.
+pub(crate) fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
+    // SAFETY: `key` and `value` are live for the call; the host only reads them.
+    #[allow(unsafe_code)]
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    check(status)
 }

@@ -2,45 +2,35 @@
 //! `rollout-core`, applies the header contract, counts requests, responses and latency per
 //! version, and keeps the config current from a live source when one is configured.
 //!
-//! Host calls go through `proxy_wasm::hostcalls` rather than the context traits, because the
-//! trait helpers `unwrap()` host errors and a panic here kills the VM; every host error is
-//! instead logged and met with a safe default.
+//! It speaks the proxy-wasm ABI 0.2.1 itself (exports here, host calls in `host`) rather than
+//! through the SDK: the SDK's host-call wrappers panic on statuses they do not expect, which
+//! kills the VM, and it exports every callback of the ABI, so Envoy calls into the VM for a
+//! request's body, log and done phases too, which this filter has no use for. Every host
+//! error is logged and met with a safe default.
 
 mod host;
 mod metrics;
 mod source;
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::Duration;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType};
+use host::{BufferType, HeaderMap, HeaderPairs, LogLevel};
 use rollout_core::{Config, HostInputs};
 
-use host::HeaderPairs;
 use metrics::{increment, record, ConfigMetrics, VersionMetrics};
 use source::{parse_plugin_config, LiveSource, PluginConfig, SharedKeys};
 
-/// The module's entry point (`_initialize`), which registers the root context.
-#[allow(missing_docs)] // The macro's function cannot carry a doc comment.
-mod entry {
-    use super::*;
-    proxy_wasm::main! {{
-        proxy_wasm::set_log_level(LogLevel::Info);
-        proxy_wasm::set_root_context(|_| Box::new(Root::default()));
-    }}
-}
-
 /// How often every VM checks shared data for a config another VM published: the bound on
 /// how long a worker lags behind the one that fetched it.
-const TICK_MS: u64 = 10;
+const TICK_MS: u32 = 10;
 /// A config from a source larger than this is refused, not parsed.
 const MAX_CONFIG_BYTES: usize = 4 << 20;
 
 /// Logs and moves on: a log line that cannot be written is no reason to fail a request.
 fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
+    let _ = host::log(level, message);
 }
 
 /// The host clock in milliseconds since the Unix epoch; 0 if the host cannot tell.
@@ -155,8 +145,8 @@ impl Root {
         if let Some(etag) = &live.seen_etag {
             headers.push(("if-none-match", etag.as_str()));
         }
-        let timeout = Duration::from_millis(live.source.timeout_ms);
-        match hostcalls::dispatch_http_call(&live.source.cluster, headers, None, vec![], timeout) {
+        let timeout_ms = u32::try_from(live.source.timeout_ms).unwrap_or(u32::MAX);
+        match host::http_call(&live.source.cluster, &headers, timeout_ms) {
             Ok(token) => live.in_flight = Some(token),
             Err(status) => {
                 let why = format!("cannot call cluster {:?}: {status:?}", live.source.cluster);
@@ -182,7 +172,7 @@ impl Root {
         if n_headers == 0 {
             return self.fetch_failed("no response (connection failed or timed out)");
         }
-        let status = host::header_value(MapType::HttpCallResponseHeaders, ":status")
+        let status = host::header_value(HeaderMap::CallResponse, ":status")
             .ok()
             .flatten();
         match status.as_deref() {
@@ -208,11 +198,11 @@ impl Root {
                 "config of {body_size} bytes is over {MAX_CONFIG_BYTES}"
             ));
         }
-        let body = match hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size) {
-            Ok(body) => body.unwrap_or_default(),
+        let body = match host::buffer(BufferType::CallResponseBody, 0, body_size) {
+            Ok(body) => body,
             Err(status) => return self.fetch_failed(&format!("cannot read the body: {status:?}")),
         };
-        let etag = host::header_value(MapType::HttpCallResponseHeaders, "etag")
+        let etag = host::header_value(HeaderMap::CallResponse, "etag")
             .ok()
             .flatten()
             .map(|v| String::from_utf8_lossy(&v).into_owned())
@@ -260,14 +250,8 @@ fn body_etag(body: &[u8]) -> String {
     format!("W/\"{:016x}\"", hasher.finish())
 }
 
-impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token: u32,
-        n_headers: usize,
-        body_size: usize,
-        _n_trailers: usize,
-    ) {
+impl Root {
+    fn on_http_call_response(&mut self, token: u32, n_headers: usize, body_size: usize) {
         let Some(live) = self.live.as_mut() else {
             return;
         };
@@ -279,11 +263,11 @@ impl Context for Root {
     }
 }
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+impl Root {
+    fn on_configure(&mut self) -> bool {
         self.config_metrics = ConfigMetrics::define();
-        let bytes = match hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
-            Ok(bytes) => bytes.unwrap_or_default(),
+        let bytes = match host::buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes,
             Err(status) => {
                 log(
                     LogLevel::Error,
@@ -336,7 +320,14 @@ impl RootContext for Root {
                 });
                 // Another VM may have fetched already: start from what it published.
                 self.follow();
-                self.set_tick_period(Duration::from_millis(TICK_MS));
+                if let Err(status) = host::set_tick_period_ms(TICK_MS) {
+                    log(
+                        LogLevel::Error,
+                        &format!(
+                            "rollout: no ticks ({status:?}); this VM will not follow the source"
+                        ),
+                    );
+                }
                 true
             }
         }
@@ -349,21 +340,18 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
+    fn new_stream(&self) -> Stream {
+        Stream {
             shared: self.shared.clone(),
             slot: None,
             started_ms: 0,
-        }))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+        }
     }
 }
 
 /// One HTTP request/response pair. It keeps the config that was in force when it started,
 /// so a config update never changes a request half way.
+#[derive(Default)]
 struct Stream {
     shared: Option<Rc<Shared>>,
     /// The decided (rollout, version) slot, kept for the response.
@@ -371,15 +359,13 @@ struct Stream {
     started_ms: u64,
 }
 
-impl Context for Stream {}
-
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+impl Stream {
+    fn on_request_headers(&mut self) {
         let Some(shared) = self.shared.clone() else {
-            return Action::Continue;
+            return;
         };
         // One host call for every header: cheaper than one call per header the config reads.
-        let headers = HeaderPairs::read(MapType::HttpRequestHeaders).unwrap_or_else(|error| {
+        let headers = HeaderPairs::read(HeaderMap::Request).unwrap_or_else(|error| {
             log(
                 LogLevel::Warn,
                 &format!("rollout: cannot read request headers ({error:?}); deciding without them"),
@@ -399,10 +385,10 @@ impl HttpContext for Stream {
             // Replace, and before it remove, so that no client copy survives even where a host
             // replaces only the first of several values.
             if copies > 1 || (copies == 1 && header.value.is_none()) {
-                let _ = host::remove_header(MapType::HttpRequestHeaders, header.name);
+                let _ = host::remove_header(HeaderMap::Request, header.name);
             }
             if let Some(value) = header.value.as_deref() {
-                let _ = host::replace_header(MapType::HttpRequestHeaders, header.name, value);
+                let _ = host::replace_header(HeaderMap::Request, header.name, value);
             }
         }
         if let Some(choice) = decision.rollout {
@@ -410,15 +396,14 @@ impl HttpContext for Stream {
             self.started_ms = now_ms();
             increment(shared.metrics.get(choice.slot).and_then(|m| m.requests));
         }
-        Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_response_headers(&mut self) {
         let (Some(shared), Some(slot)) = (self.shared.as_ref(), self.slot) else {
-            return Action::Continue;
+            return;
         };
         if let Some(metrics) = shared.metrics.get(slot) {
-            let status = host::header_value(MapType::HttpResponseHeaders, ":status")
+            let status = host::header_value(HeaderMap::Response, ":status")
                 .ok()
                 .flatten();
             metrics.count_response(status.as_deref());
@@ -426,11 +411,138 @@ impl HttpContext for Stream {
         }
         for header in shared.config.response_headers(slot) {
             let _ = if header.append {
-                host::add_header(MapType::HttpResponseHeaders, header.name, &header.value)
+                host::add_header(HeaderMap::Response, header.name, &header.value)
             } else {
-                host::replace_header(MapType::HttpResponseHeaders, header.name, &header.value)
+                host::replace_header(HeaderMap::Response, header.name, &header.value)
             };
         }
-        Action::Continue
+    }
+}
+
+/// The contexts of this VM: roots (one per plugin configuration sharing the VM) and the
+/// streams in flight, by the ids the host gives them.
+#[derive(Default)]
+struct Contexts {
+    roots: BTreeMap<u32, Root>,
+    streams: BTreeMap<u32, Stream>,
+}
+
+thread_local! {
+    static CONTEXTS: RefCell<Contexts> = RefCell::new(Contexts::default());
+}
+
+/// Runs `f` on the contexts; a re-entrant call (which the host never makes) does nothing
+/// rather than panic.
+fn with_contexts<R: Default>(f: impl FnOnce(&mut Contexts) -> R) -> R {
+    CONTEXTS.with(|c| {
+        c.try_borrow_mut()
+            .map(|mut c| f(&mut c))
+            .unwrap_or_default()
+    })
+}
+
+/// The ABI entry points. Envoy calls only the callbacks a module exports, so this filter
+/// exports only the ones it needs: no body, trailer, log or done callbacks per request.
+// `no_mangle` counts as unsafe code: these names are the ABI's, so exporting them is the point.
+#[allow(missing_docs, unsafe_code)] // The ABI names and documents these.
+mod abi {
+    use super::{with_contexts, Root};
+
+    /// Which ABI the module speaks.
+    #[no_mangle]
+    pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+    #[cfg(target_os = "wasi")]
+    extern "C" {
+        fn __wasm_call_ctors();
+    }
+
+    /// Runs static constructors, as a WASI reactor module must before anything else.
+    #[no_mangle]
+    pub extern "C" fn _initialize() {
+        // SAFETY: the linker's constructor list, run once by the host before any callback.
+        #[cfg(target_os = "wasi")]
+        #[allow(unsafe_code)]
+        unsafe {
+            __wasm_call_ctors();
+        }
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
+        with_contexts(|c| {
+            if parent_id == 0 {
+                c.roots.insert(context_id, Root::default());
+            } else {
+                // A stream of an unknown root gets no config: it passes untouched.
+                let stream = c
+                    .roots
+                    .get(&parent_id)
+                    .map(Root::new_stream)
+                    .unwrap_or_default();
+                c.streams.insert(context_id, stream);
+            }
+        });
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_vm_start(_root_id: u32, _vm_configuration_size: usize) -> u32 {
+        1
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_configure(root_id: u32, _configuration_size: usize) -> u32 {
+        with_contexts(|c| c.roots.get_mut(&root_id).is_some_and(Root::on_configure)).into()
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_tick(root_id: u32) {
+        with_contexts(|c| c.roots.get_mut(&root_id).map(Root::on_tick));
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_http_call_response(
+        root_id: u32,
+        token: u32,
+        n_headers: usize,
+        body_size: usize,
+        _n_trailers: usize,
+    ) {
+        with_contexts(|c| {
+            c.roots
+                .get_mut(&root_id)
+                .map(|root| root.on_http_call_response(token, n_headers, body_size))
+        });
+    }
+
+    /// Always 0, Continue: the filter never holds a request.
+    #[no_mangle]
+    pub extern "C" fn proxy_on_request_headers(context_id: u32, _n: usize, _eos: u32) -> u32 {
+        with_contexts(|c| {
+            c.streams
+                .get_mut(&context_id)
+                .map(|s| s.on_request_headers())
+        });
+        0
+    }
+
+    /// Always 0, Continue.
+    #[no_mangle]
+    pub extern "C" fn proxy_on_response_headers(context_id: u32, _n: usize, _eos: u32) -> u32 {
+        with_contexts(|c| {
+            c.streams
+                .get_mut(&context_id)
+                .map(|s| s.on_response_headers())
+        });
+        0
+    }
+
+    #[no_mangle]
+    pub extern "C" fn proxy_on_delete(context_id: u32) {
+        with_contexts(|c| {
+            if c.streams.remove(&context_id).is_none() {
+                c.roots.remove(&context_id);
+            }
+        });
     }
 }

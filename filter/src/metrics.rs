@@ -1,10 +1,9 @@
 //! The filter's metrics: per-version counters and latency histograms, and counters for config
 //! updates. Labels are embedded in the names for Envoy's `stats_tags`.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MetricType};
 use rollout_core::Config;
 
+use crate::host::{self, LogLevel, MetricType};
 use crate::log;
 
 /// A metric name with its labels embedded as `NAME.KEY=.=VALUE;.;...`, the convention Istio's
@@ -25,7 +24,7 @@ pub(crate) fn metric_name(base: &str, tags: &[(&str, &str)]) -> String {
 
 /// Defines a metric; `None` (logged) if the host refuses, so counting is skipped, not fatal.
 pub(crate) fn define(kind: MetricType, name: &str) -> Option<u32> {
-    match hostcalls::define_metric(kind, name) {
+    match host::define_metric(kind, name) {
         Ok(id) => Some(id),
         Err(status) => {
             log(
@@ -40,14 +39,14 @@ pub(crate) fn define(kind: MetricType, name: &str) -> Option<u32> {
 /// Adds one to a counter, if it was defined.
 pub(crate) fn increment(id: Option<u32>) {
     if let Some(id) = id {
-        let _ = crate::host::increment_metric(id, 1);
+        let _ = host::increment_metric(id, 1);
     }
 }
 
 /// Records a histogram value, if it was defined.
 pub(crate) fn record(id: Option<u32>, value: u64) {
     if let Some(id) = id {
-        let _ = crate::host::record_metric(id, value);
+        let _ = host::record_metric(id, value);
     }
 }
 

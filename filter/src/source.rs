@@ -6,9 +6,10 @@
 //! `{"config_source": {...}, "fallback": {rollout config}}` (live). The fallback is in force
 //! until the first good config arrives from the source.
 
-use proxy_wasm::hostcalls;
 use rollout_core::Config;
 use serde_json::{Map, Value};
+
+use crate::host;
 
 /// The fields of `config_source`.
 const SOURCE_FIELDS: &[&str] = &[
@@ -178,7 +179,7 @@ impl SharedKeys {
 
     /// The generation published so far (0 if none).
     pub(crate) fn generation(&self) -> u64 {
-        match hostcalls::get_shared_data(&self.generation) {
+        match host::shared_data(&self.generation) {
             Ok((Some(bytes), _)) => std::str::from_utf8(&bytes)
                 .ok()
                 .and_then(|s| s.parse().ok())
@@ -189,7 +190,7 @@ impl SharedKeys {
 
     /// The published (ETag, body).
     pub(crate) fn published(&self) -> Option<(String, Vec<u8>)> {
-        let Ok((Some(bytes), _)) = hostcalls::get_shared_data(&self.config) else {
+        let Ok((Some(bytes), _)) = host::shared_data(&self.config) else {
             return None;
         };
         let split = bytes.iter().position(|&b| b == b'\n')?;
@@ -203,19 +204,14 @@ impl SharedKeys {
         value.extend_from_slice(etag.as_bytes());
         value.push(b'\n');
         value.extend_from_slice(body);
-        hostcalls::set_shared_data(&self.config, Some(&value), None).is_ok()
-            && hostcalls::set_shared_data(
-                &self.generation,
-                Some(generation.to_string().as_bytes()),
-                None,
-            )
-            .is_ok()
+        host::set_shared_data(&self.config, &value, 0).is_ok()
+            && host::set_shared_data(&self.generation, generation.to_string().as_bytes(), 0).is_ok()
     }
 
     /// Takes or renews the polling lease for `token` until `until_ms`; false if another VM
     /// holds an unexpired lease or won the race (compare-and-swap).
     pub(crate) fn take_lease(&self, token: u64, now_ms: u64, until_ms: u64) -> bool {
-        let (current, cas) = match hostcalls::get_shared_data(&self.lease) {
+        let (current, cas) = match host::shared_data(&self.lease) {
             Ok(found) => found,
             Err(_) => return false,
         };
@@ -231,6 +227,6 @@ impl SharedKeys {
         let value = format!("{token} {until_ms}");
         // A zero CAS means "unconditional" to the host, so a first lease can only be raced
         // by another first lease; both then poll once, which is harmless.
-        hostcalls::set_shared_data(&self.lease, Some(value.as_bytes()), cas).is_ok()
+        host::set_shared_data(&self.lease, value.as_bytes(), cas).is_ok()
     }
 }
