@@ -92,7 +92,7 @@ def functions(data):
 
 def crate_of(name):
     if name.startswith("proxy_on_") or name.startswith("proxy_abi_"):
-        return "proxy_wasm"  # the SDK's exported entry points
+        return "ABI entry points"  # exported by name; the code inlined into them
     best = None
     for crate in CRATES:
         m = re.search(rf"(?<![A-Za-z_]){crate}(?![A-Za-z_])", name)
