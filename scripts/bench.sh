@@ -34,7 +34,7 @@ python3 benches/wasm_size.py target/size-profile/wasm32-wasip1/release/rollout_f
     --json "$out/filter_size.json"
 
 step "criterion: core, core beside unleash-yggdrasil, the filter .wasm in the harness"
-ROLLOUT_BENCH_OUT="$out" cargo bench -p rollout-benches --bench decide -- "${criterion[@]}"
+ROLLOUT_BENCH_OUT="$PWD/$out" cargo bench -p rollout-benches --bench decide -- "${criterion[@]}"
 
 step "Envoy under load: $rounds interleaved rounds of $seconds s per variant"
 .venv/bin/python envoy/tests/bench_load.py "$rounds" "$seconds" --json "$out/load.json"

@@ -48,7 +48,8 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Not timed: per shape, the heap allocations of one native decision (with its contract
 /// headers) and the filter/host crossings of one request through the .wasm. Printed, and
-/// written as JSON to `$ROLLOUT_BENCH_OUT/profile.json` when that is set (scripts/bench.sh).
+/// written as JSON to `$ROLLOUT_BENCH_OUT/profile.json` when that is set (an absolute path:
+/// cargo runs benches from the package directory; scripts/bench.sh sets it).
 fn profile(_c: &mut Criterion) {
     let module = FilterModule::from_file(&filter_wasm_path()).ok();
     let mut rows = Vec::new();
