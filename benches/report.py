@@ -63,7 +63,7 @@ def command_line(args):
         return "not found"
 
 
-def machine():
+def machine(run=None):
     cpuinfo = pathlib.Path("/proc/cpuinfo").read_text() if os.path.exists("/proc/cpuinfo") else ""
     model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
     meminfo = pathlib.Path("/proc/meminfo").read_text() if os.path.exists("/proc/meminfo") else ""
@@ -79,8 +79,9 @@ def machine():
         ("OS", f"{pretty.group(1) if pretty else platform.system()}, kernel {platform.release()}"),
         ("rustc", command_line(["rustc", "--version"])),
         ("Envoy", envoy_version.group(1) if envoy_version else envoy),
-        ("commit", command_line(["git", "rev-parse", "--short", "HEAD"])),
-        ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("commit", (run or {}).get("commit") or command_line(["git", "rev-parse", "--short", "HEAD"])),
+        ("run started", (run or {}).get("started")
+         or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
     ]
 
 
@@ -154,8 +155,9 @@ def render(means, load, propagation, filter_sizes, worker_sizes, machine_rows, p
                          f"{v['cpu_us_per_request']:.1f} µs | {v['rps_vs_native']:.2f} | "
                          f"{v['cpu_vs_native']:.2f} |")
         if floor:
-            lines += ["", f"The empty wasm filter does nothing per request; its {floor['rps_vs_native']:.2f} "
-                          "is what Envoy's V8 runtime charges any proxy-wasm filter, and bounds every one."]
+            lines += ["", f"The empty wasm filter (written with the SDK) returns at once from every callback: "
+                          f"its {floor['rps_vs_native']:.2f} is roughly what Envoy's V8 runtime charges for "
+                          "running a proxy-wasm filter at all, before the filter does any work."]
     if profile:
         lines += ["", "### Profile (not timed)", "",
                   "| config | heap allocations per decision (native) | filter → host calls per request | "
@@ -200,7 +202,8 @@ def main():
 
     body = render(criterion_means(args.criterion), optional_json("load.json"),
                   optional_json("propagation.json"), wasm_sizes(args.filter, args.wasm_opt),
-                  wasm_sizes(args.worker, args.wasm_opt), machine(), optional_json("profile.json"),
+                  wasm_sizes(args.worker, args.wasm_opt), machine(optional_json("run.json")),
+                  optional_json("profile.json"),
                   optional_json("filter_size.json"))
     steps = pathlib.Path(__file__).with_name("STEPS.md")
     if args.write:

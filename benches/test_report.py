@@ -36,6 +36,7 @@ def recorded(tmp):
     (results / "load.json").write_text(json.dumps({"rounds": 3, "seconds": 8, "variants": variants}))
     (results / "propagation.json").write_text(json.dumps(
         {"flips": 40, "poll_interval_ms": 50, "p50_ms": 30.0, "p99_ms": 120.0, "max_ms": 130.0}))
+    (results / "run.json").write_text(json.dumps({"commit": "abc1234", "started": "2026-01-01 00:00 UTC"}))
     (results / "profile.json").write_text(json.dumps([{
         "shape": "2 versions, 0 flags", "allocations_per_decision": 0,
         "host_calls_per_request": 11, "filter_calls_per_request": 8}]))
@@ -62,7 +63,7 @@ def test_goals_are_judged_from_the_recorded_numbers(tmp_path):
     assert goal(body, "Worker wasm").endswith("| **missed** |")
     assert goal(body, "config propagation").endswith("| 120 ms | **missed** |")
     assert "| empty wasm filter | 17,600 |" in body
-    assert "its 0.88 is what Envoy's V8 runtime charges" in body
+    assert "its 0.88 is roughly what Envoy's V8 runtime charges" in body
 
 
 def test_command_writes_results_and_splices_the_readme(tmp_path):
@@ -86,6 +87,7 @@ def test_command_writes_results_and_splices_the_readme(tmp_path):
     assert "| 90,004 B | " in text and "| 90,000 B |" in text  # raw, and after the fake wasm-opt
     assert out.read_text().startswith("# Benchmark results\n")
     assert "| 2 versions, 0 flags | 0 | 11 | 8 |" in text
+    assert "| commit | abc1234 |" in text and "| run started | 2026-01-01 00:00 UTC |" in text
     assert "core 44,000 B, rollout_core 21,000 B." in text
     assert goal(out.read_text(), "per-flag").endswith("| met |")
 

@@ -4,7 +4,7 @@
 # unleash-yggdrasil (criterion), the filter .wasm per request in the harness, Envoy under load
 # beside its native split, a Lua split and an empty wasm filter, and config propagation; and a
 # profile: allocations per decision, filter/host crossings per request, module size by crate.
-# Takes about 15 minutes on 2 cores; run it on an otherwise idle machine.
+# Takes about 8 minutes on 2 cores once tools are installed; run it on an otherwise idle machine.
 #
 #     scripts/bench.sh [--quick]     (--quick: shorter runs, for trying the script out)
 set -euo pipefail
@@ -17,6 +17,10 @@ if [ "${1:-}" = "--quick" ]; then
 fi
 out=target/bench-results
 rm -rf "$out" && mkdir -p "$out"
+# What was measured: the commit, and whether the tree had changes on top of it.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[ -z "$(git status --porcelain 2>/dev/null)" ] || commit="$commit with uncommitted changes"
+printf '{"commit": "%s", "started": "%s"}\n' "$commit" "$(date -u '+%Y-%m-%d %H:%M UTC')" >"$out/run.json"
 
 step "tools: wasm targets, Envoy, Worker build tools"
 ensure_targets
