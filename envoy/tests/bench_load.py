@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from conftest import STATIC_CONFIG, Envoy  # noqa: E402
+from conftest import STATIC_CONFIG, Envoy, json_option  # noqa: E402
 
 UPSTREAM = """
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: 9901}}}
@@ -177,10 +177,5 @@ def main(rounds, seconds, json_path=None):
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    json_out = None
-    if "--json" in args:
-        at = args.index("--json")
-        json_out = args[at + 1]
-        del args[at:at + 2]
+    args, json_out = json_option(sys.argv[1:])
     main(int(args[0]) if args else 3, int(args[1]) if len(args) > 1 else 10, json_out)

@@ -14,7 +14,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from conftest import LIVE_CONFIG, ConfigServer, Envoy, Upstream  # noqa: E402
+from conftest import LIVE_CONFIG, ConfigServer, Envoy, Upstream, json_option  # noqa: E402
 from test_live import Probes, rollout, wait_until  # noqa: E402
 
 
@@ -50,10 +50,5 @@ def main(flips, json_path=None):
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    json_out = None
-    if "--json" in args:
-        at = args.index("--json")
-        json_out = args[at + 1]
-        del args[at:at + 2]
+    args, json_out = json_option(sys.argv[1:])
     main(int(args[0]) if args else 30, json_out)

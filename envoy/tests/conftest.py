@@ -195,3 +195,14 @@ def check_binomial(what, observed, n, p):
     sd = max((n * p * (1 - p)) ** 0.5, 1.0)
     z = (observed - mean) / sd
     assert abs(z) < 5, f"{what}: observed {observed} of {n}, expected {mean:.0f} (z = {z:.1f})"
+
+
+def json_option(args):
+    """A benchmark script's arguments without `--json PATH`, and that PATH (or None)."""
+    args = list(args)
+    if "--json" not in args:
+        return args, None
+    at = args.index("--json")
+    path = args[at + 1] if at + 1 < len(args) else None
+    del args[at:at + 2]
+    return args, path
