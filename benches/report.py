@@ -130,6 +130,9 @@ def render(means, load, propagation, filter_sizes, worker_sizes, machine_rows, p
         lines.append(goal_row("config propagation to every Envoy worker, p99", "<= 100 ms",
                               f"{propagation['p99_ms']:.0f} ms", propagation["p99_ms"] <= 100))
 
+    if any("**missed**" in line for line in lines):
+        lines += ["", "Where a goal is missed, `benches/STEPS.md` (also at the end of "
+                      "benches/RESULTS.md) says what bounds it and what was tried."]
     lines += ["", "### Module sizes", "",
               "| module | raw | gzip -9 | after `wasm-opt -Oz` | gzip -9 of that |", "|---|---|---|---|---|"]
     for name, s in [("filter (`rollout_filter.wasm`, as Envoy loads it)", filter_sizes),

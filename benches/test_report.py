@@ -63,6 +63,7 @@ def test_goals_are_judged_from_the_recorded_numbers(tmp_path):
     assert goal(body, "Worker wasm").endswith("| **missed** |")
     assert goal(body, "config propagation").endswith("| 120 ms | **missed** |")
     assert "| empty wasm filter | 17,600 |" in body
+    assert "Where a goal is missed, `benches/STEPS.md`" in body
     assert "its 0.88 is roughly what Envoy's V8 runtime charges" in body
 
 
