@@ -138,22 +138,25 @@ fn take_buffer(data: *mut u8, size: usize) -> Vec<u8> {
     unsafe { Vec::from_raw_parts(data, size, size) }
 }
 
+/// What a call that returns data answered: the data, `None` for NotFound, or the error.
+fn returned(status: u32, data: *mut u8, size: usize) -> Result<Option<Vec<u8>>, HostError> {
+    match status {
+        OK => Ok(Some(take_buffer(data, size))),
+        NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
 /// Every header of a map, in the host's serialised form: a count, then each name and value
 /// length, then the names and values, each NUL-terminated. Checked once when read; the
-/// accessors then never index out of bounds.
+/// accessors then never index out of bounds. The default is a map with no headers.
+#[derive(Default)]
 pub(crate) struct HeaderPairs {
     buffer: Vec<u8>,
     count: usize,
 }
 
 impl HeaderPairs {
-    pub(crate) fn empty() -> HeaderPairs {
-        HeaderPairs {
-            buffer: Vec::new(),
-            count: 0,
-        }
-    }
-
     pub(crate) fn read(map: HeaderMap) -> Result<HeaderPairs, HostError> {
         let mut data = std::ptr::null_mut();
         let mut size = 0;
@@ -218,11 +221,7 @@ pub(crate) fn header_value(map: HeaderMap, name: &str) -> Result<Option<Vec<u8>>
     let status = unsafe {
         proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
     };
-    match status {
-        OK => Ok(Some(take_buffer(data, size))),
-        NOT_FOUND => Ok(None),
-        other => Err(HostError(other)),
-    }
+    returned(status, data, size)
 }
 
 /// Sets a header, replacing the value the map has.
@@ -304,11 +303,7 @@ pub(crate) fn buffer(kind: BufferType, start: usize, max: usize) -> Result<Vec<u
     // SAFETY: both out-pointers are live locals of the types the ABI writes.
     #[allow(unsafe_code)]
     let status = unsafe { proxy_get_buffer_bytes(kind as u32, start, max, &mut data, &mut size) };
-    match status {
-        OK => Ok(take_buffer(data, size)),
-        NOT_FOUND => Ok(Vec::new()),
-        other => Err(HostError(other)),
-    }
+    Ok(returned(status, data, size)?.unwrap_or_default())
 }
 
 /// Defines a metric (or finds the one of that name) and returns its id.
@@ -387,11 +382,10 @@ pub(crate) fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), HostError
     #[allow(unsafe_code)]
     let status =
         unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
-    match status {
-        OK => Ok((Some(take_buffer(data, size)), cas)),
-        NOT_FOUND => Ok((None, 0)),
-        other => Err(HostError(other)),
-    }
+    Ok(match returned(status, data, size)? {
+        Some(value) => (Some(value), cas),
+        None => (None, 0),
+    })
 }
 
 /// Sets a shared-data value; with a non-zero `cas`, only if the value is still that version.

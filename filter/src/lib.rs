@@ -370,7 +370,7 @@ impl Stream {
                 LogLevel::Warn,
                 &format!("rollout: cannot read request headers ({error:?}); deciding without them"),
             );
-            HeaderPairs::empty()
+            HeaderPairs::default()
         });
         let mut entropy = wasi_random_u64;
         let inputs = HostInputs {
