@@ -26,8 +26,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 step "build the filter .wasm (and the probe filter the harness tests use)"
 build_filters
 
-step "tests: core, harness over the golden vectors, CLI"
-cargo test --workspace --exclude rollout-filter --exclude probe-filter --exclude rollout-worker
+step "tests: core, the filter's pure parts natively, harness over the golden vectors, CLI"
+cargo test --workspace --exclude probe-filter --exclude rollout-worker
 
 step "benchmarks compile (scripts/bench.sh times them; CI never does)"
 cargo bench -p rollout-benches --no-run

@@ -1,8 +1,6 @@
 //! Deciding: request facts in, a [`Decision`] out. Never fails, never panics: every missing or
 //! odd input has a defined fallback, and the decision records which one it took.
 
-use std::borrow::Cow;
-
 use serde::Serialize;
 
 use crate::config::{Condition, Config, Flag, NoKey, Op, Rollout, Serve, Source, MAX_KEY_BYTES};
@@ -15,6 +13,18 @@ use crate::semver::Semver;
 pub trait RequestFacts {
     /// The first value of a header, as raw bytes (header values need not be UTF-8).
     fn header(&self, name: &str) -> Option<&[u8]>;
+
+    /// How many values the request has for a header. The header contract uses it to make a
+    /// removal call only when there is a client copy to remove (each call costs the filter a
+    /// host call). The default cannot count beyond the first and says "several" for any, which
+    /// makes the contract remove and then set: always safe, one call dearer.
+    fn count(&self, name: &str) -> usize {
+        if self.header(name).is_some() {
+            usize::MAX
+        } else {
+            0
+        }
+    }
 }
 
 impl<K: AsRef<str>, V: AsRef<[u8]>> RequestFacts for [(K, V)] {
@@ -22,6 +32,12 @@ impl<K: AsRef<str>, V: AsRef<[u8]>> RequestFacts for [(K, V)] {
         self.iter()
             .find(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_ref())
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.iter()
+            .filter(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
+            .count()
     }
 }
 
@@ -330,86 +346,6 @@ impl Condition {
                 .and_then(Semver::parse)
                 .is_some_and(|v| cmp.holds(v.cmp(want))),
         }
-    }
-}
-
-/// One header the host sets or removes on the upstream request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RequestHeader<'c> {
-    /// Header name.
-    pub name: &'c str,
-    /// `Some`: set to this value, replacing any copy from the client. `None`: remove any
-    /// copy from the client; this request carries no such decision.
-    pub value: Option<Cow<'c, str>>,
-}
-
-/// One header the host adds to the response.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ResponseHeader<'c> {
-    /// Header name.
-    pub name: &'c str,
-    /// Header value.
-    pub value: String,
-    /// Append beside existing values (Server-Timing) rather than replace them.
-    pub append: bool,
-}
-
-/// The Server-Timing metric name of the header contract.
-pub const SERVER_TIMING_METRIC: &str = "rollout";
-
-impl Config {
-    /// The header contract on the upstream request: the version, rollout and flags headers,
-    /// each set, or removed when the decision has no such value, so a client's copy never
-    /// passes through.
-    pub fn request_headers<'c>(&'c self, decision: &Decision<'c>) -> [RequestHeader<'c>; 3] {
-        let names = &self.headers;
-        let flags = (!decision.flags.is_empty()).then(|| {
-            let mut out = String::with_capacity(decision.flags.len() * 16);
-            for (i, f) in decision.flags.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(f.flag);
-                out.push('=');
-                out.push_str(f.value);
-            }
-            Cow::Owned(out)
-        });
-        [
-            RequestHeader {
-                name: &names.version,
-                value: decision.rollout.map(|r| Cow::Borrowed(r.version)),
-            },
-            RequestHeader {
-                name: &names.rollout,
-                value: decision.rollout.map(|r| Cow::Borrowed(r.rollout)),
-            },
-            RequestHeader {
-                name: &names.flags,
-                value: flags,
-            },
-        ]
-    }
-
-    /// The header contract on the response for the version in `slot` (see
-    /// [`VersionChoice::slot`]): the version header and a Server-Timing entry. Hosts keep the
-    /// slot from the request and call this when the response arrives.
-    pub fn response_headers(&self, slot: usize) -> Vec<ResponseHeader<'_>> {
-        let Some((rollout, version)) = self.slot_names(slot) else {
-            return Vec::new();
-        };
-        vec![
-            ResponseHeader {
-                name: &self.headers.version,
-                value: version.to_owned(),
-                append: false,
-            },
-            ResponseHeader {
-                name: "server-timing",
-                value: format!("{SERVER_TIMING_METRIC};desc=\"{rollout}/{version}\""),
-                append: true,
-            },
-        ]
     }
 }
 

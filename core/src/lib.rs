@@ -21,6 +21,7 @@
 //! ```
 
 mod config;
+mod contract;
 mod decide;
 mod error;
 mod hash;
@@ -32,9 +33,10 @@ pub use config::{
     Config, HeaderNames, Source, DEFAULT_FLAGS_HEADER, DEFAULT_ROLLOUT_HEADER,
     DEFAULT_VERSION_HEADER, MAX_KEY_BYTES, OPERATORS,
 };
+pub use contract::{ContractNames, HeaderMapMut, SERVER_TIMING_METRIC};
 pub use decide::{
     cookie_value, Decision, FlagChoice, FlagReason, HostInputs, KeyStatus, RequestFacts,
-    RequestHeader, ResponseHeader, VersionChoice, VersionReason, SERVER_TIMING_METRIC,
+    VersionChoice, VersionReason,
 };
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 pub use hash::BUCKETS;

@@ -20,8 +20,43 @@ pub struct VectorFile {
     pub description: String,
     /// The rollout config, as JSON.
     pub config: Value,
+    /// The contract's header names under this config, resolved by the core (blessed with the
+    /// expected outcomes), so that no host's test runner spells them itself.
+    pub contract: Contract,
     /// The requests and what each must get.
     pub cases: Vec<Case>,
+}
+
+/// The contract's header names, as a vector file carries them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Contract {
+    /// The headers the contract owns on the upstream request.
+    pub request: Vec<String>,
+    /// The headers the contract owns on the response.
+    pub response: Vec<String>,
+}
+
+impl Contract {
+    /// The names a config resolves to.
+    pub fn of(config: &Config) -> Contract {
+        let names = config.contract_names();
+        let owned = |n: &[&str]| n.iter().map(|n| (*n).to_owned()).collect();
+        Contract {
+            request: owned(&names.request),
+            response: owned(&names.response),
+        }
+    }
+
+    /// The request names, as `&str`s for [`contract_view`].
+    pub fn request_names(&self) -> Vec<&str> {
+        self.request.iter().map(String::as_str).collect()
+    }
+
+    /// The response names, as `&str`s for [`contract_view`].
+    pub fn response_names(&self) -> Vec<&str> {
+        self.response.iter().map(String::as_str).collect()
+    }
 }
 
 /// One request and its expected outcome.
@@ -87,11 +122,6 @@ impl VectorFile {
     }
 }
 
-/// The response header names the contract owns: compare these, and leave the rest alone.
-pub fn response_contract_names(config: &Config) -> [&str; 2] {
-    [config.header_names().version.as_str(), "server-timing"]
-}
-
 /// What the native core gives one request, in the shape of [`Expected`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observed {
@@ -104,27 +134,22 @@ pub struct Observed {
 }
 
 impl Request {
-    /// Runs this request through the native core and the header contract.
+    /// Runs this request through the native core and the header contract, applied to plain
+    /// header lists (the reference [`crate::HeaderMapMut`]).
     pub fn observe(&self, config: &Config) -> Observed {
         let decision = self.decide(config);
-        let mut request_headers = BTreeMap::new();
-        for header in config.request_headers(&decision) {
-            if let Some(value) = header.value {
-                request_headers.insert(header.name.to_owned(), value.into_owned());
-            }
+        let client = self.headers.as_slice();
+        let mut upstream = self.headers.clone();
+        config.apply_request_contract(&decision, client, &mut upstream);
+        let mut response = self.response_headers.clone();
+        if let Some(choice) = decision.rollout {
+            config.apply_response_contract(choice.slot, &mut response);
         }
-        let mut response: Vec<(String, String)> = self.response_headers.clone();
-        let slot = decision.rollout.map_or(usize::MAX, |r| r.slot);
-        for header in config.response_headers(slot) {
-            if !header.append {
-                response.retain(|(n, _)| n != header.name);
-            }
-            response.push((header.name.to_owned(), header.value));
-        }
+        let names = config.contract_names();
         Observed {
             decision: serde_json::to_value(&decision).unwrap_or(Value::Null),
-            request_headers,
-            response_headers: contract_view(&response, &response_contract_names(config)),
+            request_headers: contract_view(&upstream, &names.request),
+            response_headers: contract_view(&response, &names.response),
         }
     }
 }
@@ -241,6 +266,14 @@ mod tests {
                     continue;
                 }
             };
+            if file.contract != Contract::of(&config) {
+                failures.push(format!(
+                    "{}: contract names {:?}, the config resolves to {:?}",
+                    path.display(),
+                    file.contract,
+                    Contract::of(&config)
+                ));
+            }
             for case in &file.cases {
                 n_cases += 1;
                 for problem in check_native(&config, case) {
@@ -263,6 +296,7 @@ mod tests {
         };
         let config = Config::from_value(&doc["config"]).unwrap();
         let config = &config;
+        doc["contract"] = serde_json::to_value(Contract::of(config)).unwrap();
         let Some(cases) = doc.get_mut("cases").and_then(Value::as_array_mut) else {
             return;
         };

@@ -344,9 +344,13 @@ fn hostile_request_input_gets_a_decision() {
         let rollout = d.rollout.unwrap();
         assert!(["v0", "v1", "s0"].contains(&rollout.version));
         assert_eq!(d.flags.len(), 1);
-        // The header contract is built without trouble for every decision.
-        let headers = config.request_headers(&d);
-        assert!(headers[0].value.is_some());
+        // The header contract sets the version for every decision.
+        let mut upstream: Vec<(String, String)> = Vec::new();
+        config.apply_request_contract(&d, facts.as_slice(), &mut upstream);
+        assert_eq!(
+            upstream.first().map(|(_, v)| v.as_str()),
+            Some(rollout.version)
+        );
     }
     // An oversized key is no key: the user goes to the stable version.
     let d = config.decide(&[("x-user-id".to_owned(), huge)][..], HostInputs::default());

@@ -44,8 +44,32 @@ pub(crate) struct HostError(pub(crate) u32);
 const OK: u32 = 0;
 const NOT_FOUND: u32 = 1;
 
-#[link(wasm_import_module = "env")]
-extern "C" {
+/// The ABI's status for a call the host does not implement.
+#[cfg(not(target_arch = "wasm32"))]
+const UNIMPLEMENTED: u32 = 12;
+
+/// Declares the host calls once. In the wasm build they are the host's imports; natively
+/// (the unit tests of the pure parts) each answers `UNIMPLEMENTED`, so code that reaches the
+/// host meets an error status, as it must be ready to anyway.
+macro_rules! host_imports {
+    ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> u32;)*) => {
+        #[cfg(target_arch = "wasm32")]
+        #[link(wasm_import_module = "env")]
+        extern "C" {
+            $(fn $name($($arg: $ty),*) -> u32;)*
+        }
+        $(
+            #[cfg(not(target_arch = "wasm32"))]
+            #[allow(unsafe_code, clippy::too_many_arguments)] // Signatures mirror the imports.
+            unsafe fn $name($($arg: $ty),*) -> u32 {
+                let _ = ($($arg),*);
+                UNIMPLEMENTED
+            }
+        )*
+    };
+}
+
+host_imports! {
     fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
     fn proxy_get_header_map_value(
         map: u32,
@@ -82,6 +106,8 @@ extern "C" {
     ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, size: usize, id: *mut u32) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_http_call(
         upstream: *const u8,
         upstream_size: usize,
@@ -128,20 +154,29 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 }
 
 /// Takes ownership of a buffer the host filled through `proxy_on_memory_allocate`.
+///
+/// # Safety
+/// `data` is null, or the host got it from `proxy_on_memory_allocate(size)` with this same
+/// `size` and nobody has taken it back yet.
 #[allow(unsafe_code)]
-fn take_buffer(data: *mut u8, size: usize) -> Vec<u8> {
+unsafe fn take_buffer(data: *mut u8, size: usize) -> Vec<u8> {
     if data.is_null() {
         return Vec::new();
     }
-    // SAFETY: the host got `data` from `proxy_on_memory_allocate(size)`, the buffer of a
-    // `vec![0u8; size]` (capacity exactly `size`) that was never dropped; we own it now.
+    // SAFETY: per the contract above, `data` is the buffer of a `vec![0u8; size]` (capacity
+    // exactly `size`) that was never dropped; we own it now.
     unsafe { Vec::from_raw_parts(data, size, size) }
 }
 
 /// What a call that returns data answered: the data, `None` for NotFound, or the error.
-fn returned(status: u32, data: *mut u8, size: usize) -> Result<Option<Vec<u8>>, HostError> {
+///
+/// # Safety
+/// As for [`take_buffer`], when `status` is OK: `data` and `size` are what the host wrote.
+#[allow(unsafe_code)]
+unsafe fn returned(status: u32, data: *mut u8, size: usize) -> Result<Option<Vec<u8>>, HostError> {
     match status {
-        OK => Ok(Some(take_buffer(data, size))),
+        // SAFETY: the caller's contract.
+        OK => Ok(Some(unsafe { take_buffer(data, size) })),
         NOT_FOUND => Ok(None),
         other => Err(HostError(other)),
     }
@@ -164,9 +199,16 @@ impl HeaderPairs {
         #[allow(unsafe_code)]
         let status = unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
         check(status)?;
-        let buffer = take_buffer(data, size);
-        let count = Self::validate(&buffer).ok_or(HostError(u32::MAX))?;
-        Ok(HeaderPairs { buffer, count })
+        // SAFETY: the host wrote `data` and `size` for a call that answered OK.
+        #[allow(unsafe_code)]
+        let buffer = unsafe { take_buffer(data, size) };
+        Self::decode(buffer).ok_or(HostError(u32::MAX))
+    }
+
+    /// Checks a buffer in the host's serialised form; `None` if the lengths do not fit it.
+    pub(crate) fn decode(buffer: Vec<u8>) -> Option<HeaderPairs> {
+        let count = Self::validate(&buffer)?;
+        Some(HeaderPairs { buffer, count })
     }
 
     /// The number of pairs, if the lengths fit the buffer (an empty buffer is no headers).
@@ -205,6 +247,31 @@ impl rollout_core::RequestFacts for HeaderPairs {
             .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .map(|(_, v)| v)
     }
+
+    fn count(&self, name: &str) -> usize {
+        self.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .count()
+    }
+}
+
+/// A header map of the current stream, written through host calls for the core's header
+/// contract. A failed write is dropped: the contract's other headers still go out, and a
+/// request is never failed for it.
+pub(crate) struct StreamHeaders(pub(crate) HeaderMap);
+
+impl rollout_core::HeaderMapMut for StreamHeaders {
+    fn replace(&mut self, name: &str, value: &str) {
+        let _ = replace_header(self.0, name, value);
+    }
+
+    fn add(&mut self, name: &str, value: &str) {
+        let _ = add_header(self.0, name, value);
+    }
+
+    fn remove(&mut self, name: &str) {
+        let _ = remove_header(self.0, name);
+    }
 }
 
 fn read_u32(buffer: &[u8], at: usize) -> Option<u32> {
@@ -221,7 +288,11 @@ pub(crate) fn header_value(map: HeaderMap, name: &str) -> Result<Option<Vec<u8>>
     let status = unsafe {
         proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
     };
-    returned(status, data, size)
+    // SAFETY: the host wrote `data` and `size` for this call.
+    #[allow(unsafe_code)]
+    unsafe {
+        returned(status, data, size)
+    }
 }
 
 /// Sets a header, replacing the value the map has.
@@ -303,7 +374,10 @@ pub(crate) fn buffer(kind: BufferType, start: usize, max: usize) -> Result<Vec<u
     // SAFETY: both out-pointers are live locals of the types the ABI writes.
     #[allow(unsafe_code)]
     let status = unsafe { proxy_get_buffer_bytes(kind as u32, start, max, &mut data, &mut size) };
-    Ok(returned(status, data, size)?.unwrap_or_default())
+    // SAFETY: the host wrote `data` and `size` for this call.
+    #[allow(unsafe_code)]
+    let data = unsafe { returned(status, data, size) }?;
+    Ok(data.unwrap_or_default())
 }
 
 /// Defines a metric (or finds the one of that name) and returns its id.
@@ -321,6 +395,22 @@ pub(crate) fn set_tick_period_ms(period_ms: u32) -> Result<(), HostError> {
     // SAFETY: a plain value only.
     #[allow(unsafe_code)]
     let status = unsafe { proxy_set_tick_period_milliseconds(period_ms) };
+    check(status)
+}
+
+/// Makes the following calls act on the stream `context_id` (from a root's callback).
+pub(crate) fn set_effective_context(context_id: u32) -> Result<(), HostError> {
+    // SAFETY: a plain value only.
+    #[allow(unsafe_code)]
+    let status = unsafe { proxy_set_effective_context(context_id) };
+    check(status)
+}
+
+/// Lets a paused request go on (to the next filter and the router).
+pub(crate) fn continue_request() -> Result<(), HostError> {
+    // SAFETY: a plain value only; 0 is the request stream in the ABI's numbering.
+    #[allow(unsafe_code)]
+    let status = unsafe { proxy_continue_stream(0) };
     check(status)
 }
 
@@ -382,7 +472,10 @@ pub(crate) fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), HostError
     #[allow(unsafe_code)]
     let status =
         unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
-    Ok(match returned(status, data, size)? {
+    // SAFETY: the host wrote `data` and `size` for this call.
+    #[allow(unsafe_code)]
+    let value = unsafe { returned(status, data, size) }?;
+    Ok(match value {
         Some(value) => (Some(value), cas),
         None => (None, 0),
     })
@@ -395,4 +488,52 @@ pub(crate) fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), H
     let status =
         unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
     check(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{serialize_pairs, HeaderPairs};
+    use rollout_core::RequestFacts;
+
+    fn pairs(h: &HeaderPairs) -> Vec<(Vec<u8>, Vec<u8>)> {
+        h.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect()
+    }
+
+    #[test]
+    fn header_pairs_round_trip_the_hosts_wire_format() {
+        let wire = serialize_pairs(&[(":path", "/a"), ("x-user-id", "u-1"), ("X-User-Id", "u-2")]);
+        let h = HeaderPairs::decode(wire).unwrap();
+        assert_eq!(
+            pairs(&h),
+            [
+                (b":path".to_vec(), b"/a".to_vec()),
+                (b"x-user-id".to_vec(), b"u-1".to_vec()),
+                (b"X-User-Id".to_vec(), b"u-2".to_vec()),
+            ]
+        );
+        assert_eq!(h.header("x-user-id"), Some(&b"u-1"[..]));
+        assert_eq!(h.count("x-user-id"), 2);
+        assert_eq!(h.count("cookie"), 0);
+        assert_eq!(pairs(&HeaderPairs::decode(Vec::new()).unwrap()), []);
+    }
+
+    #[test]
+    fn header_pairs_refuse_lengths_that_do_not_fit() {
+        let wire = serialize_pairs(&[("a", "1"), ("bb", "22")]);
+        // Every truncation is refused, never read past its end.
+        for cut in 1..wire.len() {
+            assert!(
+                HeaderPairs::decode(wire[..cut].to_vec()).is_none(),
+                "cut at {cut}"
+            );
+        }
+        // A count far larger than the buffer, and lengths that overflow when added.
+        let mut huge = u32::MAX.to_le_bytes().to_vec();
+        huge.extend_from_slice(&[0; 16]);
+        assert!(HeaderPairs::decode(huge).is_none());
+        let mut overflow = 1u32.to_le_bytes().to_vec();
+        overflow.extend_from_slice(&u32::MAX.to_le_bytes());
+        overflow.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(HeaderPairs::decode(overflow).is_none());
+    }
 }

@@ -92,11 +92,16 @@ impl VersionMetrics {
 
     /// Counts a response by the class of its `:status`.
     pub(crate) fn count_response(&self, status: Option<&[u8]>) {
-        let class = match status {
-            Some([d @ b'1'..=b'5', b'0'..=b'9', b'0'..=b'9']) => usize::from(d - b'1'),
-            _ => STATUS_CLASSES.len() - 1,
-        };
-        increment(self.responses.get(class).copied().flatten());
+        increment(self.responses.get(status_class(status)).copied().flatten());
+    }
+}
+
+/// The index in [`STATUS_CLASSES`] of a `:status` value: `1xx` to `5xx`, or `other` for
+/// anything that is not three digits from 100 to 599 (missing, garbage, 600).
+fn status_class(status: Option<&[u8]>) -> usize {
+    match status {
+        Some([d @ b'1'..=b'5', b'0'..=b'9', b'0'..=b'9']) => usize::from(d - b'1'),
+        _ => STATUS_CLASSES.len() - 1,
     }
 }
 
@@ -115,5 +120,35 @@ impl ConfigMetrics {
             rejected: define(MetricType::Counter, "rollout_config_rejected_total"),
             fetch_failures: define(MetricType::Counter, "rollout_config_fetch_failures_total"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{metric_name, status_class, STATUS_CLASSES};
+
+    #[test]
+    fn status_classes_take_three_digits_from_100_to_599() {
+        let class = |s: &[u8]| STATUS_CLASSES[status_class(Some(s))];
+        assert_eq!(class(b"200"), "2xx");
+        assert_eq!(class(b"101"), "1xx");
+        assert_eq!(class(b"304"), "3xx");
+        assert_eq!(class(b"404"), "4xx");
+        assert_eq!(class(b"599"), "5xx");
+        for odd in [&b"600"[..], b"20", b"2000", b"2x0", b"", b"\xff00"] {
+            assert_eq!(class(odd), "other", "{odd:?}");
+        }
+        assert_eq!(STATUS_CLASSES[status_class(None)], "other");
+    }
+
+    #[test]
+    fn metric_names_embed_labels_for_stats_tags() {
+        assert_eq!(
+            metric_name(
+                "rollout_requests_total",
+                &[("rollout", "checkout"), ("version", "v2")]
+            ),
+            "rollout_requests_total.rollout=.=checkout;.;.version=.=v2;.;"
+        );
     }
 }

@@ -165,6 +165,9 @@ pub(crate) struct SharedKeys {
     pub(crate) generation: String,
     /// Which VM polls the source, and until when: `TOKEN EXPIRY_MS`.
     pub(crate) lease: String,
+    /// Set once the source has answered for the first time (a config, or a definite
+    /// failure), after any config was published: until then, requests wait.
+    pub(crate) settled: String,
 }
 
 impl SharedKeys {
@@ -174,6 +177,7 @@ impl SharedKeys {
             config: format!("{base}.config"),
             generation: format!("{base}.generation"),
             lease: format!("{base}.lease"),
+            settled: format!("{base}.settled"),
         }
     }
 
@@ -186,6 +190,16 @@ impl SharedKeys {
                 .unwrap_or(0),
             _ => 0,
         }
+    }
+
+    /// Whether some VM has seen the source's first answer.
+    pub(crate) fn settled(&self) -> bool {
+        matches!(host::shared_data(&self.settled), Ok((Some(_), _)))
+    }
+
+    /// Tells every VM that the source has answered; false if shared data refused it.
+    pub(crate) fn mark_settled(&self) -> bool {
+        host::set_shared_data(&self.settled, b"1", 0).is_ok()
     }
 
     /// The published (ETag, body).
@@ -228,5 +242,60 @@ impl SharedKeys {
         // A zero CAS means "unconditional" to the host, so a first lease can only be raced
         // by another first lease; both then poll once, which is harmless.
         host::set_shared_data(&self.lease, value.as_bytes(), cas).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_plugin_config, PluginConfig};
+
+    fn errors(json: &str) -> Vec<String> {
+        match parse_plugin_config(json.as_bytes()) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors,
+        }
+    }
+
+    #[test]
+    fn a_rollout_config_is_static() {
+        let parsed = parse_plugin_config(br#"{"rollouts":{}}"#);
+        assert!(matches!(parsed, Ok(PluginConfig::Static(_))));
+    }
+
+    #[test]
+    fn a_config_source_gets_defaults_and_an_empty_fallback() {
+        let Ok(PluginConfig::Live { source, fallback }) =
+            parse_plugin_config(br#"{"config_source":{"cluster":"cfg","path":"/r.json"}}"#)
+        else {
+            panic!("refused");
+        };
+        assert_eq!(source.authority, "cfg");
+        assert_eq!((source.poll_interval_ms, source.timeout_ms), (1000, 2000));
+        assert_eq!(fallback.n_slots(), 0);
+    }
+
+    #[test]
+    fn every_problem_of_a_live_config_is_named_with_its_path() {
+        assert_eq!(
+            errors(
+                r#"{"config_source":{"path":"r.json","poll_interval_ms":5,"extra":1},
+                   "fallback":{"rollouts":{"r":{"versions":[]}}},"other":1}"#
+            ),
+            [
+                "other: unknown field, expected one of: config_source, fallback",
+                "config_source.extra: unknown field, expected one of: cluster, path, authority, poll_interval_ms, timeout_ms",
+                "config_source.cluster: missing required field",
+                "config_source.poll_interval_ms: expected an integer from 10 to 3600000, found 5",
+                "config_source.path: expected a path starting with '/', found \"r.json\"",
+                "fallback.rollouts.r.versions: must not be empty",
+            ]
+        );
+        assert_eq!(
+            errors(r#"{"config_source":3}"#),
+            ["config_source: expected an object"]
+        );
+        let syntax = errors("{nope");
+        assert_eq!(syntax.len(), 1);
+        assert!(syntax[0].contains("line 1"), "{syntax:?}");
     }
 }

@@ -194,15 +194,19 @@ fn explain(config: &Config, bytes: &[u8], request: &RequestArgs, json: bool) -> 
     }
     let report = vm.exchange(&host_test::testing::exchange(&headers, &[]))?;
     // The native decision and the filter must agree on the contract headers.
-    let mut agree = true;
-    for expected in config.request_headers(&decision) {
-        let got = report
-            .upstream_request_headers
-            .iter()
-            .find(|(k, _)| k == expected.name)
-            .map(|(_, v)| v.as_str());
-        agree &= got == expected.value.as_deref();
-    }
+    let mut expected = headers.clone();
+    config.apply_request_contract(&decision, headers.as_slice(), &mut expected);
+    let values = |list: &[(String, String)], name: &str| -> Vec<String> {
+        list.iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    let agree = config
+        .contract_names()
+        .request
+        .iter()
+        .all(|name| values(&expected, name) == values(&report.upstream_request_headers, name));
     if json {
         let out = serde_json::json!({
             "decision": decision,

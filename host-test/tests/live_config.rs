@@ -159,17 +159,98 @@ impl Workers {
     }
 }
 
+/// One user's request, begun on every VM (as it would arrive at each worker).
+fn begin_everywhere(w: &mut Workers, exchange: &Exchange) -> Vec<host_test::StreamId> {
+    w.vms
+        .iter_mut()
+        .map(|vm| vm.begin(exchange).unwrap())
+        .collect()
+}
+
+/// Finishes streams begun by [`begin_everywhere`]: (paused, version sent upstream) per VM.
+fn finish_everywhere(
+    w: &mut Workers,
+    streams: Vec<host_test::StreamId>,
+    exchange: &Exchange,
+) -> Vec<(bool, Option<String>)> {
+    w.vms
+        .iter_mut()
+        .zip(streams)
+        .map(|(vm, id)| {
+            let report = vm.finish(id, exchange).unwrap();
+            let version = report
+                .upstream_request_headers
+                .iter()
+                .find(|(k, _)| k == "x-rollout-version")
+                .map(|(_, v)| v.clone());
+            (report.paused, version)
+        })
+        .collect()
+}
+
+fn user(id: &str) -> Exchange {
+    Exchange {
+        request_headers: headers(&[(":path", "/"), (":authority", "a"), ("x-user-id", id)]),
+        ..Exchange::default()
+    }
+}
+
 #[test]
-fn the_fallback_serves_until_the_source_answers_then_every_worker_takes_it_up() {
+fn requests_wait_for_the_sources_first_answer_then_every_worker_resumes_them_with_it() {
     let mut w = Workers::start();
-    assert_eq!(w.versions("user-1"), vec!["v1", "v1"]);
+    let exchange = user("user-1");
+    let held = begin_everywhere(&mut w, &exchange);
     let call = w.next_call();
     assert_eq!(call.2, None, "the first poll is unconditional");
     w.answer(call, "200", "\"a\"", &config((0, 1)));
-    // The other worker takes it up from shared data within a tick.
+    // The other worker learns of the answer from shared data within a tick.
     w.advance(10);
-    assert_eq!(w.versions("user-1"), vec!["v2", "v2"]);
+    // Held, then decided on the source's config (v2), never on the fallback's v1.
+    let done = finish_everywhere(&mut w, held, &exchange);
+    assert_eq!(done, vec![(true, Some("v2".to_owned())); 2]);
+    assert_eq!(w.versions("user-2"), vec!["v2", "v2"]);
     assert_eq!(w.metric("rollout_config_updates_total"), 1);
+}
+
+#[test]
+fn a_definite_failure_of_the_first_fetch_resumes_waiting_requests_on_the_fallback() {
+    let mut w = Workers::start();
+    let exchange = user("user-1");
+    let held = begin_everywhere(&mut w, &exchange);
+    let call = w.next_call();
+    w.answer(call, "503", "", "");
+    w.advance(10);
+    let done = finish_everywhere(&mut w, held, &exchange);
+    assert_eq!(done, vec![(true, Some("v1".to_owned())); 2]);
+}
+
+#[test]
+fn a_source_that_does_not_answer_holds_requests_no_longer_than_the_bound() {
+    // timeout_ms 500 in PLUGIN: the wait ends by 500 ms plus three 10 ms ticks.
+    let mut w = Workers::start();
+    let exchange = user("user-1");
+    let held = begin_everywhere(&mut w, &exchange);
+    w.advance(500);
+    let early = w.logs();
+    assert!(
+        !early
+            .iter()
+            .any(|l| l.contains("no answer from the config source")),
+        "gave up before the bound: {early:#?}"
+    );
+    w.advance(30);
+    let logs = w.logs();
+    assert_eq!(
+        logs.iter()
+            .filter(|l| l.contains("no answer from the config source within 530 ms"))
+            .count(),
+        2,
+        "{logs:#?}"
+    );
+    let done = finish_everywhere(&mut w, held, &exchange);
+    assert_eq!(done, vec![(true, Some("v1".to_owned())); 2]);
+    // Once the wait is over nothing waits any more.
+    assert_eq!(w.versions("user-2"), vec!["v1", "v1"]);
 }
 
 #[test]

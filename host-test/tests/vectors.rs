@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use host_test::testing::{exchange, filter_wasm_path, requests_metric, workspace_root};
 use host_test::{FilterModule, VmOptions};
 use rollout_core::vectors::{contract_view, InvalidConfig, VectorFile};
-use rollout_core::Config;
 
 fn filter() -> FilterModule {
     let path = filter_wasm_path();
@@ -52,20 +51,14 @@ fn every_golden_vector_passes_through_the_filter_wasm() {
     let mut n_cases = 0;
     for path in &files {
         let file = VectorFile::parse(&std::fs::read(path).unwrap()).unwrap();
-        let config = Config::from_value(&file.config).unwrap();
         let mut vm = module.start_vm(VmOptions::default()).unwrap();
         assert!(
             vm.configure(file.config.to_string().as_bytes()).unwrap(),
             "{}: refused",
             path.display()
         );
-        let names = config.header_names();
-        let request_names = [
-            names.version.as_str(),
-            names.rollout.as_str(),
-            names.flags.as_str(),
-        ];
-        let response_names = rollout_core::vectors::response_contract_names(&config);
+        let request_names = file.contract.request_names();
+        let response_names = file.contract.response_names();
         for case in &file.cases {
             n_cases += 1;
             let where_ = format!("{} / {}", path.display(), case.description);

@@ -232,28 +232,19 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
         );
     };
 
-    // The upstream request: everything as the client sent it, except the contract headers.
-    let contract = config.request_headers(&decision);
-    // The flags header value, built once: the upstream request and the data point share it.
-    let flags_header = config.header_names().flags.as_str();
-    let flags = contract
-        .iter()
-        .find(|h| h.name == flags_header)
-        .and_then(|h| h.value.as_deref())
-        .unwrap_or_default()
-        .to_owned();
-    let headers = Headers::new();
+    // The upstream request: everything as the client sent it, with the header contract applied
+    // by the core (client copies of contract headers removed, the decision's values set).
+    let mut headers = WorkerHeaders::default();
     for (name, value) in &facts {
-        if name.starts_with(':') || name == "host" || contract.iter().any(|h| h.name == name) {
+        if name.starts_with(':') || name == "host" {
             continue;
         }
-        headers.append(name, value)?;
+        headers.append(name, value);
     }
-    for header in &contract {
-        if let Some(value) = &header.value {
-            headers.set(header.name, value)?;
-        }
-    }
+    config.apply_request_contract(&decision, facts.as_slice(), &mut headers);
+    let headers = headers.finish()?;
+    // The flags header value, for the data point.
+    let flags = decision.flags_header_value().unwrap_or_default();
     let upstream_url = format!("{}{path}", origin.trim_end_matches('/'));
     let mut init = RequestInit::new();
     init.with_method(req.method()).with_headers(headers);
@@ -284,19 +275,14 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
 
     // Fetched responses have immutable headers: build the client's response on a copy.
     let status = response.status_code();
-    let out_headers = Headers::new();
+    let mut out_headers = WorkerHeaders::default();
     for (name, value) in response.headers().entries() {
-        out_headers.append(&name, &value)?;
+        out_headers.append(&name, &value);
     }
     if let Some(choice) = decision.rollout {
-        for header in config.response_headers(choice.slot) {
-            if header.append {
-                out_headers.append(header.name, &header.value)?;
-            } else {
-                out_headers.set(header.name, &header.value)?;
-            }
-        }
+        config.apply_response_contract(choice.slot, &mut out_headers);
     }
+    let out_headers = out_headers.finish()?;
     if let Some((cookie, id)) = assigned {
         out_headers.append(
             "set-cookie",
@@ -308,6 +294,51 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
         .with_status(status)
         .with_headers(out_headers)
         .body(body))
+}
+
+/// A `Headers` object the core's header contract writes to. The trait's calls cannot fail,
+/// so the first error (an invalid name or value) is kept and returned by [`Self::finish`].
+#[derive(Default)]
+struct WorkerHeaders {
+    headers: Headers,
+    error: Option<worker::Error>,
+}
+
+impl WorkerHeaders {
+    fn keep(&mut self, result: Result<()>) {
+        if let (Err(e), None) = (result, &self.error) {
+            self.error = Some(e);
+        }
+    }
+
+    fn append(&mut self, name: &str, value: &str) {
+        let result = self.headers.append(name, value);
+        self.keep(result);
+    }
+
+    fn finish(mut self) -> Result<Headers> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(self.headers),
+        }
+    }
+}
+
+impl rollout_core::HeaderMapMut for WorkerHeaders {
+    fn replace(&mut self, name: &str, value: &str) {
+        // `set` replaces every value, as the contract asks.
+        let result = self.headers.set(name, value);
+        self.keep(result);
+    }
+
+    fn add(&mut self, name: &str, value: &str) {
+        self.append(name, value);
+    }
+
+    fn remove(&mut self, name: &str) {
+        let result = self.headers.delete(name);
+        self.keep(result);
+    }
 }
 
 /// One Analytics Engine data point per request, if the binding exists: indexed by rollout,

@@ -1,0 +1,258 @@
+//! The header contract: what every host sets, replaces and removes on the upstream request and
+//! on the response. The core drives it through [`HeaderMapMut`], a three-method interface each
+//! host implements over its own header map (as proxy-wasm's C++ host drives its hosts through a
+//! context interface), so a new contract header is a change here and nowhere else.
+
+use serde::Serialize;
+
+use crate::{Config, Decision, RequestFacts};
+
+/// A header map the core can write to. Names come in lowercase.
+pub trait HeaderMapMut {
+    /// Sets `name` to `value`, replacing every value it had.
+    fn replace(&mut self, name: &str, value: &str);
+    /// Adds `value` beside any values `name` already has.
+    fn add(&mut self, name: &str, value: &str);
+    /// Removes every value of `name`.
+    fn remove(&mut self, name: &str);
+}
+
+/// A plain header list (lowercase names) is a header map too: the reference for every host,
+/// used by the golden vectors and the CLI.
+impl HeaderMapMut for Vec<(String, String)> {
+    fn replace(&mut self, name: &str, value: &str) {
+        HeaderMapMut::remove(self, name);
+        HeaderMapMut::add(self, name, value);
+    }
+
+    fn add(&mut self, name: &str, value: &str) {
+        self.push((name.to_owned(), value.to_owned()));
+    }
+
+    fn remove(&mut self, name: &str) {
+        self.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+}
+
+/// The Server-Timing metric name of the header contract.
+pub const SERVER_TIMING_METRIC: &str = "rollout";
+
+/// The response header that carries the Server-Timing entry.
+const SERVER_TIMING_HEADER: &str = "server-timing";
+
+/// The contract's header names, resolved for one config: what a host or test compares, and
+/// what the golden vectors carry so that no test runner spells them itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContractNames<'c> {
+    /// Headers the contract owns on the upstream request (version, rollout, flags).
+    pub request: [&'c str; 3],
+    /// Headers the contract owns on the response (version, Server-Timing).
+    pub response: [&'c str; 2],
+}
+
+impl Decision<'_> {
+    /// The flags header value, `name=value` pairs joined with `,` in flag-name order; `None`
+    /// when the config has no flags.
+    pub fn flags_header_value(&self) -> Option<String> {
+        if self.flags.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(self.flags.len() * 16);
+        for (i, f) in self.flags.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(f.flag);
+            out.push('=');
+            out.push_str(f.value);
+        }
+        Some(out)
+    }
+}
+
+impl Config {
+    /// The names of the contract's headers under this config.
+    pub fn contract_names(&self) -> ContractNames<'_> {
+        let names = &self.headers;
+        ContractNames {
+            request: [&names.version, &names.rollout, &names.flags],
+            response: [&names.version, SERVER_TIMING_HEADER],
+        }
+    }
+
+    /// Applies the contract to the upstream request: each contract header is set to the
+    /// decision's value, or removed when the decision has none, so that no copy the client
+    /// sent ever reaches the upstream. `client` is the request as it arrived; it tells how many
+    /// copies of a header there are, so a host makes a removal call only when one is needed.
+    pub fn apply_request_contract<F, M>(
+        &self,
+        decision: &Decision<'_>,
+        client: &F,
+        upstream: &mut M,
+    ) where
+        F: RequestFacts + ?Sized,
+        M: HeaderMapMut + ?Sized,
+    {
+        let names = &self.headers;
+        let flags = decision.flags_header_value();
+        let values = [
+            (names.version.as_str(), decision.rollout.map(|r| r.version)),
+            (names.rollout.as_str(), decision.rollout.map(|r| r.rollout)),
+            (names.flags.as_str(), flags.as_deref()),
+        ];
+        for (name, value) in values {
+            let copies = client.count(name);
+            // Remove before replacing when the client sent several copies: a host's replace
+            // may touch only the first, and no client copy may survive.
+            if copies > 1 || (copies == 1 && value.is_none()) {
+                upstream.remove(name);
+            }
+            if let Some(value) = value {
+                upstream.replace(name, value);
+            }
+        }
+    }
+
+    /// Applies the contract to the response of a request decided into `slot` (see
+    /// [`crate::VersionChoice::slot`]): the version header, replacing any the upstream sent,
+    /// and a Server-Timing entry beside the upstream's own. Hosts keep the slot from the
+    /// request; an unknown slot writes nothing.
+    pub fn apply_response_contract<M: HeaderMapMut + ?Sized>(&self, slot: usize, response: &mut M) {
+        let Some((rollout, version)) = self.slot_names(slot) else {
+            return;
+        };
+        response.replace(&self.headers.version, version);
+        response.add(
+            SERVER_TIMING_HEADER,
+            &format!("{SERVER_TIMING_METRIC};desc=\"{rollout}/{version}\""),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HeaderMapMut;
+    use crate::{Config, HostInputs};
+
+    fn list(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// Records every call, so the tests see what a host would be asked to do.
+    #[derive(Default)]
+    struct Calls(Vec<String>);
+
+    impl HeaderMapMut for Calls {
+        fn replace(&mut self, name: &str, value: &str) {
+            self.0.push(format!("replace {name}={value}"));
+        }
+        fn add(&mut self, name: &str, value: &str) {
+            self.0.push(format!("add {name}={value}"));
+        }
+        fn remove(&mut self, name: &str) {
+            self.0.push(format!("remove {name}"));
+        }
+    }
+
+    fn config() -> Config {
+        Config::from_json(
+            br#"{"user_key":["header:u"],"rollouts":{"r":{"match":{"path_prefix":"/r"},
+                "versions":[{"name":"a","weight":1}]}},"flags":{"f":{"percentage":100}}}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn client_copies_never_reach_the_upstream() {
+        let config = config();
+        let client = list(&[
+            (":path", "/elsewhere"),
+            ("u", "k"),
+            ("x-rollout-version", "b"),
+            ("x-rollout", "spoof"),
+            ("x-rollout", "spoof-2"),
+            ("x-rollout-flags", "f=off"),
+        ]);
+        let decision = config.decide(client.as_slice(), HostInputs::default());
+        assert!(decision.rollout.is_none());
+        let mut upstream = client.clone();
+        config.apply_request_contract(&decision, client.as_slice(), &mut upstream);
+        assert_eq!(
+            upstream,
+            list(&[
+                (":path", "/elsewhere"),
+                ("u", "k"),
+                ("x-rollout-flags", "f=on")
+            ])
+        );
+    }
+
+    #[test]
+    fn a_removal_call_is_made_only_for_a_client_copy() {
+        let config = config();
+        let honest = list(&[(":path", "/r"), ("u", "k")]);
+        let decision = config.decide(honest.as_slice(), HostInputs::default());
+        let mut calls = Calls::default();
+        config.apply_request_contract(&decision, honest.as_slice(), &mut calls);
+        assert_eq!(
+            calls.0,
+            [
+                "replace x-rollout-version=a",
+                "replace x-rollout=r",
+                "replace x-rollout-flags=f=on"
+            ]
+        );
+
+        let doubled = list(&[
+            (":path", "/r"),
+            ("u", "k"),
+            ("X-Rollout", "1"),
+            ("x-rollout", "2"),
+        ]);
+        let mut calls = Calls::default();
+        config.apply_request_contract(&decision, doubled.as_slice(), &mut calls);
+        assert_eq!(calls.0[1..3], ["remove x-rollout", "replace x-rollout=r"]);
+    }
+
+    #[test]
+    fn the_response_gets_the_version_and_a_server_timing_entry() {
+        let config = config();
+        let mut response = list(&[
+            (":status", "200"),
+            ("x-rollout-version", "from-upstream"),
+            ("server-timing", "db;dur=3"),
+        ]);
+        config.apply_response_contract(0, &mut response);
+        assert_eq!(
+            response,
+            list(&[
+                (":status", "200"),
+                ("server-timing", "db;dur=3"),
+                ("x-rollout-version", "a"),
+                ("server-timing", "rollout;desc=\"r/a\""),
+            ])
+        );
+        let mut untouched = list(&[(":status", "200")]);
+        config.apply_response_contract(99, &mut untouched);
+        assert_eq!(untouched, list(&[(":status", "200")]));
+    }
+
+    #[test]
+    fn flags_header_value_lists_every_flag_in_name_order() {
+        let config = Config::from_json(
+            br#"{"flags":{"zeta":{"enabled":false},"alpha":{"percentage":100}}}"#,
+        )
+        .unwrap();
+        let decision = config.decide(&[("u", "k")][..], HostInputs::default());
+        assert_eq!(
+            decision.flags_header_value().as_deref(),
+            Some("alpha=on,zeta=off")
+        );
+        let none = Config::from_json(b"{}").unwrap();
+        let decision = none.decide(&[("u", "k")][..], HostInputs::default());
+        assert_eq!(decision.flags_header_value(), None);
+    }
+}

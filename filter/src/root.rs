@@ -1,0 +1,131 @@
+//! The plugin's root context: reads and checks the plugin configuration, installs the config
+//! in force, and hands it to every new stream.
+
+use crate::host::{self, BufferType, LogLevel};
+use crate::live::Live;
+use crate::metrics::{increment, ConfigMetrics};
+use crate::source::{parse_plugin_config, PluginConfig, SharedKeys};
+use crate::stream::Stream;
+use crate::{log, now_ms, wasi_random_u64, Shared, TICK_MS};
+use rollout_core::Config;
+use std::rc::Rc;
+
+#[derive(Default)]
+pub(crate) struct Root {
+    pub(crate) shared: Option<Rc<Shared>>,
+    pub(crate) live: Option<Live>,
+    pub(crate) config_metrics: ConfigMetrics,
+    /// Streams paused until the live source's first answer, by context id.
+    pub(crate) waiting: Vec<u32>,
+}
+
+impl Root {
+    pub(crate) fn install(&mut self, config: Config) {
+        self.shared = Some(Shared::new(config));
+    }
+
+    pub(crate) fn on_configure(&mut self) -> bool {
+        self.config_metrics = ConfigMetrics::define();
+        let bytes = match host::buffer(BufferType::PluginConfiguration, 0, usize::MAX) {
+            Ok(bytes) => bytes,
+            Err(status) => {
+                log(
+                    LogLevel::Error,
+                    &format!("rollout: cannot read plugin configuration: {status:?}"),
+                );
+                return false;
+            }
+        };
+        match parse_plugin_config(&bytes) {
+            Err(errors) => {
+                // Every error on its own line, so each path is visible in Envoy's log.
+                for error in &errors {
+                    log(
+                        LogLevel::Error,
+                        &format!("rollout: config rejected: {error}"),
+                    );
+                }
+                log(
+                    LogLevel::Error,
+                    &format!("rollout: config rejected with {} error(s)", errors.len()),
+                );
+                increment(self.config_metrics.rejected);
+                false
+            }
+            Ok(PluginConfig::Static(config)) => {
+                log(LogLevel::Info, "rollout: static config loaded");
+                self.install(config);
+                self.live = None;
+                true
+            }
+            Ok(PluginConfig::Live { source, fallback }) => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "rollout: live config from cluster {:?} path {:?}, every {} ms",
+                        source.cluster, source.path, source.poll_interval_ms
+                    ),
+                );
+                self.install(fallback);
+                let keys = SharedKeys::new(&source);
+                let wait_until_ms = now_ms() + Live::wait_bound_ms(&source);
+                self.live = Some(Live {
+                    source,
+                    keys,
+                    token: wasi_random_u64(),
+                    generation: 0,
+                    seen_etag: None,
+                    in_flight: None,
+                    next_poll_ms: 0,
+                    failing: false,
+                    settled: false,
+                    wait_until_ms,
+                });
+                // Another VM may have fetched already: start from what it published, and
+                // do not wait if the source has answered before.
+                self.follow();
+                self.check_warm(now_ms());
+                if let Err(status) = host::set_tick_period_ms(TICK_MS) {
+                    log(
+                        LogLevel::Error,
+                        &format!(
+                            "rollout: no ticks ({status:?}); this VM will not follow the source"
+                        ),
+                    );
+                }
+                true
+            }
+        }
+    }
+
+    pub(crate) fn on_tick(&mut self) {
+        if self.live.is_some() {
+            let now = now_ms();
+            self.follow();
+            self.check_warm(now);
+            self.poll(now);
+        }
+    }
+
+    pub(crate) fn new_stream(&self, root_id: u32) -> Stream {
+        Stream {
+            root_id,
+            shared: self.shared.clone(),
+            slot: None,
+            started_ms: 0,
+        }
+    }
+
+    pub(crate) fn on_http_call_response(&mut self, token: u32, n_headers: usize, body_size: usize) {
+        self.on_source_response(token, n_headers, body_size);
+    }
+
+    /// The streams to resume now: every waiting one, once the wait is over.
+    pub(crate) fn take_resumable(&mut self) -> Vec<u32> {
+        if self.warming() {
+            Vec::new()
+        } else {
+            std::mem::take(&mut self.waiting)
+        }
+    }
+}

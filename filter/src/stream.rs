@@ -1,0 +1,66 @@
+//! One HTTP request/response: decides from the request headers, applies the header contract
+//! on the way up and down, and counts the request, its response class and latency per version.
+
+use std::rc::Rc;
+
+use crate::host::{self, HeaderMap, HeaderPairs, LogLevel, StreamHeaders};
+use crate::metrics::{increment, record};
+use crate::{log, now_ms, wasi_random_u64, Shared};
+use rollout_core::HostInputs;
+
+/// One HTTP request/response pair. It keeps the config that was in force when it started,
+/// so a config update never changes a request half way.
+#[derive(Default)]
+pub(crate) struct Stream {
+    /// The root context that made it (whose config and wait it follows).
+    pub(crate) root_id: u32,
+    pub(crate) shared: Option<Rc<Shared>>,
+    /// The decided (rollout, version) slot, kept for the response.
+    pub(crate) slot: Option<usize>,
+    pub(crate) started_ms: u64,
+}
+
+impl Stream {
+    pub(crate) fn on_request_headers(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        // One host call for every header: cheaper than one call per header the config reads.
+        let headers = HeaderPairs::read(HeaderMap::Request).unwrap_or_else(|error| {
+            log(
+                LogLevel::Warn,
+                &format!("rollout: cannot read request headers ({error:?}); deciding without them"),
+            );
+            HeaderPairs::default()
+        });
+        let mut entropy = wasi_random_u64;
+        let inputs = HostInputs {
+            entropy: Some(&mut entropy),
+        };
+        let decision = shared.config.decide(&headers, inputs);
+        let mut upstream = StreamHeaders(HeaderMap::Request);
+        shared
+            .config
+            .apply_request_contract(&decision, &headers, &mut upstream);
+        if let Some(choice) = decision.rollout {
+            self.slot = Some(choice.slot);
+            self.started_ms = now_ms();
+            increment(shared.metrics.get(choice.slot).and_then(|m| m.requests));
+        }
+    }
+
+    pub(crate) fn on_response_headers(&mut self) {
+        let (Some(shared), Some(slot)) = (self.shared.as_ref(), self.slot) else {
+            return;
+        };
+        if let Some(metrics) = shared.metrics.get(slot) {
+            let status = host::header_value(HeaderMap::Response, ":status")
+                .ok()
+                .flatten();
+            metrics.count_response(status.as_deref());
+            record(metrics.latency_ms, now_ms().saturating_sub(self.started_ms));
+        }
+        let mut response = StreamHeaders(HeaderMap::Response);
+        shared.config.apply_response_contract(slot, &mut response);
+    }
+}
