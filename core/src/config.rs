@@ -174,7 +174,7 @@ impl Config {
     /// Parses and validates a JSON config, reporting every error found.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigErrors> {
         let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
+            ConfigErrors::new(vec![ConfigError {
                 path: String::new(),
                 kind: ErrorKind::Syntax {
                     message: strip_position(&e.to_string()),
@@ -193,7 +193,7 @@ impl Config {
         if walk.errors.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigErrors(walk.errors))
+            Err(ConfigErrors::new(walk.errors))
         }
     }
 

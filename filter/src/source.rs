@@ -46,7 +46,6 @@ pub(crate) enum PluginConfig {
 pub(crate) fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, Vec<String>> {
     let lines = |errors: rollout_core::ConfigErrors, prefix: &str| -> Vec<String> {
         errors
-            .0
             .iter()
             .map(|e| match (prefix.is_empty(), e.path.is_empty()) {
                 (true, _) => e.to_string(),

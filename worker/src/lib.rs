@@ -106,12 +106,12 @@ async fn config(env: &Env, settings: &Settings) -> Option<Rc<Config>> {
                     c.text = Some(text);
                 }
                 Err(errors) => {
-                    for error in &errors.0 {
-                        console_error!("rollout: config rejected: {error}");
+                    for line in errors.lines("rollout: config rejected: ") {
+                        console_error!("{line}");
                     }
                     console_error!(
                         "rollout: config rejected with {} error(s); keeping the one in force",
-                        errors.0.len()
+                        errors.len()
                     );
                 }
             },
