@@ -87,6 +87,8 @@ pub enum ErrorKind {
     UnknownOperator {
         /// The operator as written.
         op: String,
+        /// The operators that exist.
+        expected: &'static [&'static str],
     },
     /// A value that does not parse as what its operator compares.
     BadOperand {
@@ -156,10 +158,10 @@ impl fmt::Display for ErrorKind {
                 f,
                 "{host:?} is not a host name (lowercase letters, digits, '-' and '.', no port)"
             ),
-            ErrorKind::UnknownOperator { op } => write!(
+            ErrorKind::UnknownOperator { op, expected } => write!(
                 f,
                 "unknown operator {op:?}, expected one of: {}",
-                crate::config::OPERATORS.join(", ")
+                expected.join(", ")
             ),
             ErrorKind::BadOperand { expected, found } => {
                 write!(f, "expected {expected}, found {found}")

@@ -29,8 +29,8 @@ mod semver;
 pub mod vectors;
 
 pub use config::{
-    Config, HeaderNames, Source, DEFAULT_FLAGS_HEADER, DEFAULT_ROLLOUT_HEADER,
-    DEFAULT_VERSION_HEADER, MAX_KEY_BYTES, OPERATORS,
+    Config, HeaderNames, Operand, Operator, Source, DEFAULT_FLAGS_HEADER, DEFAULT_ROLLOUT_HEADER,
+    DEFAULT_VERSION_HEADER, MAX_KEY_BYTES, OPERATORS, OPERATOR_DEFS,
 };
 pub use decide::{
     cookie_value, Decision, FlagChoice, FlagReason, HostInputs, KeyStatus, RequestFacts,
