@@ -281,7 +281,16 @@ mod tests {
         );
         assert_eq!(a, b);
         assert_eq!(empty.request_headers(&a), parsed.request_headers(&b));
-        assert_eq!(empty.header_names(), parsed.header_names());
+        // The walk starts from `Config::empty()`, so the equality above cannot see a wrong
+        // default in it: check against the documented contract too.
+        let names = empty.header_names();
+        assert_eq!(
+            [names.version.as_str(), &names.rollout, &names.flags],
+            ["x-rollout-version", "x-rollout", "x-rollout-flags"]
+        );
+        assert!(empty.key_sources().is_empty());
+        assert_eq!(empty.rollout_names().count(), 0);
+        assert_eq!(empty.flag_values().count(), 0);
         assert_eq!(empty.n_slots(), 0);
     }
 }
