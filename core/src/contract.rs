@@ -251,7 +251,7 @@ mod tests {
             decision.flags_header_value().as_deref(),
             Some("alpha=on,zeta=off")
         );
-        let none = Config::from_json(b"{}").unwrap();
+        let none = Config::empty();
         let decision = none.decide(&[("u", "k")][..], HostInputs::default());
         assert_eq!(decision.flags_header_value(), None);
     }

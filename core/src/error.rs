@@ -87,6 +87,8 @@ pub enum ErrorKind {
     UnknownOperator {
         /// The operator as written.
         op: String,
+        /// The operators that exist.
+        expected: &'static [&'static str],
     },
     /// A value that does not parse as what its operator compares.
     BadOperand {
@@ -156,10 +158,10 @@ impl fmt::Display for ErrorKind {
                 f,
                 "{host:?} is not a host name (lowercase letters, digits, '-' and '.', no port)"
             ),
-            ErrorKind::UnknownOperator { op } => write!(
+            ErrorKind::UnknownOperator { op, expected } => write!(
                 f,
                 "unknown operator {op:?}, expected one of: {}",
-                crate::config::OPERATORS.join(", ")
+                expected.join(", ")
             ),
             ErrorKind::BadOperand { expected, found } => {
                 write!(f, "expected {expected}, found {found}")
@@ -174,9 +176,46 @@ impl fmt::Display for ErrorKind {
 
 impl std::error::Error for ConfigError {}
 
-/// Every error found in one config, in the order the validator visits them.
+/// Every error found in one config, in the order the validator visits them; never empty
+/// when it comes from the validator.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors(Vec<ConfigError>);
+
+impl ConfigErrors {
+    pub(crate) fn new(errors: Vec<ConfigError>) -> ConfigErrors {
+        ConfigErrors(errors)
+    }
+
+    /// The errors, in the order the validator found them.
+    pub fn iter(&self) -> core::slice::Iter<'_, ConfigError> {
+        self.0.iter()
+    }
+
+    /// How many errors there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// One line per error, `prefix` followed by the error (`path: message`), for hosts that
+    /// log each error on its own line.
+    pub fn lines<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = String> + 'a {
+        self.0.iter().map(move |error| format!("{prefix}{error}"))
+    }
+}
+
+impl<'a> IntoIterator for &'a ConfigErrors {
+    type Item = &'a ConfigError;
+    type IntoIter = core::slice::Iter<'a, ConfigError>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -191,3 +230,32 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+#[cfg(test)]
+mod tests {
+    use super::{ConfigError, ConfigErrors, ErrorKind};
+
+    #[test]
+    fn lines_prefix_every_error_and_keep_the_order() {
+        let errors = ConfigErrors::new(vec![
+            ConfigError {
+                path: "rollouts.r.versions".to_owned(),
+                kind: ErrorKind::Empty,
+            },
+            ConfigError {
+                path: String::new(),
+                kind: ErrorKind::MissingField,
+            },
+        ]);
+        let lines: Vec<String> = errors.lines("rejected: ").collect();
+        assert_eq!(
+            lines,
+            [
+                "rejected: rollouts.r.versions: must not be empty",
+                "rejected: (root): missing required field",
+            ]
+        );
+        assert_eq!((errors.len(), errors.is_empty()), (2, false));
+        assert_eq!((&errors).into_iter().count(), errors.iter().count());
+    }
+}

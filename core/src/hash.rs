@@ -179,12 +179,46 @@ mod tests {
         assert_eq!(neg_log2((1 << 63) - 1), 1 << LOG_FRAC_BITS);
     }
 
+    /// The inverse of [`finalize`], so a test can hand [`bucket`] a state whose finalized
+    /// hash it chooses. Each xor-shift by 33 is its own inverse on 64 bits; each multiplier is
+    /// odd, and its inverse mod 2^64 comes from Newton's iteration (each step doubles the
+    /// correct low bits, so 6 steps reach 64).
+    fn unfinalize(mut x: u64) -> u64 {
+        let inverse = |c: u64| {
+            let mut inv = c;
+            for _ in 0..6 {
+                inv = inv.wrapping_mul(2u64.wrapping_sub(c.wrapping_mul(inv)));
+            }
+            inv
+        };
+        x ^= x >> 33;
+        x = x.wrapping_mul(inverse(0xc4ce_b9fe_1a85_ec53));
+        x ^= x >> 33;
+        x = x.wrapping_mul(inverse(0xff51_afd7_ed55_8ccd));
+        x ^= x >> 33;
+        x
+    }
+
     #[test]
-    fn bucket_stays_in_range_at_the_extremes() {
-        assert_eq!(
-            ((u128::from(u64::MAX) * u128::from(BUCKETS)) >> 64) as u64,
-            BUCKETS - 1
-        );
+    fn bucket_maps_the_finalized_hash_onto_equal_ranges() {
+        // Bucket b holds the hashes h with b <= h * 10^6 / 2^64 < b + 1. With
+        // 2^64 / 10^6 = 18_446_744_073_709.55: bucket 1 starts at 18_446_744_073_710, bucket
+        // 500_000 at 2^63, and the last one 18_446_744_073_709 below 2^64.
+        let cases = [
+            (0, 0),
+            (18_446_744_073_709, 0),
+            (18_446_744_073_710, 1),
+            ((1 << 63) - 1, 499_999),
+            (1 << 63, 500_000),
+            (u64::MAX - 18_446_744_073_709, 999_998),
+            (u64::MAX - 18_446_744_073_708, 999_999),
+            (u64::MAX, 999_999),
+        ];
+        for (hash, expected) in cases {
+            let state = KeyState(unfinalize(hash));
+            assert_eq!(finalize(state.0), hash, "unfinalize is not the inverse");
+            assert_eq!(bucket(state), expected, "hash {hash:#x}");
+        }
         let state = SaltState::new("flag", "x").with_key(b"k");
         assert!(u64::from(bucket(state)) < BUCKETS);
     }

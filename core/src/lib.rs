@@ -30,8 +30,8 @@ mod semver;
 pub mod vectors;
 
 pub use config::{
-    Config, HeaderNames, Source, DEFAULT_FLAGS_HEADER, DEFAULT_ROLLOUT_HEADER,
-    DEFAULT_VERSION_HEADER, MAX_KEY_BYTES, OPERATORS,
+    Config, HeaderNames, Operand, Operator, Source, DEFAULT_FLAGS_HEADER, DEFAULT_ROLLOUT_HEADER,
+    DEFAULT_VERSION_HEADER, MAX_KEY_BYTES, OPERATORS, OPERATOR_DEFS,
 };
 pub use contract::{ContractNames, HeaderMapMut, SERVER_TIMING_METRIC};
 pub use decide::{

@@ -330,7 +330,7 @@ mod tests {
             for (entry, case) in doc.iter_mut().zip(&cases) {
                 let errors = Config::from_json(&case.bytes())
                     .err()
-                    .map(|e| e.0)
+                    .map(|e| e.lines("").collect::<Vec<_>>())
                     .unwrap_or_default();
                 entry["errors"] = errors
                     .iter()
@@ -346,7 +346,7 @@ mod tests {
             match Config::from_json(&case.bytes()) {
                 Ok(_) => failures.push(format!("{}: accepted", case.description)),
                 Err(errors) => {
-                    let got: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                    let got: Vec<String> = errors.lines("").collect();
                     if got != case.errors {
                         failures.push(format!(
                             "{}:\n  expected {:#?}\n  got {got:#?}",

@@ -5,7 +5,7 @@
 // A failing check in a test should panic with its message.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use rollout_core::{Config, Decision, HostInputs};
+use rollout_core::{Config, Decision, HostInputs, KeyStatus, VersionReason, MAX_KEY_BYTES};
 
 /// SplitMix64: a tiny seeded generator, so the tests need no extra crate and are repeatable.
 struct Rng(u64);
@@ -352,8 +352,31 @@ fn hostile_request_input_gets_a_decision() {
             Some(rollout.version)
         );
     }
-    // An oversized key is no key: the user goes to the stable version.
-    let d = config.decide(&[("x-user-id".to_owned(), huge)][..], HostInputs::default());
-    assert_eq!(d.rollout.unwrap().version, "s0");
-    assert_eq!(serde_json::to_value(d.key).unwrap(), "too_long");
+}
+
+#[test]
+fn an_oversized_key_is_no_key_and_goes_to_the_stable_version() {
+    // Stable has weight 0, so bucketing can never choose it, and it is not the first version,
+    // so a fallback to index 0 would not choose it either: only the no-key path can.
+    let config = Config::from_json(
+        br#"{"user_key":["header:x-user-id"],
+             "rollouts":{"r":{"stable":"s0","versions":[{"name":"s1","weight":1},{"name":"s0","weight":0}]}}}"#,
+    )
+    .unwrap();
+    let decide = |key: Vec<u8>| config.decide(&[("x-user-id", key)][..], HostInputs::default());
+    let d = decide(vec![b'a'; MAX_KEY_BYTES + 1]);
+    assert_eq!(d.key, KeyStatus::TooLong);
+    let rollout = d.rollout.unwrap();
+    assert_eq!(
+        (rollout.version, rollout.reason),
+        ("s0", VersionReason::NoKeyStable)
+    );
+    // A key of the largest allowed length is a key, and is bucketed.
+    let d = decide(vec![b'a'; MAX_KEY_BYTES]);
+    assert_eq!(d.key, KeyStatus::Header("x-user-id"));
+    let rollout = d.rollout.unwrap();
+    assert_eq!(
+        (rollout.version, rollout.reason),
+        ("s1", VersionReason::Bucket)
+    );
 }

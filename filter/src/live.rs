@@ -213,13 +213,10 @@ impl Root {
             }
             Err(errors) => {
                 increment(self.config_metrics.rejected);
-                for error in &errors.0 {
-                    log(
-                        LogLevel::Error,
-                        &format!("rollout: config from source rejected: {error}"),
-                    );
+                for line in errors.lines("rollout: config from source rejected: ") {
+                    log(LogLevel::Error, &line);
                 }
-                log(LogLevel::Error, &format!("rollout: config from source rejected with {} error(s); keeping the config in force", errors.0.len()));
+                log(LogLevel::Error, &format!("rollout: config from source rejected with {} error(s); keeping the config in force", errors.len()));
             }
         }
     }

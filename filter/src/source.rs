@@ -7,7 +7,7 @@
 //! until the first good config arrives from the source.
 
 use rollout_core::Config;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::host;
 
@@ -46,7 +46,6 @@ pub(crate) enum PluginConfig {
 pub(crate) fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, Vec<String>> {
     let lines = |errors: rollout_core::ConfigErrors, prefix: &str| -> Vec<String> {
         errors
-            .0
             .iter()
             .map(|e| match (prefix.is_empty(), e.path.is_empty()) {
                 (true, _) => e.to_string(),
@@ -83,7 +82,7 @@ pub(crate) fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, Vec<Stri
         Some(v) => Config::from_value(v)
             .map_err(|e| errors.extend(lines(e, "fallback")))
             .ok(),
-        None => Config::from_value(&Value::Object(Map::new())).ok(),
+        None => Some(Config::empty()),
     };
     match (source, fallback) {
         (Some(source), Some(fallback)) if errors.is_empty() => {

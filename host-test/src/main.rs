@@ -133,9 +133,9 @@ fn parse_config(name: &str, bytes: &[u8]) -> Option<Config> {
     match Config::from_json(bytes) {
         Ok(config) => Some(config),
         Err(errors) => {
-            eprintln!("{name}: {} error(s)", errors.0.len());
-            for error in &errors.0 {
-                eprintln!("  {error}");
+            eprintln!("{name}: {} error(s)", errors.len());
+            for line in errors.lines("  ") {
+                eprintln!("{line}");
             }
             None
         }

@@ -106,12 +106,12 @@ async fn config(env: &Env, settings: &Settings) -> Option<Rc<Config>> {
                     c.text = Some(text);
                 }
                 Err(errors) => {
-                    for error in &errors.0 {
-                        console_error!("rollout: config rejected: {error}");
+                    for line in errors.lines("rollout: config rejected: ") {
+                        console_error!("{line}");
                     }
                     console_error!(
                         "rollout: config rejected with {} error(s); keeping the one in force",
-                        errors.0.len()
+                        errors.len()
                     );
                 }
             },
@@ -179,9 +179,7 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
         Some(config) => config,
         // No config was ever loaded: decide with an empty one, which still removes client
         // copies of the contract headers, and send everything to the default origin.
-        None => {
-            Rc::new(Config::from_json(b"{}").map_err(|e| worker::Error::RustError(e.to_string()))?)
-        }
+        None => Rc::new(Config::empty()),
     };
     let url = req.inner().url();
     let (authority, path) = authority_and_path(&url);

@@ -1,0 +1,301 @@
+//! The validated config: JSON in, a [`Config`] whose types carry the guarantees out, or every
+//! error at once, each with its path.
+//!
+//! The raw stage is `serde_json::Value`, walked by hand instead of derived (`walk.rs`, with
+//! `rollout.rs` and `flag.rs`): a derived deserializer stops at the first error and cannot
+//! name the path of an unknown field, while this walk reports all of them
+//! (`rollouts.checkout.versions[1].weight: ...`). Rule operators are defined once, in
+//! `operators.rs`.
+
+mod flag;
+mod operators;
+mod rollout;
+mod walk;
+
+use serde_json::Value;
+
+use crate::error::{ConfigError, ConfigErrors, ErrorKind};
+use crate::hash::SaltState;
+
+pub(crate) use operators::Op;
+pub use operators::{Operand, Operator, OPERATORS, OPERATOR_DEFS};
+use walk::Walk;
+
+/// Default name of the request header that carries the chosen version.
+pub const DEFAULT_VERSION_HEADER: &str = "x-rollout-version";
+/// Default name of the request header that carries the matched rollout.
+pub const DEFAULT_ROLLOUT_HEADER: &str = "x-rollout";
+/// Default name of the request header that carries every flag value.
+pub const DEFAULT_FLAGS_HEADER: &str = "x-rollout-flags";
+/// Keys longer than this are ignored, as if absent: a multi-kilobyte "user id" is not one.
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// Pseudo-headers a rule may read, with Envoy's names; the Worker maps its URL onto them.
+pub const PSEUDO_HEADERS: &[&str] = &[":authority", ":path", ":method", ":scheme"];
+
+/// A validated rollout config. Build one with [`Config::from_json`] (or [`Config::empty`]);
+/// deciding with it never fails.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub(crate) user_key: Vec<Source>,
+    pub(crate) headers: HeaderNames,
+    /// Most specific match first, so the first rollout that matches a request is the one.
+    pub(crate) rollouts: Vec<Rollout>,
+    /// Sorted by name, which is also the order of the flags header.
+    pub(crate) flags: Vec<Flag>,
+}
+
+/// The header names of the header contract.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderNames {
+    /// Request and response header with the chosen version.
+    pub version: String,
+    /// Request header with the matched rollout's name.
+    pub rollout: String,
+    /// Request header with every flag value.
+    pub flags: String,
+}
+
+impl Default for HeaderNames {
+    /// The default names: [`DEFAULT_VERSION_HEADER`], [`DEFAULT_ROLLOUT_HEADER`] and
+    /// [`DEFAULT_FLAGS_HEADER`].
+    fn default() -> HeaderNames {
+        HeaderNames {
+            version: DEFAULT_VERSION_HEADER.to_owned(),
+            rollout: DEFAULT_ROLLOUT_HEADER.to_owned(),
+            flags: DEFAULT_FLAGS_HEADER.to_owned(),
+        }
+    }
+}
+
+/// Where a value comes from in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A request header, by lowercase name.
+    Header(String),
+    /// A cookie, by name.
+    Cookie(String),
+    /// The user key (only in rules).
+    Key,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rollout {
+    pub(crate) name: String,
+    pub(crate) salt: SaltState,
+    /// Lowercase hosts without port; empty matches every host.
+    pub(crate) hosts: Vec<String>,
+    pub(crate) path_prefix: String,
+    pub(crate) versions: Vec<Version>,
+    pub(crate) stable_idx: usize,
+    pub(crate) no_key: NoKey,
+    /// Slot of the first version; see [`crate::VersionChoice::slot`].
+    pub(crate) first_slot: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Version {
+    pub(crate) name: String,
+    pub(crate) weight: u32,
+}
+
+/// What a rollout does with a request that has no user key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NoKey {
+    /// Send it to the stable version.
+    Stable,
+    /// Pick by weight from the host's entropy (not sticky); stable if the host gave none.
+    Random,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Flag {
+    pub(crate) name: String,
+    pub(crate) salt: SaltState,
+    pub(crate) enabled: bool,
+    pub(crate) default_value: String,
+    pub(crate) variants: Vec<Version>,
+    /// Sorted, for binary search.
+    pub(crate) allow: Vec<Vec<u8>>,
+    /// Sorted, for binary search.
+    pub(crate) deny: Vec<Vec<u8>>,
+    pub(crate) rules: Vec<Rule>,
+    /// Share of users in the rollout, in 1/1,000,000.
+    pub(crate) percentage_ppm: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Rule {
+    pub(crate) when: Vec<Condition>,
+    pub(crate) serve: Serve,
+}
+
+/// The value a rule serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Serve {
+    Default,
+    Variant(usize),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Condition {
+    pub(crate) attribute: Source,
+    pub(crate) op: Op,
+}
+
+impl Config {
+    /// Parses and validates a JSON config, reporting every error found.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigErrors> {
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+            ConfigErrors::new(vec![ConfigError {
+                path: String::new(),
+                kind: ErrorKind::Syntax {
+                    message: strip_position(&e.to_string()),
+                    line: e.line(),
+                    column: e.column(),
+                },
+            }])
+        })?;
+        Config::from_value(&value)
+    }
+
+    /// Validates an already parsed JSON value, reporting every error found.
+    pub fn from_value(value: &Value) -> Result<Config, ConfigErrors> {
+        let mut walk = Walk::default();
+        let config = walk.config(value);
+        if walk.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors::new(walk.errors))
+        }
+    }
+
+    /// The config with no rollouts and no flags, and the default header names: what `{}`
+    /// validates to, for a host that has no config yet.
+    pub fn empty() -> Config {
+        Config {
+            user_key: Vec::new(),
+            headers: HeaderNames::default(),
+            rollouts: Vec::new(),
+            flags: Vec::new(),
+        }
+    }
+
+    /// Where the user key is looked for, in order.
+    pub fn key_sources(&self) -> &[Source] {
+        &self.user_key
+    }
+
+    /// The header names of the header contract.
+    pub fn header_names(&self) -> &HeaderNames {
+        &self.headers
+    }
+
+    /// Every (rollout, version) pair, in config order of versions; hosts use it to define
+    /// per-version metrics up front.
+    pub fn versions(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.rollouts.iter().flat_map(|r| {
+            r.versions
+                .iter()
+                .map(move |v| (r.name.as_str(), v.name.as_str()))
+        })
+    }
+
+    /// The (rollout, version) names of a slot; see [`crate::VersionChoice::slot`].
+    pub fn slot_names(&self, slot: usize) -> Option<(&str, &str)> {
+        self.versions().nth(slot)
+    }
+
+    /// The number of (rollout, version) slots.
+    pub fn n_slots(&self) -> usize {
+        self.rollouts.iter().map(|r| r.versions.len()).sum()
+    }
+
+    /// The rollout names, most specific match first.
+    pub fn rollout_names(&self) -> impl Iterator<Item = &str> {
+        self.rollouts.iter().map(|r| r.name.as_str())
+    }
+
+    /// Every flag with its possible values (the default value first), sorted by flag name.
+    pub fn flag_values(&self) -> impl Iterator<Item = (&str, Vec<&str>)> {
+        self.flags.iter().map(|f| {
+            let mut values = vec![f.default_value.as_str()];
+            for v in &f.variants {
+                if v.name != f.default_value {
+                    values.push(v.name.as_str());
+                }
+            }
+            (f.name.as_str(), values)
+        })
+    }
+
+    /// The configured weight of each version of a rollout, in config order.
+    pub fn weights(&self, rollout: &str) -> Option<Vec<(&str, u32)>> {
+        let rollout = self.rollouts.iter().find(|r| r.name == rollout)?;
+        Some(
+            rollout
+                .versions
+                .iter()
+                .map(|v| (v.name.as_str(), v.weight))
+                .collect(),
+        )
+    }
+
+    /// The share of users a flag serves a variant to, in 1/1,000,000 (0 when the flag is
+    /// switched off), and its variant weights; rules and lists aside.
+    pub fn flag_split(&self, flag: &str) -> Option<(u32, Vec<(&str, u32)>)> {
+        let flag = self.flags.iter().find(|f| f.name == flag)?;
+        let variants = flag
+            .variants
+            .iter()
+            .map(|v| (v.name.as_str(), v.weight))
+            .collect();
+        let share = if flag.enabled { flag.percentage_ppm } else { 0 };
+        Some((share, variants))
+    }
+}
+
+/// serde_json appends " at line L column C"; the error carries those separately.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message.get(..at).unwrap_or(message).to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+    use crate::HostInputs;
+
+    #[test]
+    fn empty_is_what_an_empty_object_validates_to() {
+        let parsed = Config::from_json(b"{}").unwrap();
+        let empty = Config::empty();
+        assert_eq!(empty, parsed);
+        // And it behaves the same: no rollout, no flags, the same contract headers.
+        let request = [(":path", "/cart"), ("x-user-id", "user-42")];
+        let (a, b) = (
+            empty.decide(&request[..], HostInputs::default()),
+            parsed.decide(&request[..], HostInputs::default()),
+        );
+        assert_eq!(a, b);
+        let spoofed = [("x-rollout-version", "v9")];
+        let (mut via_empty, mut via_parsed) = (Vec::new(), Vec::new());
+        empty.apply_request_contract(&a, &spoofed[..], &mut via_empty);
+        parsed.apply_request_contract(&b, &spoofed[..], &mut via_parsed);
+        assert_eq!(via_empty, via_parsed);
+        assert_eq!(empty.contract_names(), parsed.contract_names());
+        // The walk starts from `Config::empty()`, so the equality above cannot see a wrong
+        // default in it: check against the documented contract too.
+        let names = empty.header_names();
+        assert_eq!(
+            [names.version.as_str(), &names.rollout, &names.flags],
+            ["x-rollout-version", "x-rollout", "x-rollout-flags"]
+        );
+        assert!(empty.key_sources().is_empty());
+        assert_eq!(empty.rollout_names().count(), 0);
+        assert_eq!(empty.flag_values().count(), 0);
+        assert_eq!(empty.n_slots(), 0);
+    }
+}

@@ -1,0 +1,194 @@
+//! Lowering of rollouts: match, salt, versions with weights, the stable version, and the
+//! check that no two rollouts claim the same requests.
+
+use serde_json::Value;
+
+use super::walk::{json_type, Walk};
+use super::{NoKey, Rollout, Version};
+use crate::error::ErrorKind;
+use crate::hash::SaltState;
+
+impl Walk {
+    pub(super) fn rollout(&mut self, name: &str, value: &Value) -> Option<Rollout> {
+        let map = self.object(value, &["match", "salt", "stable", "no_key", "versions"])?;
+        let mut rollout = Rollout {
+            name: name.to_owned(),
+            salt: SaltState::new("rollout", name),
+            hosts: Vec::new(),
+            path_prefix: "/".to_owned(),
+            versions: Vec::new(),
+            stable_idx: 0,
+            no_key: NoKey::Stable,
+            first_slot: 0,
+        };
+        let mut ok = true;
+        if let Some(v) = map.get("match") {
+            ok &= self.at_key("match", |w| w.route_match(v, &mut rollout));
+        }
+        if let Some(v) = map.get("salt") {
+            match self.at_key("salt", |w| w.string(v)) {
+                Some(salt) => rollout.salt = SaltState::new("rollout", salt),
+                None => ok = false,
+            }
+        }
+        if let Some(v) = map.get("no_key") {
+            self.at_key("no_key", |w| match w.string(v) {
+                Some("stable") => rollout.no_key = NoKey::Stable,
+                Some("random") => rollout.no_key = NoKey::Random,
+                Some(other) => {
+                    w.error(ErrorKind::BadOperand {
+                        expected: "\"stable\" or \"random\"",
+                        found: format!("{other:?}"),
+                    });
+                    ok = false;
+                }
+                None => ok = false,
+            });
+        }
+        match self.required(map, "versions") {
+            Some(v) => {
+                let versions = self.at_key("versions", |w| w.weighted_list(v));
+                match versions {
+                    Some(versions) => rollout.versions = versions,
+                    None => ok = false,
+                }
+            }
+            None => ok = false,
+        }
+        if let Some(v) = map.get("stable") {
+            self.at_key("stable", |w| {
+                let Some(stable) = w.string(v) else {
+                    ok = false;
+                    return;
+                };
+                match rollout.versions.iter().position(|ver| ver.name == stable) {
+                    Some(idx) => rollout.stable_idx = idx,
+                    None if rollout.versions.is_empty() => ok = false,
+                    None => {
+                        w.error(ErrorKind::UnknownReference {
+                            name: stable.to_owned(),
+                            what: "version",
+                        });
+                        ok = false;
+                    }
+                }
+            });
+        }
+        ok.then_some(rollout)
+    }
+
+    fn route_match(&mut self, value: &Value, rollout: &mut Rollout) -> bool {
+        let Some(map) = self.object(value, &["hosts", "path_prefix"]) else {
+            return false;
+        };
+        let errors_before = self.errors.len();
+        if let Some(v) = map.get("hosts") {
+            self.at_key("hosts", |w| {
+                let hosts = w.string_list(v);
+                for (i, host) in hosts.iter().enumerate() {
+                    let valid = !host.is_empty()
+                        && host.len() <= 253
+                        && host.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
+                        });
+                    if !valid {
+                        w.at_index(i, |w| w.error(ErrorKind::BadHost { host: host.clone() }));
+                    }
+                }
+                rollout.hosts = hosts;
+            });
+        }
+        if let Some(v) = map.get("path_prefix") {
+            self.at_key("path_prefix", |w| {
+                let Some(prefix) = w.string(v) else { return };
+                if prefix.starts_with('/') {
+                    rollout.path_prefix = prefix.to_owned();
+                } else {
+                    w.error(ErrorKind::BadOperand {
+                        expected: "a path starting with '/'",
+                        found: format!("{prefix:?}"),
+                    });
+                }
+            });
+        }
+        self.errors.len() == errors_before
+    }
+
+    /// Two rollouts with the same prefix and a common host (or both without hosts) would
+    /// claim the same requests, and which one wins would be arbitrary.
+    pub(super) fn check_overlaps(&mut self, rollouts: &[Rollout]) {
+        for (i, later) in rollouts.iter().enumerate() {
+            let earlier = rollouts.get(..i).unwrap_or_default();
+            let clash = earlier.iter().find(|e| {
+                e.path_prefix == later.path_prefix
+                    && ((e.hosts.is_empty() && later.hosts.is_empty())
+                        || e.hosts.iter().any(|h| later.hosts.contains(h)))
+            });
+            if let Some(other) = clash {
+                let other = other.name.clone();
+                self.at_key(&later.name, |w| {
+                    w.at_key("match", |w| w.error(ErrorKind::OverlappingMatch { other }))
+                });
+            }
+        }
+    }
+
+    /// `[{"name": ..., "weight": ...}]` for versions and variants; `None` if anything is wrong.
+    pub(super) fn weighted_list(&mut self, value: &Value) -> Option<Vec<Version>> {
+        let items = self.array(value)?;
+        if items.is_empty() {
+            self.error(ErrorKind::Empty);
+            return None;
+        }
+        let errors_before = self.errors.len();
+        let mut out: Vec<Version> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            self.at_index(i, |w| {
+                let Some(map) = w.object(item, &["name", "weight"]) else {
+                    return;
+                };
+                let name = w
+                    .required(map, "name")
+                    .and_then(|v| w.at_key("name", |w| w.name(v)));
+                let weight = w
+                    .required(map, "weight")
+                    .and_then(|v| w.at_key("weight", |w| w.weight(v)));
+                if let Some(name) = &name {
+                    if out.iter().any(|o| &o.name == name) {
+                        w.at_key("name", |w| {
+                            w.error(ErrorKind::Duplicate { name: name.clone() })
+                        });
+                    }
+                }
+                if let (Some(name), Some(weight)) = (name, weight) {
+                    out.push(Version { name, weight });
+                }
+            });
+        }
+        if !out.is_empty() && out.iter().all(|v| v.weight == 0) {
+            self.error(ErrorKind::AllWeightsZero);
+        }
+        (self.errors.len() == errors_before).then_some(out)
+    }
+
+    fn weight(&mut self, value: &Value) -> Option<u32> {
+        const RANGE: &str = "an integer weight from 0 to 1000000";
+        let Some(n) = value.as_number() else {
+            self.error(ErrorKind::WrongType {
+                expected: "an integer",
+                found: json_type(value),
+            });
+            return None;
+        };
+        match n.as_u64() {
+            Some(w) if w <= 1_000_000 => Some(w as u32),
+            _ => {
+                self.error(ErrorKind::OutOfRange {
+                    expected: RANGE,
+                    found: n.to_string(),
+                });
+                None
+            }
+        }
+    }
+}

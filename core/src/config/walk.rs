@@ -1,0 +1,329 @@
+//! The walk that lowers a JSON value into a [`Config`]: the path it is at, the errors found
+//! so far, readers for each JSON shape that report a wrong one, and the config's top level.
+//! Rollouts and flags are lowered in `rollout.rs` and `flag.rs`.
+
+use serde_json::{Map, Value};
+
+use super::{Config, HeaderNames, Source, PSEUDO_HEADERS};
+use crate::error::{ConfigError, ErrorKind};
+
+pub(super) fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Names that travel in headers, metric names and paths: short, and free of separators.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// RFC 9110 token characters, lowercase only, since Envoy and Workers lowercase header names.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+/// RFC 6265 cookie names are tokens; case matters.
+fn is_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A hand-written walk over the JSON that collects every error with its path.
+#[derive(Default)]
+pub(super) struct Walk {
+    pub(super) errors: Vec<ConfigError>,
+    path: String,
+}
+
+impl Walk {
+    pub(super) fn error(&mut self, kind: ErrorKind) {
+        self.errors.push(ConfigError {
+            path: self.path.clone(),
+            kind,
+        });
+    }
+
+    /// Runs `f` with `.key` (or `key` at the root) appended to the path.
+    pub(super) fn at_key<T>(&mut self, key: &str, f: impl FnOnce(&mut Self) -> T) -> T {
+        let len = self.path.len();
+        if !self.path.is_empty() {
+            self.path.push('.');
+        }
+        self.path.push_str(key);
+        let out = f(self);
+        self.path.truncate(len);
+        out
+    }
+
+    /// Runs `f` with `[idx]` appended to the path.
+    pub(super) fn at_index<T>(&mut self, idx: usize, f: impl FnOnce(&mut Self) -> T) -> T {
+        let len = self.path.len();
+        self.path.push_str(&format!("[{idx}]"));
+        let out = f(self);
+        self.path.truncate(len);
+        out
+    }
+
+    /// The value as an object whose keys are all in `allowed`; unknown keys are reported.
+    pub(super) fn object<'v>(
+        &mut self,
+        value: &'v Value,
+        allowed: &'static [&'static str],
+    ) -> Option<&'v Map<String, Value>> {
+        let Some(map) = value.as_object() else {
+            self.error(ErrorKind::WrongType {
+                expected: "an object",
+                found: json_type(value),
+            });
+            return None;
+        };
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                self.at_key(key, |w| {
+                    w.error(ErrorKind::UnknownField { expected: allowed })
+                });
+            }
+        }
+        Some(map)
+    }
+
+    /// A required field of `map`, or a reported `MissingField`.
+    pub(super) fn required<'v>(
+        &mut self,
+        map: &'v Map<String, Value>,
+        key: &str,
+    ) -> Option<&'v Value> {
+        let value = map.get(key);
+        if value.is_none() {
+            self.at_key(key, |w| w.error(ErrorKind::MissingField));
+        }
+        value
+    }
+
+    pub(super) fn string<'v>(&mut self, value: &'v Value) -> Option<&'v str> {
+        let s = value.as_str();
+        if s.is_none() {
+            self.error(ErrorKind::WrongType {
+                expected: "a string",
+                found: json_type(value),
+            });
+        }
+        s
+    }
+
+    pub(super) fn array<'v>(&mut self, value: &'v Value) -> Option<&'v Vec<Value>> {
+        let a = value.as_array();
+        if a.is_none() {
+            self.error(ErrorKind::WrongType {
+                expected: "an array",
+                found: json_type(value),
+            });
+        }
+        a
+    }
+
+    pub(super) fn boolean(&mut self, value: &Value) -> Option<bool> {
+        let b = value.as_bool();
+        if b.is_none() {
+            self.error(ErrorKind::WrongType {
+                expected: "a boolean",
+                found: json_type(value),
+            });
+        }
+        b
+    }
+
+    /// A validated name, or a reported `BadName`.
+    pub(super) fn name(&mut self, value: &Value) -> Option<String> {
+        let name = self.string(value)?;
+        if is_name(name) {
+            Some(name.to_owned())
+        } else {
+            self.error(ErrorKind::BadName {
+                name: name.to_owned(),
+            });
+            None
+        }
+    }
+
+    /// A list of strings (each checked by `each`), with duplicates reported.
+    pub(super) fn string_list(&mut self, value: &Value) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let Some(items) = self.array(value) else {
+            return out;
+        };
+        for (i, item) in items.iter().enumerate() {
+            self.at_index(i, |w| {
+                let Some(s) = w.string(item) else { return };
+                if out.iter().any(|seen| seen == s) {
+                    w.error(ErrorKind::Duplicate { name: s.to_owned() });
+                } else {
+                    out.push(s.to_owned());
+                }
+            });
+        }
+        out
+    }
+
+    pub(super) fn source(&mut self, value: &Value, allow_key: bool) -> Option<Source> {
+        let text = self.string(value)?;
+        let source = if let Some(name) = text.strip_prefix("header:") {
+            if !is_header_name(name) && !PSEUDO_HEADERS.contains(&name) {
+                self.error(ErrorKind::BadHeaderName {
+                    name: name.to_owned(),
+                });
+                return None;
+            }
+            Some(Source::Header(name.to_owned()))
+        } else if let Some(name) = text.strip_prefix("cookie:") {
+            if !is_cookie_name(name) {
+                self.error(ErrorKind::BadHeaderName {
+                    name: name.to_owned(),
+                });
+                return None;
+            }
+            Some(Source::Cookie(name.to_owned()))
+        } else if text == "key" && allow_key {
+            Some(Source::Key)
+        } else {
+            None
+        };
+        if source.is_none() {
+            let allowed = if allow_key {
+                "\"header:NAME\", \"cookie:NAME\" or \"key\""
+            } else {
+                "\"header:NAME\" or \"cookie:NAME\""
+            };
+            self.error(ErrorKind::BadSource {
+                source: text.to_owned(),
+                allowed,
+            });
+        }
+        source
+    }
+
+    pub(super) fn config(&mut self, value: &Value) -> Config {
+        let mut config = Config::empty();
+        let Some(map) = self.object(value, &["user_key", "headers", "rollouts", "flags"]) else {
+            return config;
+        };
+        if let Some(v) = map.get("user_key") {
+            self.at_key("user_key", |w| {
+                let Some(items) = w.array(v) else { return };
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(s) = w.at_index(i, |w| w.source(item, false)) {
+                        config.user_key.push(s);
+                    }
+                }
+            });
+        }
+        if let Some(v) = map.get("headers") {
+            self.at_key("headers", |w| w.headers(v, &mut config.headers));
+        }
+        if let Some(v) = map.get("rollouts") {
+            self.at_key("rollouts", |w| {
+                let Some(rollouts) = w.object_of_named(v) else {
+                    return;
+                };
+                for (name, body) in rollouts {
+                    if let Some(r) = w.at_key(name, |w| w.rollout(name, body)) {
+                        config.rollouts.push(r);
+                    }
+                }
+                w.check_overlaps(&config.rollouts);
+            });
+        }
+        if let Some(v) = map.get("flags") {
+            self.at_key("flags", |w| {
+                let Some(flags) = w.object_of_named(v) else {
+                    return;
+                };
+                for (name, body) in flags {
+                    if let Some(f) = w.at_key(name, |w| w.flag(name, body)) {
+                        config.flags.push(f);
+                    }
+                }
+            });
+        }
+        // Most specific first: a host list beats none, then the longer prefix wins.
+        config
+            .rollouts
+            .sort_by_key(|r| (r.hosts.is_empty(), core::cmp::Reverse(r.path_prefix.len())));
+        config.flags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let mut slot = 0;
+        for rollout in &mut config.rollouts {
+            rollout.first_slot = slot;
+            slot += rollout.versions.len();
+        }
+        config
+    }
+
+    /// An object keyed by names (rollouts, flags); bad names are reported and skipped.
+    fn object_of_named<'v>(&mut self, value: &'v Value) -> Option<Vec<(&'v str, &'v Value)>> {
+        let Some(map) = value.as_object() else {
+            self.error(ErrorKind::WrongType {
+                expected: "an object",
+                found: json_type(value),
+            });
+            return None;
+        };
+        let mut out = Vec::new();
+        for (name, body) in map {
+            if is_name(name) {
+                out.push((name.as_str(), body));
+            } else {
+                self.at_key(name, |w| w.error(ErrorKind::BadName { name: name.clone() }));
+            }
+        }
+        Some(out)
+    }
+
+    fn headers(&mut self, value: &Value, names: &mut HeaderNames) {
+        let Some(map) = self.object(value, &["version", "rollout", "flags"]) else {
+            return;
+        };
+        let mut seen: Vec<&str> = Vec::new();
+        for (key, slot) in [
+            ("version", &mut names.version),
+            ("rollout", &mut names.rollout),
+            ("flags", &mut names.flags),
+        ] {
+            let Some(v) = map.get(key) else {
+                seen.push(slot.as_str());
+                continue;
+            };
+            self.at_key(key, |w| {
+                let Some(name) = w.string(v) else { return };
+                if !is_header_name(name) || name.starts_with(':') {
+                    w.error(ErrorKind::BadHeaderName {
+                        name: name.to_owned(),
+                    });
+                } else if seen.contains(&name) {
+                    w.error(ErrorKind::Duplicate {
+                        name: name.to_owned(),
+                    });
+                } else {
+                    *slot = name.to_owned();
+                }
+            });
+            seen.push(v.as_str().unwrap_or_default());
+        }
+    }
+}
