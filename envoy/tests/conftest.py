@@ -206,3 +206,34 @@ def json_option(args):
     path = args[at + 1] if at + 1 < len(args) else None
     del args[at:at + 2]
     return args, path
+
+
+SPOOFED_CONTRACT = [("x-rollout-version", "v2"), ("x-rollout", "checkout"), ("x-rollout-flags", "new-cart=on"),
+                    ("X-Rollout-Version", "v2"), ("x-rollout-version", "v1")]
+
+
+def check_spoofing_while_the_vm_is_dead(envoy, upstreams, requests=100):
+    """Sends requests carrying client copies of the contract headers through an Envoy whose
+    filter VM traps on every request (the probe filter configured `die`). The request during
+    which a worker's VM dies is answered 503; every later one must reach the stable version v1
+    with no client copy of a contract header arriving upstream."""
+    before = {name: u.count for name, u in upstreams.items()}
+    clients = [Client(envoy.port) for _ in range(4)]
+    statuses, wrong = [], []
+    for i in range(requests):
+        status, _, body = clients[i % len(clients)].send(
+            [(":path", "/"), (":authority", "a"), ("x-user-id", f"user-{i}")] + SPOOFED_CONTRACT)
+        statuses.append(status)
+        if status == 200:
+            echoed = json.loads(body)
+            leaked = [(k, v) for k, v in echoed["headers"] if k.startswith("x-rollout")]
+            if echoed["upstream"] != "v1" or leaked:
+                wrong.append((i, echoed["upstream"], leaked))
+    for client in clients:
+        client.close()
+    assert "dying on purpose" in envoy.log_text(), "the filter's VM never died"
+    assert not wrong, f"{len(wrong)} spoofed requests chose a version or leaked headers, e.g. {wrong[:3]}"
+    failed = [i for i, s in enumerate(statuses) if s != 200]
+    assert len(failed) <= 2 and all(i < 8 for i in failed), f"failures after the VMs died: {failed}"
+    assert upstreams["v1"].count - before["v1"] == requests - len(failed)
+    assert upstreams["v2"].count == before["v2"]

@@ -5,7 +5,7 @@ config the filter refuses is rejected by Envoy and the one in force stays."""
 import json
 import os
 
-from conftest import ROOT, Client, replace_plugin_configuration
+from conftest import PROBE_WASM, ROOT, Client, check_spoofing_while_the_vm_is_dead, replace_plugin_configuration
 from test_live import wait_until
 
 ECDS_DIR = ROOT / "envoy/ecds"
@@ -16,10 +16,17 @@ def rollout_json(v1, v2):
                        "rollouts": {"checkout": {"versions": [{"name": "v1", "weight": v1}, {"name": "v2", "weight": v2}]}}})
 
 
-def resource(shipped, rollout):
+def resource(shipped, rollout, wasm=None):
     """The shipped resource file with another rollout config and an absolute .wasm path."""
-    text = replace_plugin_configuration(shipped, rollout)
+    text = replace_plugin_configuration(shipped, rollout, wasm)
     return text.replace("filename: target/", f"filename: {ROOT}/target/")
+
+
+def envoy_config(folder):
+    """The shipped envoy.yaml, discovering the filter from `folder` instead of envoy/ecds."""
+    config = (ECDS_DIR / "envoy.yaml").read_text()
+    config = config.replace("path: envoy/ecds/rollout-filter.yaml", f"path: {folder}/rollout-filter.yaml")
+    return config.replace("watched_directory: {path: envoy/ecds}", f"watched_directory: {{path: {folder}}}")
 
 
 def publish(folder, text):
@@ -40,10 +47,7 @@ def test_ecds_updates_the_filter_without_a_restart_and_rejects_a_bad_config(star
     folder = tmp_path / "ecds"
     folder.mkdir()
     publish(folder, resource(shipped, rollout_json(1, 0)))
-    config = (ECDS_DIR / "envoy.yaml").read_text()
-    config = config.replace("path: envoy/ecds/rollout-filter.yaml", f"path: {folder}/rollout-filter.yaml")
-    config = config.replace("watched_directory: {path: envoy/ecds}", f"watched_directory: {{path: {folder}}}")
-    envoy = start_envoy(config)
+    envoy = start_envoy(envoy_config(folder))
     clients = [Client(envoy.port) for _ in range(6)]
     assert {version_of(c, "user-1") for c in clients} == {"v1"}
 
@@ -60,3 +64,10 @@ def test_ecds_updates_the_filter_without_a_restart_and_rejects_a_bad_config(star
         assert {version_of(c, "user-1") for c in clients} == {"v2"}
     for c in clients:
         c.close()
+
+
+def test_while_the_discovered_filters_vm_is_dead_a_client_cannot_choose_its_version(start_envoy, upstreams, tmp_path):
+    folder = tmp_path / "ecds"
+    folder.mkdir()
+    publish(folder, resource((ECDS_DIR / "rollout-filter.yaml").read_text(), "die", wasm=PROBE_WASM))
+    check_spoofing_while_the_vm_is_dead(start_envoy(envoy_config(folder)), upstreams)

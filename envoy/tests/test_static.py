@@ -7,13 +7,17 @@ import pathlib
 import subprocess
 import time
 
+import pytest
+
 from conftest import (
     ENVOY,
     PROBE_WASM,
     ROOT,
     STATIC_CONFIG,
+    LIVE_CONFIG,
     Client,
     check_binomial,
+    check_spoofing_while_the_vm_is_dead,
     replace_plugin_configuration,
 )
 
@@ -220,3 +224,11 @@ def test_a_filter_whose_vm_dies_degrades_to_the_stable_version(start_envoy, upst
     assert all(i < 8 for i in failed), f"failures after the VMs died: {failed}"
     assert upstreams["v1"].count - before == 100 - len(failed)
     assert "dying on purpose" in envoy.log_text()
+
+
+@pytest.mark.parametrize("shipped", [STATIC_CONFIG, LIVE_CONFIG], ids=["static", "live"])
+def test_while_the_vm_is_dead_a_client_cannot_choose_its_version(start_envoy, upstreams, shipped):
+    # FAIL_OPEN skips a dead filter, so only something outside the VM can drop client copies of
+    # the contract headers before the routes match on them.
+    dying = replace_plugin_configuration(shipped.read_text(), "die", wasm=PROBE_WASM)
+    check_spoofing_while_the_vm_is_dead(start_envoy(dying), upstreams)
