@@ -10,11 +10,19 @@ import jsonschema
 import pytest
 import yaml
 
-from conftest import PROBE_WASM, ROOT, STATIC_CONFIG, check_spoofing_while_the_vm_is_dead, replace_plugin_configuration
+from harness import (
+    PROBE_WASM,
+    ROLLOUT_CLI,
+    ROOT,
+    STATIC_CONFIG,
+    check_spoofing_while_the_vm_is_dead,
+    connection_managers,
+    load,
+    set_plugin_configuration,
+)
 
 ISTIO = ROOT / "envoy/istio"
 CRDS = ISTIO / "schemas/crds.yaml"
-ROLLOUT_CLI = ROOT / "target/release/rollout"
 
 
 def schemas():
@@ -81,7 +89,8 @@ def test_the_envoyfilter_drops_exactly_the_contract_headers_on_the_plugins_gatew
     [extension] = patch["patch"]["value"]["typed_config"]["early_header_mutation_extensions"]
     removed = {m["remove"] for m in extension["typed_config"]["mutations"]}
     assert removed == set(names.values())
-    routed = {h for r in manifest("virtualservice.yaml")["spec"]["http"] for m in r["match"] for h in m.get("headers", {})}
+    routes = manifest("virtualservice.yaml")["spec"]["http"]
+    routed = {h for route in routes for m in route["match"] for h in m.get("headers", {})}
     assert routed <= removed, f"routes match on headers a client may still send: {routed - removed}"
 
 
@@ -90,16 +99,16 @@ def test_the_envoyfilters_patch_stops_spoofing_in_real_envoy_while_the_vm_is_dea
     scrub it ships with, in a real Envoy whose filter VM dies."""
     [patch] = manifest("envoyfilter.yaml")["spec"]["configPatches"]
     merged = patch["patch"]["value"]["typed_config"]
-    bootstrap = yaml.safe_load(replace_plugin_configuration(STATIC_CONFIG.read_text(), "die", wasm=PROBE_WASM))
-    [listener] = bootstrap["static_resources"]["listeners"]
-    [hcm] = [f for chain in listener["filter_chains"] for f in chain["filters"]
-             if f["name"] == patch["match"]["listener"]["filterChain"]["filter"]["name"]]
-    assert hcm["typed_config"]["@type"] == merged["@type"]
-    del hcm["typed_config"]["early_header_mutation_extensions"]
+    target = patch["match"]["listener"]["filterChain"]["filter"]["name"]
+    assert target == "envoy.filters.network.http_connection_manager"
+    bootstrap = set_plugin_configuration(load(STATIC_CONFIG), "die", wasm=PROBE_WASM)
+    [hcm] = connection_managers(bootstrap)
+    assert hcm["@type"] == merged["@type"]
+    del hcm["early_header_mutation_extensions"]
     for key, value in merged.items():
         # Protobuf merge semantics, as istiod applies MERGE: repeated fields are appended.
         if isinstance(value, list):
-            hcm["typed_config"].setdefault(key, []).extend(value)
+            hcm.setdefault(key, []).extend(value)
         else:
-            hcm["typed_config"][key] = value
-    check_spoofing_while_the_vm_is_dead(start_envoy(yaml.safe_dump(bootstrap)), upstreams)
+            hcm[key] = value
+    check_spoofing_while_the_vm_is_dead(start_envoy(bootstrap), upstreams)
