@@ -81,7 +81,7 @@ def machine(run=None):
         ("Envoy", envoy_version.group(1) if envoy_version else envoy),
         ("commit", (run or {}).get("commit") or command_line(["git", "rev-parse", "--short", "HEAD"])),
         ("run started", (run or {}).get("started")
-         or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+         or datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")),
     ]
 
 

@@ -7,8 +7,7 @@ import pathlib
 import subprocess
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-import report  # noqa: E402
+import report
 
 HERE = pathlib.Path(__file__).resolve().parent
 

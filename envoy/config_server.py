@@ -7,14 +7,18 @@ servers do. `PUT` replaces the document.
 
 Tests also make it fail (`fail_with`), slow (`delay`), or go away (`stop`, then `start`)."""
 
+import argparse
 import hashlib
 import http.server
-import sys
+import pathlib
 import threading
 import time
 
 
 class ConfigServer:
+    """One JSON document at every path, with a strong ETag; `PUT` replaces it. The attributes
+    `fail_with`, `delay` and `garbage` make it misbehave; `requests` and `not_modified` count."""
+
     def __init__(self, body=b"{}", port=0):
         self.lock = threading.Lock()
         self.fail_with = None  # a status code to answer instead, e.g. 503
@@ -28,12 +32,14 @@ class ConfigServer:
         self.start()
 
     def set(self, body):
+        """Replaces the document (bytes) and its ETag."""
         with self.lock:
             self.body = body
             self.etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
             self.changed_at = time.monotonic()
 
     def start(self):
+        """Serves on `self.port` (a free one the first time, if 0) in a background thread."""
         source = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -83,6 +89,7 @@ class ConfigServer:
         self.thread.start()
 
     def stop(self):
+        """Stops serving and closes the socket; `start` serves again on the same port."""
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
@@ -90,8 +97,10 @@ class ConfigServer:
 
 
 if __name__ == "__main__":
-    port = int(sys.argv[1])
-    body = open(sys.argv[2], "rb").read() if len(sys.argv) > 2 else b"{}"
-    server = ConfigServer(body, port)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("port", type=int, help="port on 127.0.0.1 (0: any free one)")
+    parser.add_argument("file", type=pathlib.Path, nargs="?", help="the first document (default: {})")
+    args = parser.parse_args()
+    server = ConfigServer(args.file.read_bytes() if args.file else b"{}", args.port)
     print(f"config source on 127.0.0.1:{server.port}", flush=True)
     server.thread.join()

@@ -7,9 +7,9 @@ that answers every request with its own name and the request headers it received
 A request header `x-echo-response` (a JSON list of [name, value] pairs) sets the response's
 `:status` and headers, so tests can make an upstream fail or send headers of its own."""
 
+import argparse
 import http.server
 import json
-import sys
 import threading
 
 
@@ -62,12 +62,16 @@ class Upstream:
         self.thread.start()
 
     def close(self):
+        """Stops serving and closes the socket."""
         self.server.shutdown()
         self.server.server_close()
 
 
 if __name__ == "__main__":
-    port, name = int(sys.argv[1]), sys.argv[2]
-    upstream = Upstream(name, port)
-    print(f"upstream {name} on 127.0.0.1:{upstream.port}", flush=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("port", type=int, help="port on 127.0.0.1 (0: any free one)")
+    parser.add_argument("name", help="the name it answers with, e.g. v1")
+    args = parser.parse_args()
+    upstream = Upstream(args.name, args.port)
+    print(f"upstream {args.name} on 127.0.0.1:{upstream.port}", flush=True)
     upstream.thread.join()

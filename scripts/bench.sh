@@ -22,8 +22,9 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 [ -z "$(git status --porcelain 2>/dev/null)" ] || commit="$commit with uncommitted changes"
 printf '{"commit": "%s", "started": "%s"}\n' "$commit" "$(date -u '+%Y-%m-%d %H:%M UTC')" >"$out/run.json"
 
-step "tools: wasm targets, Envoy, Worker build tools"
+step "tools: wasm targets, wrk, Envoy, Worker build tools"
 ensure_targets
+ensure_apt_tool wrk
 ensure_envoy
 ensure_worker_tools
 
@@ -41,10 +42,10 @@ step "criterion: core, core beside unleash-yggdrasil, the filter .wasm in the ha
 ROLLOUT_BENCH_OUT="$PWD/$out" cargo bench -p rollout-benches --bench decide -- "${criterion[@]}"
 
 step "Envoy under load: $rounds interleaved rounds of $seconds s per variant"
-.venv/bin/python envoy/tests/bench_load.py "$rounds" "$seconds" --json "$out/load.json"
+.venv/bin/python envoy/bench_load.py "$rounds" "$seconds" --json "$out/load.json"
 
 step "config propagation: $flips flips"
-.venv/bin/python envoy/tests/bench_propagation.py "$flips" --json "$out/propagation.json"
+.venv/bin/python envoy/bench_propagation.py "$flips" --json "$out/propagation.json"
 
 step "results table"
 .venv/bin/python benches/report.py --criterion target/criterion --results "$out" \

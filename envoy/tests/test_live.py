@@ -9,25 +9,7 @@ import time
 
 import pytest
 
-from conftest import LIVE_CONFIG, Client, ConfigServer
-
-N_PROBES = 8  # keep-alive connections; Envoy spreads them over both workers
-
-
-def rollout(v1, v2, **extra):
-    config = {"user_key": ["header:x-user-id"],
-              "rollouts": {"checkout": {"versions": [{"name": "v1", "weight": v1}, {"name": "v2", "weight": v2}]}}}
-    config.update(extra)
-    return json.dumps(config).encode()
-
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
+from harness import LIVE_CONFIG, Client, ConfigServer, Probes, rollout, wait_until
 
 
 class Load:
@@ -61,25 +43,6 @@ class Load:
         return len(self.statuses), failed
 
 
-class Probes:
-    """Several connections that report the version one user gets on each of them."""
-
-    def __init__(self, port):
-        self.clients = [Client(port) for _ in range(N_PROBES)]
-
-    def versions(self, user="user-1", extra=()):
-        seen = []
-        for client in self.clients:
-            status, headers, body = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", user), *extra])
-            assert status == 200, status
-            seen.append(json.loads(body)["upstream"])
-        return seen
-
-    def close(self):
-        for c in self.clients:
-            c.close()
-
-
 @pytest.fixture
 def source():
     server = ConfigServer(rollout(1, 0))
@@ -89,7 +52,7 @@ def source():
 
 @pytest.fixture
 def live(start_envoy, source):
-    envoy = start_envoy(LIVE_CONFIG.read_text(), ports={8090: source.port})
+    envoy = start_envoy(LIVE_CONFIG, ports={8090: source.port})
     probes = Probes(envoy.port)
     yield envoy, probes
     probes.close()
@@ -109,7 +72,7 @@ def test_config_flips_reach_every_worker_fast_with_zero_failed_requests(live, so
         target = "v2" if flip % 2 == 0 else "v1"
         source.set(rollout(0, 1) if target == "v2" else rollout(1, 0))
         t0 = time.monotonic()
-        wait_until(lambda: set(probes.versions()) == {target}, what=f"flip {flip} to {target}")
+        wait_until(lambda target=target: set(probes.versions()) == {target}, what=f"flip {flip} to {target}")
         delays.append(time.monotonic() - t0)
         time.sleep(0.1)
     elapsed = time.monotonic() - started
@@ -143,7 +106,7 @@ def test_bad_configs_and_failing_sources_never_fail_a_request_or_replace_the_con
     ]:
         failures = metric(envoy, "rollout_config_fetch_failures_total")
         breakage()
-        wait_until(lambda: metric(envoy, "rollout_config_fetch_failures_total") >= failures + 2,
+        wait_until(lambda failures=failures: metric(envoy, "rollout_config_fetch_failures_total") >= failures + 2,
                    timeout=15, what=f"source {what} noticed")
         assert set(probes.versions()) == {"v2"}, f"source {what}"
         undo()
@@ -158,7 +121,7 @@ def test_bad_configs_and_failing_sources_never_fail_a_request_or_replace_the_con
 
 def test_with_no_config_ever_loaded_requests_go_to_the_default_version(start_envoy, source):
     source.stop()
-    envoy = start_envoy(LIVE_CONFIG.read_text(), ports={8090: source.port})
+    envoy = start_envoy(LIVE_CONFIG, ports={8090: source.port})
     probes = Probes(envoy.port)
     spoof = [("x-rollout-version", "v2")]
     for i in range(20):
@@ -188,6 +151,6 @@ def test_a_weight_raised_at_the_source_moves_users_only_into_that_version(live, 
     wait_until(lambda: metric(envoy, "rollout_config_updates_total") == updates + 1, what="90/30")
     time.sleep(0.1)  # every worker takes it up within a tick
     after = versions()
-    moved = [(i, b, a) for i, (b, a) in enumerate(zip(before, after)) if b != a]
+    moved = [(i, b, a) for i, (b, a) in enumerate(zip(before, after, strict=True)) if b != a]
     assert moved, "raising v2 moved nobody"
     assert all(b == "v1" and a == "v2" for _, b, a in moved), moved[:10]

@@ -3,21 +3,25 @@ scenario (envoy/static/envoy.yaml): golden vectors, split, stickiness, spoofing,
 what happens when the filter's VM dies."""
 
 import json
-import pathlib
 import subprocess
 import time
 
-from conftest import (
+import pytest
+
+from harness import (
     ENVOY,
+    LIVE_CONFIG,
     PROBE_WASM,
+    ROLLOUT_CLI,
     ROOT,
     STATIC_CONFIG,
     Client,
     check_binomial,
-    replace_plugin_configuration,
+    check_spoofing_while_the_vm_is_dead,
+    load,
+    plugin_configuration,
+    set_plugin_configuration,
 )
-
-ROLLOUT_CLI = ROOT / "target/release/rollout"
 
 # Vector cases HTTP cannot express: every request through Envoy has a path and a Host.
 # Listed by name so that nothing else is ever skipped silently.
@@ -25,19 +29,6 @@ INEXPRESSIBLE = {
     ("route-matching.json", "missing :path is treated as /"),
     ("route-matching.json", "missing :authority can match only host-less rollouts"),
 }
-
-
-def plugin_configuration(envoy_yaml):
-    """The inline rollout config of a shipped envoy.yaml (the block after `value: |`)."""
-    lines = envoy_yaml.splitlines()
-    start = next(i for i, l in enumerate(lines) if l.strip() == "value: |")
-    indent = len(lines[start]) - len(lines[start].lstrip())
-    block = []
-    for line in lines[start + 1:]:
-        if line.strip() and len(line) - len(line.lstrip()) <= indent:
-            break
-        block.append(line)
-    return json.loads("\n".join(block))
 
 
 def contract_view(headers, names):
@@ -60,7 +51,6 @@ def test_every_shipped_envoy_yaml_passes_envoy_validate():
 
 
 def test_golden_vectors_give_the_same_headers_in_real_envoy(start_envoy):
-    static = STATIC_CONFIG.read_text()
     skipped, ran, failures = set(), 0, []
     for path in sorted((ROOT / "testdata/vectors").glob("*.json")):
         vector = json.loads(path.read_text())
@@ -69,7 +59,7 @@ def test_golden_vectors_give_the_same_headers_in_real_envoy(start_envoy):
         request_names = {names.get("version", "x-rollout-version"), names.get("rollout", "x-rollout"),
                          names.get("flags", "x-rollout-flags")}
         response_names = {names.get("version", "x-rollout-version"), "server-timing"}
-        envoy = start_envoy(replace_plugin_configuration(static, json.dumps(config)))
+        envoy = start_envoy(set_plugin_configuration(load(STATIC_CONFIG), json.dumps(config)))
         client = Client(envoy.port)
         for case in vector["cases"]:
             where = f"{path.name} / {case['description']}"
@@ -120,10 +110,10 @@ def test_split_over_10000_users_matches_the_weights_and_the_harness(start_envoy,
     check_binomial("v2 share through real Envoy", counts["v2"], n_users, 0.10)
     # The same users through the same .wasm in the wasmtime harness land exactly alike.
     config_file = tmp_path / "static.json"
-    config_file.write_text(json.dumps(plugin_configuration(STATIC_CONFIG.read_text())))
+    config_file.write_text(json.dumps(plugin_configuration(load(STATIC_CONFIG))))
     out = subprocess.run([str(ROLLOUT_CLI), "simulate", str(config_file), "--users", str(n_users)],
                          capture_output=True, text=True, check=True, timeout=300).stdout
-    harness_v2 = int(next(l for l in out.splitlines() if l.startswith("checkout/v2")).split()[1])
+    harness_v2 = int(next(line for line in out.splitlines() if line.startswith("checkout/v2")).split()[1])
     assert counts["v2"] == harness_v2, f"envoy {counts}, harness v2 {harness_v2}"
 
 
@@ -199,7 +189,7 @@ def test_prometheus_metrics_match_the_upstreams_own_counters(start_envoy, upstre
 
 def test_a_filter_whose_vm_dies_degrades_to_the_stable_version(start_envoy, upstreams):
     # The shipped route layout and failure policy, with a filter that traps on every request.
-    dying = replace_plugin_configuration(STATIC_CONFIG.read_text(), "die", wasm=PROBE_WASM)
+    dying = set_plugin_configuration(load(STATIC_CONFIG), "die", wasm=PROBE_WASM)
     envoy = start_envoy(dying)
     before = upstreams["v1"].count
     statuses = []
@@ -220,3 +210,11 @@ def test_a_filter_whose_vm_dies_degrades_to_the_stable_version(start_envoy, upst
     assert all(i < 8 for i in failed), f"failures after the VMs died: {failed}"
     assert upstreams["v1"].count - before == 100 - len(failed)
     assert "dying on purpose" in envoy.log_text()
+
+
+@pytest.mark.parametrize("shipped", [STATIC_CONFIG, LIVE_CONFIG], ids=["static", "live"])
+def test_while_the_vm_is_dead_a_client_cannot_choose_its_version(start_envoy, upstreams, shipped):
+    # FAIL_OPEN skips a dead filter, so only something outside the VM can drop client copies of
+    # the contract headers before the routes match on them.
+    dying = set_plugin_configuration(load(shipped), "die", wasm=PROBE_WASM)
+    check_spoofing_while_the_vm_is_dead(start_envoy(dying), upstreams)

