@@ -191,7 +191,7 @@ def main():
     parser.add_argument("--criterion", required=True)
     parser.add_argument("--results", required=True)
     parser.add_argument("--wasm-opt")
-    parser.add_argument("--filter", default="target/wasm32-wasip1/release/rollout_filter.wasm")
+    parser.add_argument("--filter", default="target/wasm32-wasip1/wasm/rollout_filter.wasm")
     parser.add_argument("--worker", default="worker/build/index_bg.wasm")
     parser.add_argument("--write")
     parser.add_argument("--readme")

@@ -94,7 +94,7 @@ def test_command_writes_results_and_splices_the_readme(tmp_path):
 
 def test_size_profile_accounts_for_every_byte_of_code():
     import wasm_size
-    module = HERE.parent / "target/wasm32-wasip1/release/rollout_filter.wasm"
+    module = HERE.parent / "target/wasm32-wasip1/wasm/rollout_filter.wasm"
     result = wasm_size.profile(module)
     assert result["total"] == module.stat().st_size
     counted = sum(size for _, size in result["by_crate"])

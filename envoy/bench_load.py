@@ -12,7 +12,7 @@ contract headers); without that scrub ("rollout filter without scrub"); and, eve
 without the scrub too, with the wasm filter removed (no filter; with the routes replaced by
 weighted_clusters 90/10; with a Lua filter that hashes x-user-id and sets x-rollout-version
 for 10% of users; with the probe test filter configured to do nothing, which needs
-target/wasm32-wasip1/release/probe_filter.wasm). "rollout filter + header_mutation"
+target/wasm32-wasip1/wasm/probe_filter.wasm). "rollout filter + header_mutation"
 (only when named in --variants) does the scrub with the header_mutation HTTP filter first in
 the chain instead. Its upstream is a second Envoy answering with a direct response, so the
 upstream is never the bottleneck. Load: wrk -t2 -c50 with a distinct x-user-id per request.
@@ -131,7 +131,7 @@ def empty_wasm_filter(doc):
     without_scrub(doc)
     [wasm] = [f for f in http_filters(doc) if f["name"] == "envoy.filters.http.wasm"]
     config = wasm["typed_config"]["config"]
-    config["vm_config"]["code"]["local"]["filename"] = "target/wasm32-wasip1/release/probe_filter.wasm"
+    config["vm_config"]["code"]["local"]["filename"] = "target/wasm32-wasip1/wasm/probe_filter.wasm"
     config["configuration"]["value"] = "pass"
     return doc
 

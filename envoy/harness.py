@@ -25,8 +25,8 @@ __all__ = ["ConfigServer", "Upstream"]  # re-exported: the same servers the READ
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ENVOY = pathlib.Path(sys.executable).parent / "envoy"
-FILTER_WASM = ROOT / "target/wasm32-wasip1/release/rollout_filter.wasm"
-PROBE_WASM = ROOT / "target/wasm32-wasip1/release/probe_filter.wasm"
+FILTER_WASM = ROOT / "target/wasm32-wasip1/wasm/rollout_filter.wasm"
+PROBE_WASM = ROOT / "target/wasm32-wasip1/wasm/probe_filter.wasm"
 ROLLOUT_CLI = ROOT / "target/release/rollout"
 STATIC_CONFIG = ROOT / "envoy/static/envoy.yaml"
 LIVE_CONFIG = ROOT / "envoy/live/envoy.yaml"

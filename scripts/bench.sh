@@ -33,9 +33,9 @@ build_filters
 build_worker
 
 step "filter module size by crate (a build that keeps function names)"
-CARGO_PROFILE_RELEASE_STRIP=false CARGO_TARGET_DIR=target/size-profile \
-    cargo build --release -p rollout-filter --target wasm32-wasip1
-python3 benches/wasm_size.py target/size-profile/wasm32-wasip1/release/rollout_filter.wasm \
+CARGO_PROFILE_WASM_STRIP=false CARGO_TARGET_DIR=target/size-profile \
+    cargo build --profile wasm -p rollout-filter --target wasm32-wasip1
+python3 benches/wasm_size.py target/size-profile/wasm32-wasip1/wasm/rollout_filter.wasm \
     --json "$out/filter_size.json"
 
 step "criterion: core, core beside unleash-yggdrasil, the filter .wasm in the harness"

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
-cargo build --release --quiet -p rollout-filter --target wasm32-wasip1
+cargo build --profile wasm --quiet -p rollout-filter --target wasm32-wasip1
 cargo run --release --quiet -p host-test --bin rollout -- simulate --users 100000 "$@"

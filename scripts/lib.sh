@@ -31,8 +31,8 @@ ensure_apt_tool() {
 }
 
 build_filters() {
-    cargo build --release -p rollout-filter -p probe-filter --target wasm32-wasip1
-    ls -l target/wasm32-wasip1/release/rollout_filter.wasm
+    cargo build --profile wasm -p rollout-filter -p probe-filter --target wasm32-wasip1
+    ls -l target/wasm32-wasip1/wasm/rollout_filter.wasm
 }
 
 # worker-build would download wasm-bindgen and wasm-opt at build time; install the first at
@@ -54,6 +54,9 @@ build_worker() {
     WASM_BINDGEN_BIN="$(command -v wasm-bindgen)"
     WASM_OPT_BIN="$PWD/worker/node_modules/.bin/wasm-opt"
     ESBUILD_BIN="$PWD/worker/node_modules/.bin/esbuild"
-    (cd worker && worker-build --release)
+    # worker-build always builds with --release: give that build the wasm profile's settings
+    # (Cargo.toml, [profile.wasm]) so the Worker ships as small as the filter.
+    (cd worker && CARGO_PROFILE_RELEASE_LTO=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+        CARGO_PROFILE_RELEASE_PANIC=abort CARGO_PROFILE_RELEASE_STRIP=true worker-build --release)
     ls -l worker/build/index_bg.wasm
 }

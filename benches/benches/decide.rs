@@ -1,12 +1,14 @@
 //! Cost of a decision in the core (native), of config parse+validate, and of one request
 //! through the built filter .wasm in the wasmtime harness. Run with `cargo bench -p
-//! rollout-benches`; the harness group needs the filter built for wasm32-wasip1 (release).
+//! rollout-benches`; the harness group needs the filter built for wasm32-wasip1
+//! (`--profile wasm`).
 
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
-    missing_docs
+    missing_docs,
+    reason = "a benchmark's setup may panic with its message; criterion's macros make undocumented items"
 )]
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -25,7 +27,7 @@ struct CountingAllocator;
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 // SAFETY: every call is passed unchanged to the system allocator; only a counter is added.
-#[allow(unsafe_code)]
+#[allow(unsafe_code, reason = "a global allocator is an unsafe trait")]
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, Ordering::Relaxed);

@@ -2,8 +2,11 @@
 //! within statistical bounds for several id shapes, minimal movement, flag independence, and
 //! hostile input. Inputs come from a seeded generator, so every run checks the same cases.
 
-// A failing check in a test should panic with its message.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    reason = "a failing check in a test should panic with its message"
+)]
 
 use rollout_core::{Config, Decision, HostInputs, KeyStatus, VersionReason, MAX_KEY_BYTES};
 

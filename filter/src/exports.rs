@@ -86,8 +86,11 @@ fn with_contexts<R: Default>(f: impl FnOnce(&mut Contexts) -> R) -> R {
 
 /// The ABI entry points. Envoy calls only the callbacks a module exports, so this filter
 /// exports only the ones it needs: no body, trailer, log or done callbacks per request.
-// `no_mangle` counts as unsafe code: these names are the ABI's, so exporting them is the point.
-#[allow(missing_docs, unsafe_code)] // The ABI names and documents these.
+#[allow(
+    missing_docs,
+    unsafe_code,
+    reason = "the ABI names and documents these; `no_mangle` counts as unsafe code, and exporting the ABI's names is the point"
+)]
 mod abi {
     use super::{with_contexts, Root};
 
@@ -105,7 +108,6 @@ mod abi {
     pub extern "C" fn _initialize() {
         // SAFETY: the linker's constructor list, run once by the host before any callback.
         #[cfg(target_os = "wasi")]
-        #[allow(unsafe_code)]
         unsafe {
             __wasm_call_ctors();
         }

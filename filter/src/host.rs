@@ -3,6 +3,13 @@
 //! on an unexpected status would trap, and kill the VM, in a filter built with panic=abort),
 //! and headers are read where the host put them, not copied.
 
+// This module is the filter's boundary to the host: every host call and every pointer the host
+// hands back is here, each with its SAFETY comment (the exported callbacks are in `exports`).
+#![allow(
+    unsafe_code,
+    reason = "the host calls of the proxy-wasm ABI are foreign functions"
+)]
+
 /// Header maps (the ABI's numbering).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
@@ -60,7 +67,7 @@ macro_rules! host_imports {
         }
         $(
             #[cfg(not(target_arch = "wasm32"))]
-            #[allow(unsafe_code, clippy::too_many_arguments)] // Signatures mirror the imports.
+            #[allow(clippy::too_many_arguments, reason = "the signatures mirror the ABI's imports")]
             unsafe fn $name($($arg: $ty),*) -> u32 {
                 let _ = ($($arg),*);
                 UNIMPLEMENTED
@@ -146,7 +153,6 @@ fn check(status: u32) -> Result<(), HostError> {
 
 /// Hands the host a buffer of `size` bytes to fill with data it returns; [`take_buffer`]
 /// takes it back.
-#[allow(unsafe_code)]
 #[no_mangle]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
     let mut buffer = std::mem::ManuallyDrop::new(vec![0u8; size]);
@@ -158,7 +164,6 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 /// # Safety
 /// `data` is null, or the host got it from `proxy_on_memory_allocate(size)` with this same
 /// `size` and nobody has taken it back yet.
-#[allow(unsafe_code)]
 unsafe fn take_buffer(data: *mut u8, size: usize) -> Vec<u8> {
     if data.is_null() {
         return Vec::new();
@@ -172,7 +177,6 @@ unsafe fn take_buffer(data: *mut u8, size: usize) -> Vec<u8> {
 ///
 /// # Safety
 /// As for [`take_buffer`], when `status` is OK: `data` and `size` are what the host wrote.
-#[allow(unsafe_code)]
 unsafe fn returned(status: u32, data: *mut u8, size: usize) -> Result<Option<Vec<u8>>, HostError> {
     match status {
         // SAFETY: the caller's contract.
@@ -196,11 +200,9 @@ impl HeaderPairs {
         let mut data = std::ptr::null_mut();
         let mut size = 0;
         // SAFETY: both out-pointers are live locals of the types the ABI writes.
-        #[allow(unsafe_code)]
         let status = unsafe { proxy_get_header_map_pairs(map as u32, &mut data, &mut size) };
         check(status)?;
         // SAFETY: the host wrote `data` and `size` for a call that answered OK.
-        #[allow(unsafe_code)]
         let buffer = unsafe { take_buffer(data, size) };
         Self::decode(buffer).ok_or(HostError(u32::MAX))
     }
@@ -284,21 +286,16 @@ pub(crate) fn header_value(map: HeaderMap, name: &str) -> Result<Option<Vec<u8>>
     let mut data = std::ptr::null_mut();
     let mut size = 0;
     // SAFETY: `name` is live for the call; both out-pointers are live locals.
-    #[allow(unsafe_code)]
     let status = unsafe {
         proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
     };
     // SAFETY: the host wrote `data` and `size` for this call.
-    #[allow(unsafe_code)]
-    unsafe {
-        returned(status, data, size)
-    }
+    unsafe { returned(status, data, size) }
 }
 
 /// Sets a header, replacing the value the map has.
 pub(crate) fn replace_header(map: HeaderMap, name: &str, value: &str) -> Result<(), HostError> {
     // SAFETY: `name` and `value` are live for the call; the host only reads them.
-    #[allow(unsafe_code)]
     let status = unsafe {
         proxy_replace_header_map_value(
             map as u32,
@@ -314,7 +311,6 @@ pub(crate) fn replace_header(map: HeaderMap, name: &str, value: &str) -> Result<
 /// Adds a value to a header, keeping the values the map has.
 pub(crate) fn add_header(map: HeaderMap, name: &str, value: &str) -> Result<(), HostError> {
     // SAFETY: as for `replace_header`.
-    #[allow(unsafe_code)]
     let status = unsafe {
         proxy_add_header_map_value(
             map as u32,
@@ -330,21 +326,18 @@ pub(crate) fn add_header(map: HeaderMap, name: &str, value: &str) -> Result<(), 
 /// Removes every value of a header.
 pub(crate) fn remove_header(map: HeaderMap, name: &str) -> Result<(), HostError> {
     // SAFETY: `name` is live for the call; the host only reads it.
-    #[allow(unsafe_code)]
     let status = unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) };
     check(status)
 }
 
 pub(crate) fn increment_metric(id: u32, offset: i64) -> Result<(), HostError> {
     // SAFETY: plain values only.
-    #[allow(unsafe_code)]
     let status = unsafe { proxy_increment_metric(id, offset) };
     check(status)
 }
 
 pub(crate) fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
     // SAFETY: plain values only.
-    #[allow(unsafe_code)]
     let status = unsafe { proxy_record_metric(id, value) };
     check(status)
 }
@@ -353,7 +346,6 @@ pub(crate) fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
 pub(crate) fn now_ms() -> Result<u64, HostError> {
     let mut nanos = 0u64;
     // SAFETY: the out-pointer is a live local of the type the ABI writes.
-    #[allow(unsafe_code)]
     let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
     check(status)?;
     Ok(nanos / 1_000_000)
@@ -362,7 +354,6 @@ pub(crate) fn now_ms() -> Result<u64, HostError> {
 /// Writes a line to the host's log.
 pub(crate) fn log(level: LogLevel, message: &str) -> Result<(), HostError> {
     // SAFETY: `message` is live for the call; the host only reads it.
-    #[allow(unsafe_code)]
     let status = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
     check(status)
 }
@@ -372,10 +363,8 @@ pub(crate) fn buffer(kind: BufferType, start: usize, max: usize) -> Result<Vec<u
     let mut data = std::ptr::null_mut();
     let mut size = 0;
     // SAFETY: both out-pointers are live locals of the types the ABI writes.
-    #[allow(unsafe_code)]
     let status = unsafe { proxy_get_buffer_bytes(kind as u32, start, max, &mut data, &mut size) };
     // SAFETY: the host wrote `data` and `size` for this call.
-    #[allow(unsafe_code)]
     let data = unsafe { returned(status, data, size) }?;
     Ok(data.unwrap_or_default())
 }
@@ -384,7 +373,6 @@ pub(crate) fn buffer(kind: BufferType, start: usize, max: usize) -> Result<Vec<u
 pub(crate) fn define_metric(kind: MetricType, name: &str) -> Result<u32, HostError> {
     let mut id = 0;
     // SAFETY: `name` is live for the call; the out-pointer is a live local.
-    #[allow(unsafe_code)]
     let status = unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) };
     check(status)?;
     Ok(id)
@@ -393,7 +381,6 @@ pub(crate) fn define_metric(kind: MetricType, name: &str) -> Result<u32, HostErr
 /// Asks for `proxy_on_tick` every `period_ms` milliseconds.
 pub(crate) fn set_tick_period_ms(period_ms: u32) -> Result<(), HostError> {
     // SAFETY: a plain value only.
-    #[allow(unsafe_code)]
     let status = unsafe { proxy_set_tick_period_milliseconds(period_ms) };
     check(status)
 }
@@ -401,7 +388,6 @@ pub(crate) fn set_tick_period_ms(period_ms: u32) -> Result<(), HostError> {
 /// Makes the following calls act on the stream `context_id` (from a root's callback).
 pub(crate) fn set_effective_context(context_id: u32) -> Result<(), HostError> {
     // SAFETY: a plain value only.
-    #[allow(unsafe_code)]
     let status = unsafe { proxy_set_effective_context(context_id) };
     check(status)
 }
@@ -409,9 +395,30 @@ pub(crate) fn set_effective_context(context_id: u32) -> Result<(), HostError> {
 /// Lets a paused request go on (to the next filter and the router).
 pub(crate) fn continue_request() -> Result<(), HostError> {
     // SAFETY: a plain value only; 0 is the request stream in the ABI's numbering.
-    #[allow(unsafe_code)]
     let status = unsafe { proxy_continue_stream(0) };
     check(status)
+}
+
+/// Eight random bytes from WASI `random_get`; zeros if the host has none, which still gives a
+/// valid (if not random) choice.
+pub(crate) fn random_u64() -> u64 {
+    #[cfg_attr(
+        not(target_arch = "wasm32"),
+        expect(unused_mut, reason = "only the host writes it")
+    )]
+    let mut bytes = [0u8; 8];
+    #[cfg(target_arch = "wasm32")]
+    {
+        #[link(wasm_import_module = "wasi_snapshot_preview1")]
+        extern "C" {
+            fn random_get(buf: *mut u8, len: usize) -> u16;
+        }
+        // SAFETY: `bytes` is a live, writable buffer of exactly the length passed.
+        unsafe {
+            random_get(bytes.as_mut_ptr(), bytes.len());
+        }
+    }
+    u64::from_le_bytes(bytes)
 }
 
 /// The host's serialised form of header pairs (see [`HeaderPairs`]).
@@ -444,7 +451,6 @@ pub(crate) fn http_call(
     let trailers = serialize_pairs(&[]);
     let mut token = 0;
     // SAFETY: every buffer is live for the call and only read; the out-pointer is a local.
-    #[allow(unsafe_code)]
     let status = unsafe {
         proxy_http_call(
             cluster.as_ptr(),
@@ -469,11 +475,9 @@ pub(crate) fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), HostError
     let mut size = 0;
     let mut cas = 0;
     // SAFETY: `key` is live for the call; the out-pointers are live locals.
-    #[allow(unsafe_code)]
     let status =
         unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
     // SAFETY: the host wrote `data` and `size` for this call.
-    #[allow(unsafe_code)]
     let value = unsafe { returned(status, data, size) }?;
     Ok(match value {
         Some(value) => (Some(value), cas),
@@ -484,7 +488,6 @@ pub(crate) fn shared_data(key: &str) -> Result<(Option<Vec<u8>>, u32), HostError
 /// Sets a shared-data value; with a non-zero `cas`, only if the value is still that version.
 pub(crate) fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
     // SAFETY: `key` and `value` are live for the call; the host only reads them.
-    #[allow(unsafe_code)]
     let status =
         unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
     check(status)

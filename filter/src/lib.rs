@@ -48,22 +48,7 @@ fn now_ms() -> u64 {
 /// them only for a keyless request to a `no_key: random` rollout, so most requests make no
 /// such call.
 fn wasi_random_u64() -> u64 {
-    #[cfg_attr(not(target_arch = "wasm32"), allow(unused_mut))] // Written only by the host.
-    let mut bytes = [0u8; 8];
-    #[cfg(target_arch = "wasm32")]
-    {
-        #[link(wasm_import_module = "wasi_snapshot_preview1")]
-        extern "C" {
-            fn random_get(buf: *mut u8, len: usize) -> u16;
-        }
-        // SAFETY: `bytes` is a live, writable buffer of exactly the length passed. An error
-        // leaves it zeroed, which still gives a valid (if not random) choice.
-        #[allow(unsafe_code)]
-        unsafe {
-            random_get(bytes.as_mut_ptr(), bytes.len());
-        }
-    }
-    u64::from_le_bytes(bytes)
+    host::random_u64()
 }
 
 /// The config in force and its metric ids, shared by every request context of one root.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::host::{Exchange, Headers};
 
 /// Where the release build of the filter lands, relative to the workspace root.
-pub const FILTER_WASM: &str = "target/wasm32-wasip1/release/rollout_filter.wasm";
+pub const FILTER_WASM: &str = "target/wasm32-wasip1/wasm/rollout_filter.wasm";
 
 /// The filter .wasm to test: `$ROLLOUT_FILTER_WASM`, else the workspace's release build.
 pub fn filter_wasm_path() -> PathBuf {

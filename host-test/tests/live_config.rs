@@ -39,7 +39,7 @@ struct Workers {
 impl Workers {
     fn start() -> Workers {
         let module = FilterModule::from_file(&filter_wasm_path()).unwrap_or_else(|e| {
-            panic!("{e:#}\nbuild the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --release")
+            panic!("{e:#}\nbuild the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --profile wasm")
         });
         let mut vms: Vec<Vm> = (0..2)
             .map(|_| module.start_vm(VmOptions::default()).unwrap())

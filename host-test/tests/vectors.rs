@@ -1,6 +1,6 @@
 //! Runs every golden vector and every invalid config through the built filter .wasm in the
 //! wasmtime host: the same cases the core runs natively must give the same headers here.
-//! Build the filter first: `cargo build -p rollout-filter --target wasm32-wasip1 --release`.
+//! Build the filter first: `cargo build -p rollout-filter --target wasm32-wasip1 --profile wasm`.
 
 #![allow(
     clippy::unwrap_used,
@@ -18,7 +18,7 @@ use rollout_core::vectors::{contract_view, InvalidConfig, VectorFile};
 fn filter() -> FilterModule {
     let path = filter_wasm_path();
     FilterModule::from_file(&path).unwrap_or_else(|e| {
-        panic!("{e:#}\nbuild the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --release")
+        panic!("{e:#}\nbuild the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --profile wasm")
     })
 }
 

@@ -199,7 +199,10 @@ pub const OPERATOR_DEFS: &[Operator] = &DEFS;
 pub const OPERATORS: &[&str] = &names(&DEFS);
 
 /// Runs at compile time only, where an index out of range is a build error, not a panic.
-#[allow(clippy::indexing_slicing)]
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation turns a bad index into a build error"
+)]
 const fn names<const N: usize>(defs: &[Operator; N]) -> [&'static str; N] {
     let mut out = [""; N];
     let mut i = 0;
