@@ -1,0 +1,136 @@
+//! [`FilterModule`]: a compiled filter, the host's imports linked to it, and the state its VMs
+//! share; it starts [`Vm`]s.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use wasmtime::{CallHook, Engine, Linker, Module, Store};
+
+use super::guest::{v, Imports};
+use super::vm::Vm;
+use super::{add_to_linker, lock, HostState, Metric, SharedState, VmOptions};
+
+/// A compiled filter module, and the state its VMs share (metrics, shared data, queues).
+#[derive(Clone)]
+pub struct FilterModule {
+    engine: Engine,
+    module: Module,
+    shared: Arc<Mutex<SharedState>>,
+}
+
+impl FilterModule {
+    /// Compiles a filter from .wasm (or .wat) bytes.
+    pub fn new(wasm: &[u8]) -> Result<FilterModule> {
+        let engine = Engine::default();
+        let module = Module::new(&engine, wasm)
+            .map_err(anyhow::Error::from)
+            .context("compiling the filter module")?;
+        Ok(FilterModule {
+            engine,
+            module,
+            shared: Arc::default(),
+        })
+    }
+
+    /// Compiles a filter from a file.
+    pub fn from_file(path: &std::path::Path) -> Result<FilterModule> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        FilterModule::new(&bytes)
+    }
+
+    fn linker(&self) -> Result<Linker<HostState>> {
+        let mut linker = Linker::new(&self.engine);
+        add_to_linker(&mut Imports::new(&mut linker))?;
+        Ok(linker)
+    }
+
+    /// Imports of the module that the host does not implement (they trap if called).
+    pub fn unimplemented_imports(&self) -> Result<Vec<String>> {
+        let linker = self.linker()?;
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(self.shared.clone(), VmOptions::default(), 0),
+        );
+        let missing = self
+            .module
+            .imports()
+            .filter(|i| linker.get(&mut store, i.module(), i.name()).is_err())
+            .map(|i| format!("{}::{}", i.module(), i.name()))
+            .collect();
+        Ok(missing)
+    }
+
+    /// Starts a VM: instantiates the module and runs its start-up (`_initialize`, context
+    /// creation of the root, `proxy_on_vm_start`). Configure it with [`Vm::configure`].
+    pub fn start_vm(&self, options: VmOptions) -> Result<Vm> {
+        let mut linker = self.linker()?;
+        linker.define_unknown_imports_as_traps(&self.module)?;
+        let mut store = Store::new(&self.engine, self.new_state(options));
+        store.call_hook(|mut cx, hook| {
+            let calls = &mut cx.data_mut().calls;
+            match hook {
+                CallHook::CallingHost => calls.into_host += 1,
+                CallHook::CallingWasm => calls.into_filter += 1,
+                CallHook::ReturningFromHost | CallHook::ReturningFromWasm => {}
+            }
+            Ok(())
+        });
+        let instance = linker
+            .instantiate(&mut store, &self.module)
+            .map_err(anyhow::Error::from)
+            .context("instantiating the filter")?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or_else(|| anyhow!("filter exports no memory"))?;
+        let alloc = instance
+            .get_func(&mut store, "proxy_on_memory_allocate")
+            .or_else(|| instance.get_func(&mut store, "malloc"));
+        store.data_mut().memory = Some(memory);
+        store.data_mut().alloc = alloc;
+        let mut vm = Vm::new(store, instance);
+        for start in ["_initialize", "_start"] {
+            if vm.has_export(start) {
+                vm.call(start, &[])?;
+                break;
+            }
+        }
+        let root = vm.root_id();
+        vm.store_mut().data_mut().current = root;
+        vm.call("proxy_on_context_create", &[v(root), v(0)])?;
+        let vm_config_len = vm.store_mut().data().options.vm_configuration.len() as u32;
+        if vm.call("proxy_on_vm_start", &[v(root), v(vm_config_len)])? == Some(0) {
+            bail!("the filter refused to start (proxy_on_vm_start returned false)");
+        }
+        Ok(vm)
+    }
+
+    /// A new VM's state. Each VM of a module gets its own random sequence (VMs tell each
+    /// other apart by random tokens), yet runs stay repeatable: the seed is the VM's start
+    /// order.
+    fn new_state(&self, options: VmOptions) -> HostState {
+        let vm_index = {
+            let mut state = lock(&self.shared);
+            state.vms_started += 1;
+            state.vms_started
+        };
+        HostState::new(self.shared.clone(), options, vm_index)
+    }
+
+    /// Every metric of every VM of this module, as Envoy aggregates them across workers.
+    pub fn metrics(&self) -> Vec<Metric> {
+        lock(&self.shared).metrics.clone()
+    }
+
+    /// The value of one metric by name, if defined.
+    pub fn metric(&self, name: &str) -> Option<i64> {
+        self.metrics()
+            .into_iter()
+            .find(|m| m.name == name)
+            .map(|m| m.value)
+    }
+
+    /// Shared data by key: (value, cas).
+    pub fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        lock(&self.shared).data.get(key).cloned()
+    }
+}
