@@ -16,7 +16,7 @@ pub(super) const ENV: &str = "env";
 /// The linker being filled, and the names of the imports defined so far.
 pub(super) struct Imports<'l> {
     linker: &'l mut Linker<HostState>,
-    names: Vec<&'static str>,
+    defined: Vec<(&'static str, &'static str)>,
 }
 
 impl<'l> Imports<'l> {
@@ -24,7 +24,7 @@ impl<'l> Imports<'l> {
     pub(super) fn new(linker: &'l mut Linker<HostState>) -> Imports<'l> {
         Imports {
             linker,
-            names: Vec::new(),
+            defined: Vec::new(),
         }
     }
 
@@ -36,8 +36,13 @@ impl<'l> Imports<'l> {
         import: impl IntoFunc<HostState, Params, Results>,
     ) -> Result<()> {
         self.linker.func_wrap(module, name, import)?;
-        self.names.push(name);
+        self.defined.push((module, name));
         Ok(())
+    }
+
+    /// Every import defined so far, as (module, name).
+    pub(super) fn defined(self) -> Vec<(&'static str, &'static str)> {
+        self.defined
     }
 }
 

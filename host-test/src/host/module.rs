@@ -4,17 +4,21 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use wasmtime::{CallHook, Engine, Linker, Module, Store};
+use wasmtime::{CallHook, Engine, InstancePre, Linker, Module, Store};
 
 use super::guest::{v, Imports};
 use super::vm::Vm;
 use super::{add_to_linker, lock, HostState, Metric, SharedState, VmOptions};
 
-/// A compiled filter module, and the state its VMs share (metrics, shared data, queues).
+/// A compiled filter module linked to the host's imports, and the state its VMs share
+/// (metrics, shared data, queues).
 #[derive(Clone)]
 pub struct FilterModule {
     engine: Engine,
-    module: Module,
+    /// The module with the host's imports resolved, once: each VM only instantiates it.
+    pre: InstancePre<HostState>,
+    /// Imports of the module that the host does not define, as `module::name`.
+    unimplemented: Vec<String>,
     shared: Arc<Mutex<SharedState>>,
 }
 
@@ -25,9 +29,27 @@ impl FilterModule {
         let module = Module::new(&engine, wasm)
             .map_err(anyhow::Error::from)
             .context("compiling the filter module")?;
+        let mut linker = Linker::new(&engine);
+        let defined = {
+            let mut imports = Imports::new(&mut linker);
+            add_to_linker(&mut imports)?;
+            imports.defined()
+        };
+        let unimplemented = module
+            .imports()
+            .filter(|i| !defined.contains(&(i.module(), i.name())))
+            .map(|i| format!("{}::{}", i.module(), i.name()))
+            .collect();
+        // Imports the host lacks trap only if called, as in Envoy, which links them lazily.
+        linker.define_unknown_imports_as_traps(&module)?;
+        let pre = linker
+            .instantiate_pre(&module)
+            .map_err(anyhow::Error::from)
+            .context("linking the filter to the host")?;
         Ok(FilterModule {
             engine,
-            module,
+            pre,
+            unimplemented,
             shared: Arc::default(),
         })
     }
@@ -38,33 +60,14 @@ impl FilterModule {
         FilterModule::new(&bytes)
     }
 
-    fn linker(&self) -> Result<Linker<HostState>> {
-        let mut linker = Linker::new(&self.engine);
-        add_to_linker(&mut Imports::new(&mut linker))?;
-        Ok(linker)
-    }
-
     /// Imports of the module that the host does not implement (they trap if called).
     pub fn unimplemented_imports(&self) -> Result<Vec<String>> {
-        let linker = self.linker()?;
-        let mut store = Store::new(
-            &self.engine,
-            HostState::new(self.shared.clone(), VmOptions::default(), 0),
-        );
-        let missing = self
-            .module
-            .imports()
-            .filter(|i| linker.get(&mut store, i.module(), i.name()).is_err())
-            .map(|i| format!("{}::{}", i.module(), i.name()))
-            .collect();
-        Ok(missing)
+        Ok(self.unimplemented.clone())
     }
 
     /// Starts a VM: instantiates the module and runs its start-up (`_initialize`, context
     /// creation of the root, `proxy_on_vm_start`). Configure it with [`Vm::configure`].
     pub fn start_vm(&self, options: VmOptions) -> Result<Vm> {
-        let mut linker = self.linker()?;
-        linker.define_unknown_imports_as_traps(&self.module)?;
         let mut store = Store::new(&self.engine, self.new_state(options));
         store.call_hook(|mut cx, hook| {
             let calls = &mut cx.data_mut().calls;
@@ -75,8 +78,9 @@ impl FilterModule {
             }
             Ok(())
         });
-        let instance = linker
-            .instantiate(&mut store, &self.module)
+        let instance = self
+            .pre
+            .instantiate(&mut store)
             .map_err(anyhow::Error::from)
             .context("instantiating the filter")?;
         let memory = instance
