@@ -51,9 +51,6 @@ fn proxy_get_log_level(mut cx: Cx<'_>, ret: i32) -> i32 {
 }
 
 fn proxy_get_current_time_nanoseconds(mut cx: Cx<'_>, ret: i32) -> i32 {
-    if let Some(status) = super::guest::injected_error(&cx, "proxy_get_current_time_nanoseconds") {
-        return status;
-    }
     let now = cx.data().now_ns;
     status_of(write(&mut cx, ret, &now.to_le_bytes()))
 }

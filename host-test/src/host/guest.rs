@@ -1,8 +1,9 @@
 //! Guest memory as the imports see it (reading arguments, writing results, handing the filter
-//! bytes in memory it allocated), and the one place imports are registered.
+//! bytes in memory it allocated), and the one place imports are registered, which is where
+//! error injection ([`super::VmOptions::host_errors`]) happens for every import alike.
 
 use anyhow::Result;
-use wasmtime::{Caller, IntoFunc, Linker, Val};
+use wasmtime::{Caller, Linker, Val, WasmRet, WasmTy};
 
 use super::HostState;
 use crate::abi::status;
@@ -13,7 +14,8 @@ pub(super) type Cx<'a> = Caller<'a, HostState>;
 /// The module name of proxy-wasm's imports.
 pub(super) const ENV: &str = "env";
 
-/// The linker being filled, and the names of the imports defined so far.
+/// The linker being filled, and the imports defined so far. Groups of imports see only this,
+/// never the linker, so no import can be defined without the error-injection wrapper.
 pub(super) struct Imports<'l> {
     linker: &'l mut Linker<HostState>,
     defined: Vec<(&'static str, &'static str)>,
@@ -28,23 +30,105 @@ impl<'l> Imports<'l> {
         }
     }
 
-    /// Defines one import.
+    /// Defines one import, answering with an injected status instead when a test asks for
+    /// one.
     pub(super) fn add<Params, Results>(
         &mut self,
         module: &'static str,
         name: &'static str,
-        import: impl IntoFunc<HostState, Params, Results>,
+        import: impl HostFn<Params, Results>,
     ) -> Result<()> {
-        self.linker.func_wrap(module, name, import)?;
+        import.define(self.linker, module, name, self.defined.len())?;
         self.defined.push((module, name));
         Ok(())
     }
 
-    /// Every import defined so far, as (module, name).
+    /// Every import defined, as (module, name); an import's index here is the one its
+    /// injected status is looked up by.
     pub(super) fn defined(self) -> Vec<(&'static str, &'static str)> {
         self.defined
     }
 }
+
+/// What an import returns when a test injected a status in place of its work.
+pub(super) trait Injected {
+    /// The result carrying `status`.
+    fn injected(import: &'static str, status: i32) -> Self;
+}
+
+impl Injected for i32 {
+    fn injected(_: &'static str, status: i32) -> i32 {
+        status
+    }
+}
+
+impl Injected for wasmtime::Result<i32> {
+    fn injected(_: &'static str, status: i32) -> wasmtime::Result<i32> {
+        Ok(status)
+    }
+}
+
+/// An import with no status to return (`proc_exit`) fails by trapping.
+impl Injected for wasmtime::Result<()> {
+    fn injected(import: &'static str, status: i32) -> wasmtime::Result<()> {
+        wasmtime::bail!("{import} failed by injection (status {status})")
+    }
+}
+
+/// A named import function of any arity, as [`Imports::add`] takes it.
+pub(super) trait HostFn<Params, Results> {
+    /// Defines it in `linker` behind the check for an injected status at `index`.
+    fn define(
+        self,
+        linker: &mut Linker<HostState>,
+        module: &'static str,
+        name: &'static str,
+        index: usize,
+    ) -> Result<()>;
+}
+
+/// Implements [`HostFn`] for functions taking the caller and the given argument types.
+macro_rules! host_fn {
+    ($($arg:ident),*) => {
+        impl<F, R, $($arg,)*> HostFn<($($arg,)*), R> for F
+        where
+            F: Fn(Cx<'_>, $($arg),*) -> R + Send + Sync + 'static,
+            $($arg: WasmTy,)*
+            R: WasmRet + Injected,
+        {
+            #[allow(non_snake_case)] // The argument values are named after their types.
+            fn define(
+                self,
+                linker: &mut Linker<HostState>,
+                module: &'static str,
+                name: &'static str,
+                index: usize,
+            ) -> Result<()> {
+                linker.func_wrap(module, name, move |cx: Cx<'_>, $($arg: $arg),*| -> R {
+                    match cx.data().injected_status(index) {
+                        Some(status) => R::injected(name, status),
+                        None => self(cx, $($arg),*),
+                    }
+                })?;
+                Ok(())
+            }
+        }
+    };
+}
+
+host_fn!();
+host_fn!(A1);
+host_fn!(A1, A2);
+host_fn!(A1, A2, A3);
+host_fn!(A1, A2, A3, A4);
+host_fn!(A1, A2, A3, A4, A5);
+host_fn!(A1, A2, A3, A4, A5, A6);
+host_fn!(A1, A2, A3, A4, A5, A6, A7);
+host_fn!(A1, A2, A3, A4, A5, A6, A7, A8);
+host_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9);
+host_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10);
+host_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11);
+host_fn!(A1, A2, A3, A4, A5, A6, A7, A8, A9, A10, A11, A12);
 
 /// A u32 argument as wasm passes it.
 pub(super) fn v(n: u32) -> Val {
@@ -147,9 +231,4 @@ pub(super) fn find_or_push<T>(
             items.len() - 1
         }
     }
-}
-
-/// The status a test told this import to answer with instead of working, if any.
-pub(super) fn injected_error(cx: &Cx<'_>, import: &str) -> Option<i32> {
-    cx.data().options.host_errors.get(import).copied()
 }

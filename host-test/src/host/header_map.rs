@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::guest::{give, give_found, injected_error, read, read_str, Cx, Imports, ENV};
+use super::guest::{give, give_found, read, read_str, Cx, Imports, ENV};
 use super::{header_value, Headers, HostState};
 use crate::abi::{self, status, MapType};
 
@@ -47,9 +47,6 @@ fn proxy_get_header_map_pairs(
     ret_ptr: i32,
     ret_size: i32,
 ) -> wasmtime::Result<i32> {
-    if let Some(status) = injected_error(&cx, "proxy_get_header_map_pairs") {
-        return Ok(status);
-    }
     let Some(map) = MapType::from_abi(map) else {
         return Ok(status::BAD_ARGUMENT);
     };
@@ -75,9 +72,6 @@ fn proxy_get_header_map_value(
     ret_ptr: i32,
     ret_size: i32,
 ) -> wasmtime::Result<i32> {
-    if let Some(status) = injected_error(&cx, "proxy_get_header_map_value") {
-        return Ok(status);
-    }
     let Some(map) = MapType::from_abi(map) else {
         return Ok(status::BAD_ARGUMENT);
     };
@@ -97,9 +91,6 @@ fn proxy_replace_header_map_value(
     val_ptr: i32,
     val_len: i32,
 ) -> i32 {
-    if let Some(status) = injected_error(&cx, "proxy_replace_header_map_value") {
-        return status;
-    }
     put_header(cx, map, (key_ptr, key_len), (val_ptr, val_len), true)
 }
 
@@ -112,9 +103,6 @@ fn proxy_add_header_map_value(
     val_ptr: i32,
     val_len: i32,
 ) -> i32 {
-    if let Some(status) = injected_error(&cx, "proxy_add_header_map_value") {
-        return status;
-    }
     put_header(cx, map, (key_ptr, key_len), (val_ptr, val_len), false)
 }
 
@@ -131,9 +119,6 @@ fn put_header(mut cx: Cx<'_>, map: i32, key: (i32, i32), value: (i32, i32), repl
 }
 
 fn proxy_remove_header_map_value(mut cx: Cx<'_>, map: i32, key_ptr: i32, key_len: i32) -> i32 {
-    if let Some(status) = injected_error(&cx, "proxy_remove_header_map_value") {
-        return status;
-    }
     let Some(map) = MapType::from_abi(map) else {
         return status::BAD_ARGUMENT;
     };

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 
-use super::guest::{find_or_push, injected_error, read_str, status_of, write, write_u32};
+use super::guest::{find_or_push, read_str, status_of, write, write_u32};
 use super::guest::{Cx, Imports, ENV};
 use super::{HostState, Metric};
 use crate::abi::{status, MetricKind};
@@ -34,16 +34,10 @@ fn proxy_define_metric(
 }
 
 fn proxy_increment_metric(cx: Cx<'_>, id: i32, offset: i64) -> i32 {
-    if let Some(status) = injected_error(&cx, "proxy_increment_metric") {
-        return status;
-    }
     cx.data().increment_metric(id as u32, offset)
 }
 
 fn proxy_record_metric(cx: Cx<'_>, id: i32, value: i64) -> i32 {
-    if let Some(status) = injected_error(&cx, "proxy_record_metric") {
-        return status;
-    }
     cx.data().record_metric(id as u32, value)
 }
 

@@ -30,7 +30,7 @@ mod shared;
 mod vm;
 mod wasi;
 
-pub use module::FilterModule;
+pub use module::{FilterModule, HostImport};
 pub use vm::{Exchange, ExchangeReport, StreamId, Vm};
 
 /// Header pairs in order; values are bytes since real headers need not be UTF-8.
@@ -148,7 +148,8 @@ pub struct VmOptions {
     pub start_time_ns: u64,
     /// Imports that answer with the given status instead of working (for example
     /// `proxy_get_header_map_value` with 2, BadArgument): how a filter meets a host error.
-    /// Honoured by the header-map, metric and clock calls.
+    /// Every import honours it (`proc_exit`, which returns nothing, traps); a name the host
+    /// does not define makes [`FilterModule::start_vm`] fail.
     pub host_errors: HashMap<String, i32>,
 }
 
@@ -224,11 +225,20 @@ struct HostState {
     entropy: Option<u64>,
     /// State of the generator behind `random_get` otherwise.
     random_state: u64,
+    /// The status each import answers with instead of working, by its index in the linker;
+    /// empty when none is injected.
+    injected: Vec<Option<i32>>,
 }
 
 impl HostState {
-    /// A VM's fresh state; `seed` picks its random sequence.
-    fn new(shared: Arc<Mutex<SharedState>>, options: VmOptions, seed: u64) -> HostState {
+    /// A VM's fresh state; `seed` picks its random sequence, `injected` is what
+    /// [`HostState::injected_status`] answers.
+    fn new(
+        shared: Arc<Mutex<SharedState>>,
+        options: VmOptions,
+        seed: u64,
+        injected: Vec<Option<i32>>,
+    ) -> HostState {
         let vm_id = options
             .properties
             .get("plugin_vm_id")
@@ -252,7 +262,13 @@ impl HostState {
             vm_id,
             entropy: None,
             random_state: 0x853c_49e6_748f_ea9b ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            injected,
         }
+    }
+
+    /// The status a test told the import at `index` to answer with, if any.
+    fn injected_status(&self, index: usize) -> Option<i32> {
+        self.injected.get(index).copied().flatten()
     }
 
     fn shared(&self) -> MutexGuard<'_, SharedState> {

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use wasmtime::{CallHook, Engine, InstancePre, Linker, Module, Store};
+use wasmtime::{CallHook, Engine, FuncType, InstancePre, Linker, Module, Store};
 
 use super::guest::{v, Imports};
 use super::vm::Vm;
@@ -19,7 +19,22 @@ pub struct FilterModule {
     pre: InstancePre<HostState>,
     /// Imports of the module that the host does not define, as `module::name`.
     unimplemented: Vec<String>,
+    /// Every import the host defines, as (module, name), in the order of their indices.
+    defined: Arc<[(&'static str, &'static str)]>,
+    /// The host's imports alone, to tell their types.
+    host: Linker<HostState>,
     shared: Arc<Mutex<SharedState>>,
+}
+
+/// One import the host defines.
+#[derive(Debug, Clone)]
+pub struct HostImport {
+    /// Its module: `env` for proxy-wasm, `wasi_snapshot_preview1` for WASI.
+    pub module: &'static str,
+    /// Its name, as [`VmOptions::host_errors`] names it.
+    pub name: &'static str,
+    /// Its parameters and results.
+    pub ty: FuncType,
 }
 
 impl FilterModule {
@@ -40,6 +55,7 @@ impl FilterModule {
             .filter(|i| !defined.contains(&(i.module(), i.name())))
             .map(|i| format!("{}::{}", i.module(), i.name()))
             .collect();
+        let host = linker.clone();
         // Imports the host lacks trap only if called, as in Envoy, which links them lazily.
         linker.define_unknown_imports_as_traps(&module)?;
         let pre = linker
@@ -50,6 +66,8 @@ impl FilterModule {
             engine,
             pre,
             unimplemented,
+            defined: defined.into(),
+            host,
             shared: Arc::default(),
         })
     }
@@ -68,7 +86,8 @@ impl FilterModule {
     /// Starts a VM: instantiates the module and runs its start-up (`_initialize`, context
     /// creation of the root, `proxy_on_vm_start`). Configure it with [`Vm::configure`].
     pub fn start_vm(&self, options: VmOptions) -> Result<Vm> {
-        let mut store = Store::new(&self.engine, self.new_state(options));
+        let injected = self.injected(&options)?;
+        let mut store = Store::new(&self.engine, self.new_state(options, injected));
         store.call_hook(|mut cx, hook| {
             let calls = &mut cx.data_mut().calls;
             match hook {
@@ -111,13 +130,49 @@ impl FilterModule {
     /// A new VM's state. Each VM of a module gets its own random sequence (VMs tell each
     /// other apart by random tokens), yet runs stay repeatable: the seed is the VM's start
     /// order.
-    fn new_state(&self, options: VmOptions) -> HostState {
+    fn new_state(&self, options: VmOptions, injected: Vec<Option<i32>>) -> HostState {
         let vm_index = {
             let mut state = lock(&self.shared);
             state.vms_started += 1;
             state.vms_started
         };
-        HostState::new(self.shared.clone(), options, vm_index)
+        HostState::new(self.shared.clone(), options, vm_index, injected)
+    }
+
+    /// The injected status of each import by index; an error for a name the host does not
+    /// define, so a misspelt name cannot silently inject nothing.
+    fn injected(&self, options: &VmOptions) -> Result<Vec<Option<i32>>> {
+        if options.host_errors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut injected = vec![None; self.defined.len()];
+        for (name, status) in &options.host_errors {
+            let Some(index) = self.defined.iter().position(|(_, n)| n == name) else {
+                bail!("VmOptions.host_errors: the host defines no import named `{name}`");
+            };
+            if let Some(slot) = injected.get_mut(index) {
+                *slot = Some(*status);
+            }
+        }
+        Ok(injected)
+    }
+
+    /// Every import the host defines, with its type, whether the module imports it or not.
+    pub fn host_imports(&self) -> Result<Vec<HostImport>> {
+        let state = HostState::new(self.shared.clone(), VmOptions::default(), 0, Vec::new());
+        let mut store = Store::new(&self.engine, state);
+        let mut imports = Vec::with_capacity(self.defined.len());
+        for &(module, name) in self.defined.iter() {
+            let ty = self
+                .host
+                .get(&mut store, module, name)
+                .ok()
+                .and_then(|e| e.into_func())
+                .map(|f| f.ty(&store))
+                .ok_or_else(|| anyhow!("the host lost its import {module}::{name}"))?;
+            imports.push(HostImport { module, name, ty });
+        }
+        Ok(imports)
     }
 
     /// Every metric of every VM of this module, as Envoy aggregates them across workers.
