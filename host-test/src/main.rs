@@ -2,7 +2,6 @@
 //! through the very filter .wasm that Envoy loads.
 
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
@@ -11,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use host_test::testing::filter_wasm_path;
 use host_test::{header_value, Exchange, FilterModule, VmOptions};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use rollout_core::{Config, HostInputs, Source};
 
 /// The example config that `simulate` and `explain` use when no config is given.
@@ -267,40 +267,22 @@ fn user_id(shape: IdShape, i: u64) -> String {
     }
 }
 
-/// Progress on stderr, redrawn in place, only when stderr is a terminal.
-struct Progress {
-    total: u64,
-    shown: u64,
-    enabled: bool,
-}
-
-impl Progress {
-    fn new(total: u64) -> Progress {
-        Progress {
-            total,
-            shown: 0,
-            enabled: std::io::stderr().is_terminal() && total >= 1000,
-        }
+/// A progress bar on stderr with rate and time left, for runs long enough to want one.
+/// indicatif draws nothing when stderr is not a terminal, so piped output stays clean.
+fn progress_bar(total: u64) -> ProgressBar {
+    if total < 1000 {
+        return ProgressBar::hidden();
     }
-
-    fn update(&mut self, done: u64) {
-        let percent = done * 100 / self.total.max(1);
-        if !self.enabled || (percent == self.shown && done != self.total) {
-            return;
-        }
-        self.shown = percent;
-        let filled = (percent / 2) as usize;
-        eprint!(
-            "\r[{}{}] {percent:3}% {done}/{}",
-            "#".repeat(filled),
-            ".".repeat(50 - filled),
-            self.total
-        );
-        if done == self.total {
-            eprintln!();
-        }
-        let _ = std::io::stderr().flush();
+    let bar = ProgressBar::new(total);
+    let template = "[{bar:50}] {percent:>3}% {human_pos}/{human_len} {rate} ETA {eta}";
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        // Whole requests per second: indicatif's own {per_sec} prints four decimals.
+        let rate = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0} req/s", state.per_sec());
+        };
+        bar.set_style(style.progress_chars("#>.").with_key("rate", rate));
     }
+    bar
 }
 
 fn simulate(
@@ -321,7 +303,7 @@ fn simulate(
     let mut versions: BTreeMap<String, u64> = BTreeMap::new();
     let mut rollouts: BTreeMap<String, u64> = BTreeMap::new();
     let mut flags: BTreeMap<(String, String), u64> = BTreeMap::new();
-    let mut progress = Progress::new(users);
+    let progress = progress_bar(users);
     let started = Instant::now();
     for i in 0..users {
         let mut headers = host_test::headers(&base);
@@ -355,8 +337,9 @@ fn simulate(
                 .entry((flag.to_owned(), value.to_owned()))
                 .or_default() += 1;
         }
-        progress.update(i + 1);
+        progress.inc(1);
     }
+    progress.finish();
     let elapsed = started.elapsed();
     println!(
         "{users} users ({} ids) through {} in {:.2} s: {:.0} requests/s",

@@ -1,6 +1,8 @@
 //! The harness's host calls, checked against a filter written the ordinary SDK way
 //! (`host-test/probe-filter`), so the harness is proven on a filter that is not ours.
-//! Build it first: `cargo build -p probe-filter --target wasm32-wasip1 --release`.
+//! Build it first: `cargo build -p probe-filter --target wasm32-wasip1 --release`. Imports no
+//! filter makes, and error injection into every import, are checked with small modules
+//! written in the text format.
 
 #![allow(
     clippy::unwrap_used,
@@ -9,9 +11,13 @@
     clippy::panic
 )]
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use host_test::abi::LogLevel;
 use host_test::testing::workspace_root;
+use wasmtime::ValType;
+
 use host_test::{headers, Exchange, ExchangeReport, FilterModule, HttpCallResponse, Vm, VmOptions};
 
 fn probe() -> FilterModule {
@@ -273,4 +279,247 @@ fn a_local_response_skips_the_upstream() {
     let local = report.local_response.unwrap();
     assert_eq!((local.status, local.body.as_str()), (200, "shared"));
     assert!(report.client_response_headers.is_empty());
+}
+
+// ---- The host's imports one by one, through small modules written in the text format. ----
+
+/// The WAT type of a parameter or result.
+fn wat_type(ty: ValType) -> &'static str {
+    match ty {
+        ValType::I32 => "i32",
+        ValType::I64 => "i64",
+        other => panic!("no import of the host takes or returns {other:?}"),
+    }
+}
+
+/// A filter that imports every import of the host (as `$name`), holds `data` at offset
+/// 1024, and at VM start evaluates each check (an i32 expression, nonzero when it holds).
+/// The first check that fails is reported by setting the tick period to its number (from 1),
+/// so a test reads which one failed from [`Vm::tick_period`]; or, if `refuse`, by refusing
+/// to start (for checks of that very import).
+fn checks_module(data: &str, checks: &[&str], refuse: bool) -> FilterModule {
+    let imports: String = FilterModule::new(b"(module)")
+        .unwrap()
+        .host_imports()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let params: Vec<_> = i.ty.params().map(wat_type).collect();
+            let results: Vec<_> = i.ty.results().map(wat_type).collect();
+            format!(
+                "(import \"{}\" \"{}\" (func ${} (param {}) (result {})))\n",
+                i.module,
+                i.name,
+                i.name,
+                params.join(" "),
+                results.join(" ")
+            )
+        })
+        .collect();
+    let body: String = checks
+        .iter()
+        .enumerate()
+        .map(|(n, check)| match refuse {
+            true => format!("(if (i32.eqz {check}) (then (return (i32.const 0))))\n"),
+            false => format!(
+                "(if (i32.eqz {check}) (then \
+                 (drop (call $proxy_set_tick_period_milliseconds (i32.const {}))) \
+                 (return (i32.const 1))))\n",
+                n + 1
+            ),
+        })
+        .collect();
+    let wat = format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 1)
+  (global $next (mut i32) (i32.const 4096))
+  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+    (global.get $next)
+    (global.set $next (i32.add (global.get $next) (local.get $n))))
+  (data (i32.const 1024) "{data}")
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32)
+    {body}
+    (i32.const 1)))"#
+    );
+    FilterModule::new(wat.as_bytes()).unwrap_or_else(|e| panic!("{e:#}\n{wat}"))
+}
+
+/// Starts a VM of [`checks_module`] and asserts every check held.
+fn assert_checks(options: VmOptions, data: &str, checks: &[&str]) -> Vm {
+    let vm = checks_module(data, checks, false)
+        .start_vm(options)
+        .unwrap();
+    let failed = vm.tick_period().as_millis() as usize;
+    assert!(
+        failed == 0,
+        "check {failed} failed: {}",
+        checks[failed.saturating_sub(1)]
+    );
+    vm
+}
+
+#[test]
+fn every_import_of_the_host_can_be_made_to_fail_by_injection() {
+    let imports = FilterModule::new(b"(module)")
+        .unwrap()
+        .host_imports()
+        .unwrap();
+    // The SDK's 34 proxy-wasm imports and the WASI ones Rust's std makes, at least.
+    assert!(imports.len() >= 40, "{}", imports.len());
+    for import in imports {
+        let zeros: Vec<String> = import
+            .ty
+            .params()
+            .map(|t| format!("({}.const 0)", wat_type(t)))
+            .collect();
+        let call = format!("(call ${} {})", import.name, zeros.join(" "));
+        let results: Vec<_> = import.ty.results().map(wat_type).collect();
+        let check = match results.as_slice() {
+            ["i32"] => format!("(i32.ne {call} (i32.const 77))"),
+            [] => format!("(block (result i32) {call} (i32.const 1))"),
+            other => panic!("{}: unexpected results {other:?}", import.name),
+        };
+        let module = checks_module("", &[check.as_str()], true);
+        let outcome = |host_errors: HashMap<String, i32>| {
+            module
+                .start_vm(VmOptions {
+                    host_errors,
+                    ..VmOptions::default()
+                })
+                .map(|_| ())
+                .map_err(|e| format!("{e:#}"))
+        };
+        let plain = outcome(HashMap::new());
+        let injected = outcome([(import.name.to_owned(), 77)].into());
+        match results.as_slice() {
+            // The status comes back as the import's result instead of its work's.
+            ["i32"] => {
+                assert_eq!(plain, Ok(()), "{}", import.name);
+                let error = injected.expect_err(import.name);
+                assert!(
+                    error.contains("refused to start"),
+                    "{}: {error}",
+                    import.name
+                );
+            }
+            // With no result to carry it, the import traps naming the injection.
+            _ => {
+                let error = injected.expect_err(import.name);
+                assert!(error.contains("by injection (status 77)"), "{error}");
+                assert!(!format!("{plain:?}").contains("by injection"), "{plain:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn injecting_into_an_import_the_host_does_not_define_is_refused() {
+    let module = checks_module("", &[], false);
+    let options = VmOptions {
+        host_errors: [("proxy_get_header_map_valeu".to_owned(), 2)].into(),
+        ..VmOptions::default()
+    };
+    let error = format!("{:#}", module.start_vm(options).err().unwrap());
+    assert!(error.contains("host_errors"), "{error}");
+    assert!(error.contains("`proxy_get_header_map_valeu`"), "{error}");
+}
+
+#[test]
+fn context_imports_log_level_properties_foreign_functions_and_done() {
+    let options = VmOptions {
+        log_level: LogLevel::Warn,
+        ..VmOptions::default()
+    };
+    // 1024: property path "x\0y"; 1040: value "v".
+    assert_checks(
+        options,
+        r"x\00y\00\00\00\00\00\00\00\00\00\00\00\00\00v",
+        &[
+            "(i32.eqz (call $proxy_get_log_level (i32.const 0)))",
+            "(i32.eq (i32.load (i32.const 0)) (i32.const 3))",
+            "(i32.eqz (call $proxy_set_property (i32.const 1024) (i32.const 3) (i32.const 1040) (i32.const 1)))",
+            "(i32.eqz (call $proxy_get_property (i32.const 1024) (i32.const 3) (i32.const 0) (i32.const 4)))",
+            "(i32.eq (i32.load (i32.const 4)) (i32.const 1))",
+            "(i32.eq (i32.load8_u (i32.load (i32.const 0))) (i32.const 118))",
+            // No foreign function is registered: NotFound.
+            "(i32.eq (call $proxy_call_foreign_function (i32.const 1024) (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 4)) (i32.const 1))",
+            "(i32.eqz (call $proxy_done))",
+        ],
+    );
+}
+
+#[test]
+fn shared_queues_register_resolve_enqueue_and_dequeue() {
+    // 1024: queue name "q"; 1030: item "hi"; 1040: another name "nope".
+    assert_checks(
+        VmOptions::default(),
+        r"q\00\00\00\00\00hi\00\00\00\00\00\00\00\00nope",
+        &[
+            "(i32.eqz (call $proxy_register_shared_queue (i32.const 1024) (i32.const 1) (i32.const 0)))",
+            // Resolved by this VM's id (empty) and name, it is the same queue.
+            "(i32.eqz (call $proxy_resolve_shared_queue (i32.const 1024) (i32.const 0) (i32.const 1024) (i32.const 1) (i32.const 4)))",
+            "(i32.eq (i32.load (i32.const 0)) (i32.load (i32.const 4)))",
+            "(i32.eq (call $proxy_resolve_shared_queue (i32.const 1024) (i32.const 0) (i32.const 1040) (i32.const 4) (i32.const 4)) (i32.const 1))",
+            "(i32.eqz (call $proxy_enqueue_shared_queue (i32.load (i32.const 0)) (i32.const 1030) (i32.const 2)))",
+            "(i32.eqz (call $proxy_dequeue_shared_queue (i32.load (i32.const 0)) (i32.const 8) (i32.const 12)))",
+            "(i32.eq (i32.load (i32.const 12)) (i32.const 2))",
+            "(i32.eq (i32.load16_u (i32.load (i32.const 8))) (i32.const 0x6968))",
+            // Empty now; an unknown queue is NotFound, for both directions.
+            "(i32.eq (call $proxy_dequeue_shared_queue (i32.load (i32.const 0)) (i32.const 8) (i32.const 12)) (i32.const 7))",
+            "(i32.eq (call $proxy_dequeue_shared_queue (i32.const 99) (i32.const 8) (i32.const 12)) (i32.const 1))",
+            "(i32.eq (call $proxy_enqueue_shared_queue (i32.const 99) (i32.const 1030) (i32.const 2)) (i32.const 1))",
+        ],
+    );
+}
+
+#[test]
+fn stream_close_and_grpc_imports_answer_as_an_unemulated_host_does() {
+    let mut vm = assert_checks(
+        VmOptions::default(),
+        "",
+        &[
+            "(i32.eqz (call $proxy_close_stream (i32.const 1)))",
+            // gRPC: a call or stream is refused as for an unknown cluster (BadArgument),
+            // and handles are unknown (NotFound).
+            "(i32.eq (call $proxy_grpc_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 2))",
+            "(i32.eq (call $proxy_grpc_stream (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 2))",
+            "(i32.eq (call $proxy_grpc_send (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 1))",
+            "(i32.eq (call $proxy_grpc_cancel (i32.const 1)) (i32.const 1))",
+            "(i32.eq (call $proxy_grpc_close (i32.const 1)) (i32.const 1))",
+            // No gRPC status to tell: code 0, empty message.
+            "(i32.store (i32.const 0) (i32.const -1)) (i32.eqz (call $proxy_get_status (i32.const 0) (i32.const 4) (i32.const 8)))",
+            "(i32.eqz (i32.load (i32.const 0)))",
+        ],
+    );
+    let logs = vm.take_logs();
+    assert!(
+        logs.iter().any(|l| l.message == "host: close_stream(1)"),
+        "{logs:?}"
+    );
+}
+
+#[test]
+fn wasi_clock_arguments_yield_and_exit() {
+    let start = VmOptions::default().start_time_ns;
+    let clock = format!("(i64.eq (i64.load (i32.const 0)) (i64.const {start}))");
+    assert_checks(
+        VmOptions::default(),
+        "",
+        &[
+            "(i32.eqz (call $clock_time_get (i32.const 0) (i64.const 1) (i32.const 0)))",
+            &clock,
+            "(i32.store (i32.const 0) (i32.const -1)) (i32.eqz (call $args_sizes_get (i32.const 0) (i32.const 4)))",
+            "(i32.eqz (i32.or (i32.load (i32.const 0)) (i32.load (i32.const 4))))",
+            "(i32.eqz (call $args_get (i32.const 0) (i32.const 8)))",
+            "(i32.eqz (call $sched_yield))",
+        ],
+    );
+    let exits = checks_module(
+        "",
+        &["(block (result i32) (call $proc_exit (i32.const 3)) (i32.const 1))"],
+        false,
+    );
+    let error = format!("{:#}", exits.start_vm(VmOptions::default()).err().unwrap());
+    assert!(error.contains("proc_exit(3)"), "{error}");
 }
