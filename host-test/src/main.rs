@@ -100,7 +100,7 @@ impl RequestArgs {
     fn filter(&self) -> Result<FilterModule> {
         let path = self.filter.clone().unwrap_or_else(filter_wasm_path);
         FilterModule::from_file(&path).with_context(|| {
-            "build the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --release"
+            "build the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --profile wasm"
         })
     }
 }

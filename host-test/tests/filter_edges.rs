@@ -17,7 +17,7 @@ const CONFIG: &str = r#"{"user_key": ["header:x-user-id", "cookie:uid"],
 
 fn module() -> FilterModule {
     FilterModule::from_file(&filter_wasm_path()).unwrap_or_else(|e| {
-        panic!("{e:#}\nbuild the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --release")
+        panic!("{e:#}\nbuild the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --profile wasm")
     })
 }
 

@@ -1,6 +1,6 @@
 //! The harness's host calls, checked against a filter written the ordinary SDK way
 //! (`host-test/probe-filter`), so the harness is proven on a filter that is not ours.
-//! Build it first: `cargo build -p probe-filter --target wasm32-wasip1 --release`. Imports no
+//! Build it first: `cargo build -p probe-filter --target wasm32-wasip1 --profile wasm`. Imports no
 //! filter makes, and error injection into every import, are checked with small modules
 //! written in the text format.
 
@@ -21,10 +21,10 @@ use wasmtime::ValType;
 use host_test::{headers, Exchange, ExchangeReport, FilterModule, HttpCallResponse, Vm, VmOptions};
 
 fn probe() -> FilterModule {
-    let path = workspace_root().join("target/wasm32-wasip1/release/probe_filter.wasm");
+    let path = workspace_root().join("target/wasm32-wasip1/wasm/probe_filter.wasm");
     FilterModule::from_file(&path).unwrap_or_else(|e| {
         panic!(
-            "{e:#}\nbuild it first: cargo build -p probe-filter --target wasm32-wasip1 --release"
+            "{e:#}\nbuild it first: cargo build -p probe-filter --target wasm32-wasip1 --profile wasm"
         )
     })
 }

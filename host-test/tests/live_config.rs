@@ -167,7 +167,8 @@ fn begin_everywhere(w: &mut Workers, exchange: &Exchange) -> Vec<host_test::Stre
         .collect()
 }
 
-/// Finishes streams begun by [`begin_everywhere`]: (paused, version sent upstream) per VM.
+/// Finishes streams begun by [`begin_everywhere`]: (paused and resumed by the filter, version
+/// sent upstream) per VM.
 fn finish_everywhere(
     w: &mut Workers,
     streams: Vec<host_test::StreamId>,
@@ -183,7 +184,7 @@ fn finish_everywhere(
                 .iter()
                 .find(|(k, _)| k == "x-rollout-version")
                 .map(|(_, v)| v.clone());
-            (report.paused, version)
+            (report.paused && report.resumed, version)
         })
         .collect()
 }

@@ -53,10 +53,17 @@ fn proxy_send_local_response(
     })
 }
 
-/// The harness drives streams synchronously: continuing is only recorded in the log.
+/// The harness drives streams synchronously: continuing is recorded in the log, and a
+/// continued request (stream type 0) is marked resumed for the report.
 fn proxy_continue_stream(mut cx: Cx<'_>, kind: i32) -> i32 {
     cx.data_mut()
         .log(LogLevel::Trace, format!("host: continue_stream({kind})"));
+    let current = cx.data().current;
+    if kind == 0 {
+        if let Some(stream) = cx.data_mut().streams.get_mut(&current) {
+            stream.resumed = true;
+        }
+    }
     status::OK
 }
 

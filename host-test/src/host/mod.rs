@@ -193,6 +193,8 @@ struct StreamState {
     calls_at_begin: CallCounts,
     original_request_headers: Headers,
     paused: bool,
+    /// Whether the filter resumed the request (`proxy_continue_stream`) after pausing it.
+    resumed: bool,
     request_headers: Headers,
     request_body: Vec<u8>,
     request_trailers: Headers,

@@ -52,6 +52,9 @@ pub struct ExchangeReport {
     pub logs: Vec<LogEntry>,
     /// Whether the filter paused on request or response headers.
     pub paused: bool,
+    /// Whether the filter resumed the paused request itself (`proxy_continue_stream`), as a
+    /// filter that waits for something does; Envoy holds a paused request until then.
+    pub resumed: bool,
     /// Crossings between filter and host from the stream's start to its end (by any context
     /// of the VM, should others run in between).
     pub calls: CallCounts,
@@ -314,6 +317,7 @@ fn report(stream: StreamState, logs: Vec<LogEntry>, calls: CallCounts) -> Exchan
         local_response: stream.local_response,
         logs,
         paused: stream.paused,
+        resumed: stream.resumed,
         calls,
     }
 }
