@@ -15,9 +15,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{Criterion, criterion_group, criterion_main};
 use host_test::testing::filter_wasm_path;
-use host_test::{headers, Exchange, FilterModule, VmOptions};
+use host_test::{Exchange, FilterModule, VmOptions, headers};
 use rollout_core::{Config, HeaderMapMut, HostInputs};
 use unleash_yggdrasil::{ClientFeatures, Context, EngineState, UpdateMessage};
 
@@ -180,9 +180,10 @@ fn harness_request(c: &mut Criterion) {
     let mut group = c.benchmark_group("filter .wasm in the harness, per request");
     for (name, n_versions, n_flags) in SHAPES {
         let mut vm = module.start_vm(VmOptions::default()).unwrap();
-        assert!(vm
-            .configure(config_json(n_versions, n_flags).as_bytes())
-            .unwrap());
+        assert!(
+            vm.configure(config_json(n_versions, n_flags).as_bytes())
+                .unwrap()
+        );
         let exchange = Exchange {
             request_headers: headers(&request()),
             ..Exchange::default()

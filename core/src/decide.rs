@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use crate::config::{Condition, Config, Flag, NoKey, Op, Rollout, Serve, Source, MAX_KEY_BYTES};
-use crate::hash::{bucket, entropy_state, rendezvous, KeyState};
+use crate::config::{Condition, Config, Flag, MAX_KEY_BYTES, NoKey, Op, Rollout, Serve, Source};
+use crate::hash::{KeyState, bucket, entropy_state, rendezvous};
 use crate::semver::Semver;
 
 /// What the core may read of a request. Hosts implement it over their own header maps;
@@ -351,7 +351,7 @@ impl Condition {
 
 #[cfg(test)]
 mod tests {
-    use super::{cookie_value, host_without_port, HostInputs, VersionReason};
+    use super::{HostInputs, VersionReason, cookie_value, host_without_port};
     use crate::Config;
 
     #[test]

@@ -19,11 +19,11 @@ pub const BUCKETS: u64 = 1_000_000;
 /// An FNV-1a state that has already absorbed a salt, computed once at config time so that a
 /// request only hashes its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SaltState(u64);
+pub(crate) struct SaltState(u64);
 
 impl SaltState {
     /// Absorbs `domain` (which keeps rollouts and flags of the same name apart) and `salt`.
-    pub fn new(domain: &str, salt: &str) -> SaltState {
+    pub(crate) fn new(domain: &str, salt: &str) -> SaltState {
         let mut hasher = FnvHasher::default();
         hasher.write(domain.as_bytes());
         hasher.write(&[0]);
@@ -33,7 +33,7 @@ impl SaltState {
     }
 
     /// The FNV-1a state after the salt and `key`; feed it to [`bucket`] or [`rendezvous`].
-    pub fn with_key(self, key: &[u8]) -> KeyState {
+    pub(crate) fn with_key(self, key: &[u8]) -> KeyState {
         // `FnvHasher::finish` returns the running state and `with_key` resumes from one, so
         // a state can be stored as a plain `u64` and continued later.
         let mut hasher = FnvHasher::with_key(self.0);
@@ -44,7 +44,7 @@ impl SaltState {
 
 /// The FNV-1a state after salt and key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KeyState(u64);
+pub(crate) struct KeyState(u64);
 
 /// The murmur3 64-bit finalizer: a bijection on `u64` in which every input bit flips each
 /// output bit with probability close to 1/2.
@@ -71,7 +71,7 @@ fn finalize(mut x: u64) -> u64 {
 /// difference between two buckets is 10^6 / 2^64, about 5e-14, far below anything a
 /// split could show. A modulo would give the same bound but uses the low bits, which is
 /// the half of an FNV hash that mixes worst if the finalizer were ever dropped.
-pub fn bucket(state: KeyState) -> u32 {
+pub(crate) fn bucket(state: KeyState) -> u32 {
     let hash = finalize(state.0);
     // The product is below 2^64 * 10^6 < 2^84, so the shifted result is below 10^6.
     ((u128::from(hash) * u128::from(BUCKETS)) >> 64) as u32
@@ -131,7 +131,7 @@ const LOG_FRAC_BITS: u32 = 24;
 /// with `L` from [`neg_log2`] (log base 2 scales every score alike, so the order is the same).
 /// Weights are at most 2^32 and `L` at most 2^30, so the products fit a `u64`.
 /// Ties go to the earlier candidate.
-pub fn rendezvous<'n>(
+pub(crate) fn rendezvous<'n>(
     state: KeyState,
     candidates: impl Iterator<Item = (&'n str, u32)>,
 ) -> Option<usize> {
@@ -155,7 +155,7 @@ pub fn rendezvous<'n>(
 
 /// Maps host-supplied entropy (for users without a key) to a key state, so that the same
 /// weighted choice applies without a user key.
-pub fn entropy_state(salt: SaltState, entropy: u64) -> KeyState {
+pub(crate) fn entropy_state(salt: SaltState, entropy: u64) -> KeyState {
     salt.with_key(&entropy.to_le_bytes())
 }
 

@@ -30,13 +30,13 @@ mod semver;
 pub mod vectors;
 
 pub use config::{
-    Config, HeaderNames, Operand, Operator, Source, DEFAULT_FLAGS_HEADER, DEFAULT_ROLLOUT_HEADER,
-    DEFAULT_VERSION_HEADER, MAX_KEY_BYTES, OPERATORS, OPERATOR_DEFS,
+    Config, DEFAULT_FLAGS_HEADER, DEFAULT_ROLLOUT_HEADER, DEFAULT_VERSION_HEADER, HeaderNames,
+    MAX_KEY_BYTES, OPERATOR_DEFS, OPERATORS, Operand, Operator, Source,
 };
 pub use contract::{ContractNames, HeaderMapMut, SERVER_TIMING_METRIC};
 pub use decide::{
-    cookie_value, Decision, FlagChoice, FlagReason, HostInputs, KeyStatus, RequestFacts,
-    VersionChoice, VersionReason,
+    Decision, FlagChoice, FlagReason, HostInputs, KeyStatus, RequestFacts, VersionChoice,
+    VersionReason, cookie_value,
 };
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 pub use hash::BUCKETS;

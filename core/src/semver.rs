@@ -6,7 +6,7 @@ use core::cmp::Ordering;
 /// A parsed version such as `2.3.0-beta.1`. Missing minor or patch parts count as 0 and a
 /// leading `v` is accepted, since app version headers often look like `v2.3`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Semver {
+pub(crate) struct Semver {
     numbers: [u64; 3],
     pre_release: Vec<PreId>,
 }
@@ -19,7 +19,7 @@ enum PreId {
 
 impl Semver {
     /// Parses `text`; `None` if it is not a version.
-    pub fn parse(text: &str) -> Option<Semver> {
+    pub(crate) fn parse(text: &str) -> Option<Semver> {
         let text = text.trim();
         let text = text.strip_prefix('v').unwrap_or(text);
         let text = text.split_once('+').map_or(text, |(core, _build)| core);

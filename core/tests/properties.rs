@@ -8,7 +8,7 @@
     reason = "a failing check in a test should panic with its message"
 )]
 
-use rollout_core::{Config, Decision, HostInputs, KeyStatus, VersionReason, MAX_KEY_BYTES};
+use rollout_core::{Config, Decision, HostInputs, KeyStatus, MAX_KEY_BYTES, VersionReason};
 
 /// SplitMix64: a tiny seeded generator, so the tests need no extra crate and are repeatable.
 struct Rng(u64);

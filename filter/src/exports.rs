@@ -32,11 +32,11 @@ impl Contexts {
         let Some(stream) = self.streams.get_mut(&context_id) else {
             return CONTINUE;
         };
-        if let Some(root) = self.roots.get_mut(&stream.root_id) {
-            if root.warming() {
-                root.waiting.push(context_id);
-                return PAUSE;
-            }
+        if let Some(root) = self.roots.get_mut(&stream.root_id)
+            && root.warming()
+        {
+            root.waiting.push(context_id);
+            return PAUSE;
         }
         stream.on_request_headers();
         CONTINUE
@@ -89,22 +89,23 @@ fn with_contexts<R: Default>(f: impl FnOnce(&mut Contexts) -> R) -> R {
 #[allow(
     missing_docs,
     unsafe_code,
-    reason = "the ABI names and documents these; `no_mangle` counts as unsafe code, and exporting the ABI's names is the point"
+    unreachable_pub,
+    reason = "the ABI names and documents these exports; `no_mangle` counts as unsafe code and exports whatever the visibility, and exporting the ABI's names is the point"
 )]
 mod abi {
-    use super::{with_contexts, Root};
+    use super::{Root, with_contexts};
 
     /// Which ABI the module speaks.
-    #[no_mangle]
+    #[unsafe(no_mangle)]
     pub extern "C" fn proxy_abi_version_0_2_1() {}
 
     #[cfg(target_os = "wasi")]
-    extern "C" {
+    unsafe extern "C" {
         fn __wasm_call_ctors();
     }
 
     /// Runs static constructors, as a WASI reactor module must before anything else.
-    #[no_mangle]
+    #[unsafe(no_mangle)]
     pub extern "C" fn _initialize() {
         // SAFETY: the linker's constructor list, run once by the host before any callback.
         #[cfg(target_os = "wasi")]
@@ -113,7 +114,7 @@ mod abi {
         }
     }
 
-    #[no_mangle]
+    #[unsafe(no_mangle)]
     pub extern "C" fn proxy_on_context_create(context_id: u32, parent_id: u32) {
         with_contexts(|c| {
             if parent_id == 0 {
@@ -130,17 +131,17 @@ mod abi {
         });
     }
 
-    #[no_mangle]
+    #[unsafe(no_mangle)]
     pub extern "C" fn proxy_on_vm_start(_root_id: u32, _vm_configuration_size: usize) -> u32 {
         1
     }
 
-    #[no_mangle]
+    #[unsafe(no_mangle)]
     pub extern "C" fn proxy_on_configure(root_id: u32, _configuration_size: usize) -> u32 {
         with_contexts(|c| c.roots.get_mut(&root_id).is_some_and(Root::on_configure)).into()
     }
 
-    #[no_mangle]
+    #[unsafe(no_mangle)]
     pub extern "C" fn proxy_on_tick(root_id: u32) {
         with_contexts(|c| {
             if let Some(root) = c.roots.get_mut(&root_id) {
@@ -150,7 +151,7 @@ mod abi {
         });
     }
 
-    #[no_mangle]
+    #[unsafe(no_mangle)]
     pub extern "C" fn proxy_on_http_call_response(
         root_id: u32,
         token: u32,
@@ -168,13 +169,13 @@ mod abi {
 
     /// Continue, or Pause while a live source has not answered yet (see
     /// `Contexts::on_request_headers`).
-    #[no_mangle]
+    #[unsafe(no_mangle)]
     pub extern "C" fn proxy_on_request_headers(context_id: u32, _n: usize, _eos: u32) -> u32 {
         with_contexts(|c| c.on_request_headers(context_id))
     }
 
     /// Always 0, Continue.
-    #[no_mangle]
+    #[unsafe(no_mangle)]
     pub extern "C" fn proxy_on_response_headers(context_id: u32, _n: usize, _eos: u32) -> u32 {
         with_contexts(|c| {
             c.streams
@@ -184,7 +185,7 @@ mod abi {
         0
     }
 
-    #[no_mangle]
+    #[unsafe(no_mangle)]
     pub extern "C" fn proxy_on_delete(context_id: u32) {
         with_contexts(|c| {
             if c.streams.remove(&context_id).is_none() {

@@ -62,7 +62,7 @@ macro_rules! host_imports {
     ($(fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> u32;)*) => {
         #[cfg(target_arch = "wasm32")]
         #[link(wasm_import_module = "env")]
-        extern "C" {
+        unsafe extern "C" {
             $(fn $name($($arg: $ty),*) -> u32;)*
         }
         $(
@@ -153,7 +153,8 @@ fn check(status: u32) -> Result<(), HostError> {
 
 /// Hands the host a buffer of `size` bytes to fill with data it returns; [`take_buffer`]
 /// takes it back.
-#[no_mangle]
+#[unsafe(no_mangle)]
+#[allow(unreachable_pub, reason = "an export of the ABI")]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
     let mut buffer = std::mem::ManuallyDrop::new(vec![0u8; size]);
     buffer.as_mut_ptr()
@@ -410,7 +411,7 @@ pub(crate) fn random_u64() -> u64 {
     #[cfg(target_arch = "wasm32")]
     {
         #[link(wasm_import_module = "wasi_snapshot_preview1")]
-        extern "C" {
+        unsafe extern "C" {
             fn random_get(buf: *mut u8, len: usize) -> u16;
         }
         // SAFETY: `bytes` is a live, writable buffer of exactly the length passed.
@@ -495,7 +496,7 @@ pub(crate) fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), H
 
 #[cfg(test)]
 mod tests {
-    use super::{serialize_pairs, HeaderPairs};
+    use super::{HeaderPairs, serialize_pairs};
     use rollout_core::RequestFacts;
 
     fn pairs(h: &HeaderPairs) -> Vec<(Vec<u8>, Vec<u8>)> {

@@ -6,7 +6,7 @@ use crate::host::{self, BufferType, HeaderMap, LogLevel};
 use crate::metrics::increment;
 use crate::root::Root;
 use crate::source::{LiveSource, SharedKeys};
-use crate::{log, MAX_CONFIG_BYTES};
+use crate::{MAX_CONFIG_BYTES, log};
 use rollout_core::Config;
 
 /// State of a live source in one VM.
@@ -46,11 +46,11 @@ impl Root {
 
     /// Notes that the source has answered (or that waiting is over), and tells every VM.
     fn settle(&mut self) {
-        if let Some(live) = self.live.as_mut() {
-            if !live.settled {
-                live.settled = true;
-                let _ = live.keys.mark_settled();
-            }
+        if let Some(live) = self.live.as_mut()
+            && !live.settled
+        {
+            live.settled = true;
+            let _ = live.keys.mark_settled();
         }
     }
 
@@ -208,7 +208,12 @@ impl Root {
                 }
                 live.generation = generation;
                 increment(self.config_metrics.updates);
-                log(LogLevel::Info, &format!("rollout: config updated from source (generation {generation}, etag {etag})"));
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "rollout: config updated from source (generation {generation}, etag {etag})"
+                    ),
+                );
                 self.install(config);
             }
             Err(errors) => {
@@ -216,7 +221,13 @@ impl Root {
                 for line in errors.lines("rollout: config from source rejected: ") {
                     log(LogLevel::Error, &line);
                 }
-                log(LogLevel::Error, &format!("rollout: config from source rejected with {} error(s); keeping the config in force", errors.len()));
+                log(
+                    LogLevel::Error,
+                    &format!(
+                        "rollout: config from source rejected with {} error(s); keeping the config in force",
+                        errors.len()
+                    ),
+                );
             }
         }
     }

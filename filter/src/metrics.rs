@@ -125,7 +125,7 @@ impl ConfigMetrics {
 
 #[cfg(test)]
 mod tests {
-    use super::{metric_name, status_class, STATUS_CLASSES};
+    use super::{STATUS_CLASSES, metric_name, status_class};
 
     #[test]
     fn status_classes_take_three_digits_from_100_to_599() {

@@ -3,10 +3,10 @@
 
 use crate::host::{self, BufferType, LogLevel};
 use crate::live::Live;
-use crate::metrics::{increment, ConfigMetrics};
-use crate::source::{parse_plugin_config, PluginConfig, SharedKeys};
+use crate::metrics::{ConfigMetrics, increment};
+use crate::source::{PluginConfig, SharedKeys, parse_plugin_config};
 use crate::stream::Stream;
-use crate::{log, now_ms, wasi_random_u64, Shared, TICK_MS};
+use crate::{Shared, TICK_MS, log, now_ms, wasi_random_u64};
 use rollout_core::Config;
 use std::rc::Rc;
 

@@ -138,12 +138,12 @@ fn live_source(value: Option<&Value>, errors: &mut Vec<String>) -> Option<LiveSo
     };
     let poll_interval_ms = millis("poll_interval_ms", 1000, 10, 3_600_000);
     let timeout_ms = millis("timeout_ms", 2000, 10, 60_000);
-    if let Some(path) = &path {
-        if !path.starts_with('/') {
-            errors.push(format!(
-                "config_source.path: expected a path starting with '/', found {path:?}"
-            ));
-        }
+    if let Some(path) = &path
+        && !path.starts_with('/')
+    {
+        errors.push(format!(
+            "config_source.path: expected a path starting with '/', found {path:?}"
+        ));
     }
     let (cluster, path) = (cluster?, path?);
     Some(LiveSource {
@@ -246,7 +246,7 @@ impl SharedKeys {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_plugin_config, PluginConfig};
+    use super::{PluginConfig, parse_plugin_config};
 
     fn errors(json: &str) -> Vec<String> {
         match parse_plugin_config(json.as_bytes()) {

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use crate::host::{self, HeaderMap, HeaderPairs, LogLevel, StreamHeaders};
 use crate::metrics::{increment, record};
-use crate::{log, now_ms, wasi_random_u64, Shared};
+use crate::{Shared, log, now_ms, wasi_random_u64};
 use rollout_core::HostInputs;
 
 /// One HTTP request/response pair. It keeps the config that was in force when it started,

@@ -6,6 +6,7 @@ pub mod host;
 pub mod testing;
 
 pub use host::{
-    header_value, headers, CallCounts, Exchange, ExchangeReport, FilterModule, Headers, HostImport,
-    HttpCall, HttpCallResponse, LocalResponse, LogEntry, Metric, StreamId, Vm, VmOptions,
+    CallCounts, Exchange, ExchangeReport, FilterModule, Headers, HostImport, HttpCall,
+    HttpCallResponse, LocalResponse, LogEntry, Metric, StreamId, Vm, VmOptions, header_value,
+    headers,
 };

@@ -6,12 +6,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use host_test::testing::filter_wasm_path;
-use host_test::{header_value, Exchange, FilterModule, VmOptions};
+use host_test::{Exchange, FilterModule, VmOptions};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use rollout_core::{Config, HostInputs, Source};
+use rollout_core::{Config, HeaderNames, HostInputs, Source};
 
 /// The example config that `simulate` and `explain` use when no config is given.
 const EXAMPLE_CONFIG: &str = include_str!("../../examples/checkout.json");
@@ -300,9 +300,7 @@ fn simulate(
         bail!("the filter refused the config: {:?}", vm.take_logs());
     }
     let names = config.header_names().clone();
-    let mut versions: BTreeMap<String, u64> = BTreeMap::new();
-    let mut rollouts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut flags: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut tally = Tally::default();
     let progress = progress_bar(users);
     let started = Instant::now();
     for i in 0..users {
@@ -319,24 +317,7 @@ fn simulate(
             request_headers: headers,
             ..Exchange::default()
         })?;
-        let upstream = host_test::headers(&report.upstream_request_headers);
-        let text = |name: &str| {
-            header_value(&upstream, name).map(|v| String::from_utf8_lossy(v).into_owned())
-        };
-        if let (Some(r), Some(v)) = (text(&names.rollout), text(&names.version)) {
-            *rollouts.entry(r.clone()).or_default() += 1;
-            *versions.entry(format!("{r}/{v}")).or_default() += 1;
-        }
-        for pair in text(&names.flags)
-            .unwrap_or_default()
-            .split(',')
-            .filter(|p| !p.is_empty())
-        {
-            let (flag, value) = pair.split_once('=').unwrap_or((pair, ""));
-            *flags
-                .entry((flag.to_owned(), value.to_owned()))
-                .or_default() += 1;
-        }
+        tally.count(&report.upstream_request_headers, &names);
         progress.inc(1);
     }
     progress.finish();
@@ -358,6 +339,52 @@ fn simulate(
     if key_source.is_none() {
         println!("note: the config has no user_key, so every user is keyless");
     }
+    print_versions(config, &tally);
+    print_flags(config, &tally, users);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What the filter sent upstream for the simulated users, counted.
+#[derive(Default)]
+struct Tally {
+    /// Users per `rollout/version`.
+    versions: BTreeMap<String, u64>,
+    /// Users per rollout.
+    rollouts: BTreeMap<String, u64>,
+    /// Users per (flag, value).
+    flags: BTreeMap<(String, String), u64>,
+}
+
+impl Tally {
+    /// Counts one request from the contract headers the upstream received.
+    fn count(&mut self, upstream: &[(String, String)], names: &HeaderNames) {
+        let text = |name: &str| {
+            upstream
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        if let (Some(r), Some(v)) = (text(&names.rollout), text(&names.version)) {
+            *self.rollouts.entry(r.to_owned()).or_default() += 1;
+            *self.versions.entry(format!("{r}/{v}")).or_default() += 1;
+        }
+        for pair in text(&names.flags)
+            .unwrap_or_default()
+            .split(',')
+            .filter(|p| !p.is_empty())
+        {
+            let (flag, value) = pair.split_once('=').unwrap_or((pair, ""));
+            *self
+                .flags
+                .entry((flag.to_owned(), value.to_owned()))
+                .or_default() += 1;
+        }
+    }
+}
+
+/// The observed split per rollout version beside the configured weights.
+fn print_versions(config: &Config, tally: &Tally) {
+    let (rollouts, versions) = (&tally.rollouts, &tally.versions);
     println!();
     println!(
         "{:<32} {:>10} {:>9} {:>9}",
@@ -384,6 +411,11 @@ fn simulate(
     if rollouts.is_empty() {
         println!("(no request matched a rollout: try --host and --path)");
     }
+}
+
+/// The observed share of each flag value beside the configured one.
+fn print_flags(config: &Config, tally: &Tally, users: u64) {
+    let flags = &tally.flags;
     if config.flag_values().next().is_some() {
         println!();
         println!(
@@ -418,9 +450,10 @@ fn simulate(
                 );
             }
         }
-        println!("(config shares ignore rules and allow/deny lists, which the simulated users do not hit)");
+        println!(
+            "(config shares ignore rules and allow/deny lists, which the simulated users do not hit)"
+        );
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// A serialized reason or key status in words: `"bucket"` -> `bucket`, `{"rule":0}` -> `rule 0`.

@@ -5,7 +5,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    reason = "a failing check in a test should panic with its message"
 )]
 
 use host_test::testing::{filter_wasm_path, requests_metric, responses_metric};

@@ -8,7 +8,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    reason = "a failing check in a test should panic with its message"
 )]
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use host_test::abi::LogLevel;
 use host_test::testing::workspace_root;
 use wasmtime::ValType;
 
-use host_test::{headers, Exchange, ExchangeReport, FilterModule, HttpCallResponse, Vm, VmOptions};
+use host_test::{Exchange, ExchangeReport, FilterModule, HttpCallResponse, Vm, VmOptions, headers};
 
 fn probe() -> FilterModule {
     let path = workspace_root().join("target/wasm32-wasip1/wasm/probe_filter.wasm");
@@ -83,10 +84,11 @@ fn plugin_and_vm_configuration_reach_the_filter_and_refusal_is_reported() {
             ..VmOptions::default()
         })
         .unwrap();
-    assert!(vm
-        .take_logs()
-        .iter()
-        .any(|l| l.message == "vm config: vm-cfg"));
+    assert!(
+        vm.take_logs()
+            .iter()
+            .any(|l| l.message == "vm config: vm-cfg")
+    );
     assert!(vm.configure(b"probe-config").unwrap());
     let report = vm.exchange(&request("config", &[])).unwrap();
     assert_eq!(
@@ -181,9 +183,10 @@ fn a_failed_http_call_delivers_no_headers() {
         Some("failed")
     );
     assert_eq!(upstream(&report, "x-call-headers").as_deref(), Some("0"));
-    assert!(vm
-        .answer_http_call(token, HttpCallResponse::default())
-        .is_err());
+    assert!(
+        vm.answer_http_call(token, HttpCallResponse::default())
+            .is_err()
+    );
 }
 
 #[test]
@@ -259,12 +262,16 @@ fn header_maps_and_bodies_are_rewritten_as_the_filter_asks() {
             ("x-only".to_owned(), "this".to_owned())
         ]
     );
-    assert!(report
-        .request_headers_removed
-        .contains(&"x-probe".to_owned()));
-    assert!(report
-        .client_response_headers
-        .contains(&("x-probe-seen".to_owned(), "yes".to_owned())));
+    assert!(
+        report
+            .request_headers_removed
+            .contains(&"x-probe".to_owned())
+    );
+    assert!(
+        report
+            .client_response_headers
+            .contains(&("x-probe-seen".to_owned(), "yes".to_owned()))
+    );
     let mut with_body = request("count", &[]);
     with_body.request_body = b"hello body".to_vec();
     let report = vm.exchange(&with_body).unwrap();

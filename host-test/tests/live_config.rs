@@ -6,13 +6,14 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    reason = "a failing check in a test should panic with its message"
 )]
 
 use std::time::Duration;
 
 use host_test::testing::filter_wasm_path;
-use host_test::{headers, Exchange, FilterModule, HttpCallResponse, Vm, VmOptions};
+use host_test::{Exchange, FilterModule, HttpCallResponse, Vm, VmOptions, headers};
 
 const PLUGIN: &str = r#"{
   "config_source": {"cluster": "rollout-config", "path": "/rollout.json", "authority": "config.local",
@@ -339,10 +340,11 @@ fn bad_configs_and_failing_sources_never_replace_the_config_in_force() {
     w.answer(call, "200", "\"new\"", &config((1, 0)));
     w.advance(10);
     assert_eq!(w.versions("user-1"), vec!["v1", "v1"]);
-    assert!(w
-        .logs()
-        .iter()
-        .any(|l| l.contains("config source answers again")));
+    assert!(
+        w.logs()
+            .iter()
+            .any(|l| l.contains("config source answers again"))
+    );
 }
 
 #[test]
@@ -371,7 +373,9 @@ fn bad_live_plugin_configurations_are_refused_with_their_paths() {
         ),
         (
             r#"{"config_source": {"cluster": "c", "path": "/x", "pol_interval_ms": 5}}"#,
-            &["config_source.pol_interval_ms: unknown field, expected one of: cluster, path, authority, poll_interval_ms, timeout_ms"],
+            &[
+                "config_source.pol_interval_ms: unknown field, expected one of: cluster, path, authority, poll_interval_ms, timeout_ms",
+            ],
         ),
         (
             r#"{"config_source": {"cluster": "c", "path": "/x"}, "fallback": {"rollouts": {"r": {"versions": []}}}}"#,

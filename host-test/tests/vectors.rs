@@ -6,14 +6,15 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::indexing_slicing,
-    clippy::panic
+    clippy::panic,
+    reason = "a failing check in a test should panic with its message"
 )]
 
 use std::path::PathBuf;
 
 use host_test::testing::{exchange, filter_wasm_path, requests_metric, workspace_root};
 use host_test::{FilterModule, VmOptions};
-use rollout_core::vectors::{contract_view, InvalidConfig, VectorFile};
+use rollout_core::vectors::{InvalidConfig, VectorFile, contract_view};
 
 fn filter() -> FilterModule {
     let path = filter_wasm_path();

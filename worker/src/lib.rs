@@ -12,8 +12,8 @@ use std::rc::Rc;
 
 use rollout_core::{Config, HostInputs, KeyStatus, Source};
 use worker::{
-    console_error, console_log, console_warn, event, js_sys, AnalyticsEngineDataPointBuilder,
-    Context, Date, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
+    AnalyticsEngineDataPointBuilder, Context, Date, Env, Fetch, Headers, Method, Request,
+    RequestInit, Response, Result, console_error, console_log, console_warn, event, js_sys,
 };
 
 /// The KV namespace binding that holds the rollout config.
@@ -192,18 +192,17 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
     );
     // Users without a key get one in a cookie, so they stay on one version from now on.
     let mut assigned: Option<(String, String)> = None;
-    if let (KeyStatus::Missing, Some(cookie)) = (decision.key, &settings.assign_cookie) {
-        if config
+    if let (KeyStatus::Missing, Some(cookie)) = (decision.key, &settings.assign_cookie)
+        && config
             .key_sources()
             .contains(&Source::Cookie(cookie.clone()))
-        {
-            let id = format!("{:016x}", random_u64());
-            match facts.iter_mut().find(|(k, _)| k == "cookie") {
-                Some((_, value)) => *value = format!("{value}; {cookie}={id}"),
-                None => facts.push(("cookie".to_owned(), format!("{cookie}={id}"))),
-            }
-            assigned = Some((cookie.clone(), id));
+    {
+        let id = format!("{:016x}", random_u64());
+        match facts.iter_mut().find(|(k, _)| k == "cookie") {
+            Some((_, value)) => *value = format!("{value}; {cookie}={id}"),
+            None => facts.push(("cookie".to_owned(), format!("{cookie}={id}"))),
         }
+        assigned = Some((cookie.clone(), id));
     }
     if assigned.is_some() {
         decision = config.decide(

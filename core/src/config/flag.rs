@@ -3,11 +3,11 @@
 
 use serde_json::Value;
 
-use super::operators::{Operator, OPERATORS};
-use super::walk::{json_type, Walk};
+use super::operators::{OPERATORS, Operator};
+use super::walk::{Walk, json_type};
 use super::{Condition, Flag, Rule, Serve, Version};
 use crate::error::ErrorKind;
-use crate::hash::{SaltState, BUCKETS};
+use crate::hash::{BUCKETS, SaltState};
 
 impl Walk {
     pub(super) fn flag(&mut self, name: &str, value: &Value) -> Option<Flag> {
@@ -42,20 +42,20 @@ impl Walk {
         if let Some(v) = map.get("enabled") {
             flag.enabled = self.at_key("enabled", |w| w.boolean(v)).unwrap_or(true);
         }
-        if let Some(v) = map.get("salt") {
-            if let Some(salt) = self.at_key("salt", |w| w.string(v)) {
-                flag.salt = SaltState::new("flag", salt);
-            }
+        if let Some(v) = map.get("salt")
+            && let Some(salt) = self.at_key("salt", |w| w.string(v))
+        {
+            flag.salt = SaltState::new("flag", salt);
         }
-        if let Some(v) = map.get("default") {
-            if let Some(default) = self.at_key("default", |w| w.name(v)) {
-                flag.default_value = default;
-            }
+        if let Some(v) = map.get("default")
+            && let Some(default) = self.at_key("default", |w| w.name(v))
+        {
+            flag.default_value = default;
         }
-        if let Some(v) = map.get("variants") {
-            if let Some(variants) = self.at_key("variants", |w| w.weighted_list(v)) {
-                flag.variants = variants;
-            }
+        if let Some(v) = map.get("variants")
+            && let Some(variants) = self.at_key("variants", |w| w.weighted_list(v))
+        {
+            flag.variants = variants;
         }
         for (key, list) in [("allow", &mut flag.allow), ("deny", &mut flag.deny)] {
             if let Some(v) = map.get(key) {
@@ -64,10 +64,10 @@ impl Walk {
                 list.sort_unstable();
             }
         }
-        if let Some(v) = map.get("percentage") {
-            if let Some(ppm) = self.at_key("percentage", |w| w.percentage(v)) {
-                flag.percentage_ppm = ppm;
-            }
+        if let Some(v) = map.get("percentage")
+            && let Some(ppm) = self.at_key("percentage", |w| w.percentage(v))
+        {
+            flag.percentage_ppm = ppm;
         }
         if let Some(v) = map.get("rules") {
             self.at_key("rules", |w| {

@@ -18,7 +18,7 @@ use crate::error::{ConfigError, ConfigErrors, ErrorKind};
 use crate::hash::SaltState;
 
 pub(crate) use operators::Op;
-pub use operators::{Operand, Operator, OPERATORS, OPERATOR_DEFS};
+pub use operators::{OPERATOR_DEFS, OPERATORS, Operand, Operator};
 use walk::Walk;
 
 /// Default name of the request header that carries the chosen version.
@@ -31,7 +31,7 @@ pub const DEFAULT_FLAGS_HEADER: &str = "x-rollout-flags";
 pub const MAX_KEY_BYTES: usize = 256;
 
 /// Pseudo-headers a rule may read, with Envoy's names; the Worker maps its URL onto them.
-pub const PSEUDO_HEADERS: &[&str] = &[":authority", ":path", ":method", ":scheme"];
+pub(crate) const PSEUDO_HEADERS: &[&str] = &[":authority", ":path", ":method", ":scheme"];
 
 /// A validated rollout config. Build one with [`Config::from_json`] (or [`Config::empty`]);
 /// deciding with it never fails.

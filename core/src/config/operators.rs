@@ -272,7 +272,7 @@ fn semver(w: &mut Walk, value: &Value) -> Option<Semver> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Operator, OPERATORS, OPERATOR_DEFS};
+    use super::{OPERATOR_DEFS, OPERATORS, Operator};
 
     /// The docs' operator table, one row per run of operators that read the same.
     fn markdown_rows() -> String {

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 
-use super::walk::{json_type, Walk};
+use super::walk::{Walk, json_type};
 use super::{NoKey, Rollout, Version};
 use crate::error::ErrorKind;
 use crate::hash::SaltState;
@@ -153,12 +153,12 @@ impl Walk {
                 let weight = w
                     .required(map, "weight")
                     .and_then(|v| w.at_key("weight", |w| w.weight(v)));
-                if let Some(name) = &name {
-                    if out.iter().any(|o| &o.name == name) {
-                        w.at_key("name", |w| {
-                            w.error(ErrorKind::Duplicate { name: name.clone() })
-                        });
-                    }
+                if let Some(name) = &name
+                    && out.iter().any(|o| &o.name == name)
+                {
+                    w.at_key("name", |w| {
+                        w.error(ErrorKind::Duplicate { name: name.clone() })
+                    });
                 }
                 if let (Some(name), Some(weight)) = (name, weight) {
                     out.push(Version { name, weight });

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Config, HeaderNames, Source, PSEUDO_HEADERS};
+use super::{Config, HeaderNames, PSEUDO_HEADERS, Source};
 use crate::error::{ConfigError, ErrorKind};
 
 pub(super) fn json_type(value: &Value) -> &'static str {

@@ -3,8 +3,13 @@
 //! host feature (shared data with CAS, properties, HTTP calls, time, environment, metrics,
 //! local responses, stdout), and ticks count themselves.
 
-// A test fixture: the SDK's helpers unwrap host errors, and so may this filter.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs,
+    reason = "a test fixture: the SDK's helpers unwrap host errors, and so may this filter"
+)]
 
 use std::time::{Duration, UNIX_EPOCH};
 

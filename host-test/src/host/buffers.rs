@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 
-use super::guest::{give_found, read, Cx, Imports, ENV};
 use super::HostState;
-use crate::abi::{status, BufferType};
+use super::guest::{Cx, ENV, Imports, give_found, read};
+use crate::abi::{BufferType, status};
 
 /// Registers this group's imports.
 pub(super) fn add_to_linker(linker: &mut Imports<'_>) -> Result<()> {

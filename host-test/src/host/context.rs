@@ -4,9 +4,9 @@
 
 use anyhow::Result;
 
-use super::guest::{read, read_str, status_of, write, write_u32, Cx, Imports, ENV};
 use super::HostState;
-use crate::abi::{status, LogLevel};
+use super::guest::{Cx, ENV, Imports, read, read_str, status_of, write, write_u32};
+use crate::abi::{LogLevel, status};
 
 /// Registers this group's imports.
 pub(super) fn add_to_linker(linker: &mut Imports<'_>) -> Result<()> {

@@ -96,7 +96,7 @@ macro_rules! host_fn {
             $($arg: WasmTy,)*
             R: WasmRet + Injected,
         {
-            #[allow(non_snake_case)] // The argument values are named after their types.
+            #[allow(non_snake_case, reason = "the argument values are named after their types")]
             fn define(
                 self,
                 linker: &mut Linker<HostState>,

@@ -3,9 +3,9 @@
 
 use anyhow::Result;
 
-use super::guest::{give, give_found, read, read_str, Cx, Imports, ENV};
-use super::{header_value, Headers, HostState};
-use crate::abi::{self, status, MapType};
+use super::guest::{Cx, ENV, Imports, give, give_found, read, read_str};
+use super::{Headers, HostState, header_value};
+use crate::abi::{self, MapType, status};
 
 /// Registers this group's imports.
 pub(super) fn add_to_linker(linker: &mut Imports<'_>) -> Result<()> {
@@ -139,7 +139,7 @@ impl HostState {
     fn map_mut(&mut self, map: MapType) -> Option<&mut Headers> {
         let stream = match map {
             MapType::HttpCallResponseHeaders => {
-                return self.call_response.as_mut().map(|r| &mut r.headers)
+                return self.call_response.as_mut().map(|r| &mut r.headers);
             }
             MapType::HttpCallResponseTrailers => return None,
             _ => self.stream_mut()?,

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::guest::{read, read_str, status_of, write_u32, Cx, Imports, ENV};
-use super::{header_value, Headers, HostState, HttpCall, LocalResponse};
-use crate::abi::{self, status, LogLevel};
+use super::guest::{Cx, ENV, Imports, read, read_str, status_of, write_u32};
+use super::{Headers, HostState, HttpCall, LocalResponse, header_value};
+use crate::abi::{self, LogLevel, status};
 
 /// Registers this group's imports.
 pub(super) fn add_to_linker(linker: &mut Imports<'_>) -> Result<()> {
@@ -23,7 +23,7 @@ pub(super) fn add_to_linker(linker: &mut Imports<'_>) -> Result<()> {
     linker.add(ENV, "proxy_get_status", proxy_get_status)
 }
 
-#[allow(clippy::too_many_arguments)] // The ABI's signature.
+#[allow(clippy::too_many_arguments, reason = "the ABI's signature")]
 fn proxy_send_local_response(
     mut cx: Cx<'_>,
     code: i32,
@@ -59,10 +59,10 @@ fn proxy_continue_stream(mut cx: Cx<'_>, kind: i32) -> i32 {
     cx.data_mut()
         .log(LogLevel::Trace, format!("host: continue_stream({kind})"));
     let current = cx.data().current;
-    if kind == 0 {
-        if let Some(stream) = cx.data_mut().streams.get_mut(&current) {
-            stream.resumed = true;
-        }
+    if kind == 0
+        && let Some(stream) = cx.data_mut().streams.get_mut(&current)
+    {
+        stream.resumed = true;
     }
     status::OK
 }
@@ -74,7 +74,7 @@ fn proxy_close_stream(mut cx: Cx<'_>, kind: i32) -> i32 {
     status::OK
 }
 
-#[allow(clippy::too_many_arguments)] // The ABI's signature.
+#[allow(clippy::too_many_arguments, reason = "the ABI's signature")]
 fn proxy_http_call(
     mut cx: Cx<'_>,
     up_ptr: i32,
@@ -104,7 +104,7 @@ fn proxy_http_call(
 // gRPC is outside what the harness emulates: calls are answered as Envoy answers a call to an
 // unknown cluster, and handles as unknown ones.
 
-#[allow(clippy::too_many_arguments)] // The ABI's signature.
+#[allow(clippy::too_many_arguments, reason = "the ABI's signature")]
 fn proxy_grpc_call(
     _: Cx<'_>,
     _service_ptr: i32,
@@ -123,7 +123,7 @@ fn proxy_grpc_call(
     status::BAD_ARGUMENT
 }
 
-#[allow(clippy::too_many_arguments)] // The ABI's signature.
+#[allow(clippy::too_many_arguments, reason = "the ABI's signature")]
 fn proxy_grpc_stream(
     _: Cx<'_>,
     _service_ptr: i32,

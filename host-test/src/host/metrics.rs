@@ -3,10 +3,10 @@
 
 use anyhow::Result;
 
+use super::guest::{Cx, ENV, Imports};
 use super::guest::{find_or_push, read_str, status_of, write, write_u32};
-use super::guest::{Cx, Imports, ENV};
 use super::{HostState, Metric};
-use crate::abi::{status, MetricKind};
+use crate::abi::{MetricKind, status};
 
 /// Registers this group's imports.
 pub(super) fn add_to_linker(linker: &mut Imports<'_>) -> Result<()> {

@@ -3,12 +3,12 @@
 
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{Context as _, Result, anyhow, bail};
 use wasmtime::{CallHook, Engine, FuncType, InstancePre, Linker, Module, Store};
 
-use super::guest::{v, Imports};
+use super::guest::{Imports, v};
 use super::vm::Vm;
-use super::{add_to_linker, lock, HostState, Metric, SharedState, VmOptions};
+use super::{HostState, Metric, SharedState, VmOptions, add_to_linker, lock};
 
 /// A compiled filter module linked to the host's imports, and the state its VMs share
 /// (metrics, shared data, queues).

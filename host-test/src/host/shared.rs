@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use super::guest::ENV;
-use super::guest::{find_or_push, give_found, read, read_str, status_of, write_u32, Cx, Imports};
+use super::guest::{Cx, Imports, find_or_push, give_found, read, read_str, status_of, write_u32};
 use super::{HostState, Queue};
 use crate::abi::status;
 

@@ -4,13 +4,13 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use wasmtime::{Instance, Store, Val};
 
 use super::guest::v;
 use super::{
-    header_value, CallCounts, Headers, HostState, HttpCall, HttpCallResponse, LocalResponse,
-    LogEntry, StreamState,
+    CallCounts, Headers, HostState, HttpCall, HttpCallResponse, LocalResponse, LogEntry,
+    StreamState, header_value,
 };
 
 /// A stream started with [`Vm::begin`].
@@ -275,10 +275,10 @@ impl Vm {
 
     /// Calls a headers or body callback, and records it if the filter paused (returned 1).
     fn on_stream_data(&mut self, id: u32, name: &str, args: &[Val]) -> Result<()> {
-        if self.on_stream(id, name, args)? == Some(1) {
-            if let Some(s) = self.store.data_mut().streams.get_mut(&id) {
-                s.paused = true;
-            }
+        if self.on_stream(id, name, args)? == Some(1)
+            && let Some(s) = self.store.data_mut().streams.get_mut(&id)
+        {
+            s.paused = true;
         }
         Ok(())
     }

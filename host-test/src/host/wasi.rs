@@ -4,8 +4,8 @@
 
 use anyhow::Result;
 
-use super::guest::{in_bounds, read, write, write_u32, Cx, Imports};
 use super::HostState;
+use super::guest::{Cx, Imports, in_bounds, read, write, write_u32};
 use crate::abi::LogLevel;
 
 const WASI: &str = "wasi_snapshot_preview1";
@@ -28,11 +28,7 @@ pub(super) fn add_to_linker(linker: &mut Imports<'_>) -> Result<()> {
 
 /// `ERRNO_SUCCESS` if a write into guest memory worked, else `ERRNO_FAULT`.
 fn errno_of(written: bool) -> i32 {
-    if written {
-        ERRNO_SUCCESS
-    } else {
-        ERRNO_FAULT
-    }
+    if written { ERRNO_SUCCESS } else { ERRNO_FAULT }
 }
 
 fn environ_sizes_get(mut cx: Cx<'_>, ret_count: i32, ret_size: i32) -> i32 {
