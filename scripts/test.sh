@@ -58,6 +58,11 @@ ensure_worker_tools
 
 step "build the Worker (worker-build --release), and check its packaging offline"
 build_worker
+# The size goal (150 KB gzipped): a profile that stops applying (as a missing opt-level once
+# did) shows here, not only in a benchmark run.
+worker_gzip=$(gzip -9 -c worker/build/index_bg.wasm | wc -c)
+echo "Worker wasm, gzip -9: $worker_gzip bytes"
+[ "$worker_gzip" -le 150000 ] || { echo "the Worker is over 150,000 bytes gzipped"; exit 1; }
 (cd worker && npx wrangler deploy --dry-run --outdir ../target/worker-dry-run)
 
 step "Worker tests in real workerd (Miniflare, local KV, local origins)"
