@@ -92,6 +92,10 @@ impl Root {
                             "rollout: no ticks ({status:?}); this VM will not follow the source"
                         ),
                     );
+                    // Without ticks nothing would end a wait: serve on the fallback at once.
+                    if let Some(live) = self.live.as_mut() {
+                        live.settled = true;
+                    }
                 }
                 true
             }

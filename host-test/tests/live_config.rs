@@ -395,3 +395,23 @@ fn bad_live_plugin_configurations_are_refused_with_their_paths() {
         }
     }
 }
+
+#[test]
+fn a_vm_without_ticks_never_holds_a_request() {
+    // Nothing would end the wait in a VM whose tick cannot be set: it serves on the fallback.
+    let module = FilterModule::from_file(&filter_wasm_path()).unwrap();
+    let mut options = VmOptions::default();
+    options
+        .host_errors
+        .insert("proxy_set_tick_period_milliseconds".to_owned(), 12);
+    let mut vm = module.start_vm(options).unwrap();
+    assert!(vm.configure(PLUGIN.as_bytes()).unwrap());
+    let report = vm.exchange(&user("user-1")).unwrap();
+    assert!(!report.paused, "{:?}", report.logs);
+    let version = report
+        .upstream_request_headers
+        .iter()
+        .find(|(k, _)| k == "x-rollout-version")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(version, Some("v1"));
+}
