@@ -121,6 +121,21 @@ def absolute_wasm_paths(doc):
     return doc
 
 
+def ecds_resource(rollout, wasm=None):
+    """The shipped ECDS resource file with another rollout config and an absolute .wasm path."""
+    doc = set_plugin_configuration(load(ECDS_DIR / "rollout-filter.yaml"), rollout, wasm)
+    return dump(absolute_wasm_paths(doc))
+
+
+def ecds_envoy_config(folder):
+    """The shipped ECDS envoy.yaml, discovering the filter from `folder` instead of envoy/ecds."""
+    doc = load(ECDS_DIR / "envoy.yaml")
+    [source] = [n["path_config_source"] for n in nodes(doc) if "path_config_source" in n]
+    source["path"] = str(folder / "rollout-filter.yaml")
+    source["watched_directory"]["path"] = str(folder)
+    return doc
+
+
 def move_ports(doc, mapping):
     """Replaces every socket address's port that `mapping` names."""
     for node in nodes(doc):

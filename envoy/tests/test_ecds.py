@@ -6,16 +6,12 @@ import json
 import os
 
 from harness import (
-    ECDS_DIR,
     PROBE_WASM,
     Client,
-    absolute_wasm_paths,
     check_spoofing_while_the_vm_is_dead,
-    dump,
-    load,
-    nodes,
+    ecds_envoy_config,
+    ecds_resource,
     rollout,
-    set_plugin_configuration,
     wait_until,
 )
 
@@ -23,21 +19,6 @@ from harness import (
 def rollout_json(v1, v2):
     """A rollout config with these weights for v1 and v2."""
     return rollout(v1, v2).decode()
-
-
-def resource(rollout, wasm=None):
-    """The shipped resource file with another rollout config and an absolute .wasm path."""
-    doc = set_plugin_configuration(load(ECDS_DIR / "rollout-filter.yaml"), rollout, wasm)
-    return dump(absolute_wasm_paths(doc))
-
-
-def envoy_config(folder):
-    """The shipped envoy.yaml, discovering the filter from `folder` instead of envoy/ecds."""
-    doc = load(ECDS_DIR / "envoy.yaml")
-    [source] = [n["path_config_source"] for n in nodes(doc) if "path_config_source" in n]
-    source["path"] = str(folder / "rollout-filter.yaml")
-    source["watched_directory"]["path"] = str(folder)
-    return doc
 
 
 def publish(folder, text):
@@ -56,16 +37,16 @@ def version_of(client, user):
 def test_ecds_updates_the_filter_without_a_restart_and_rejects_a_bad_config(start_envoy, tmp_path):
     folder = tmp_path / "ecds"
     folder.mkdir()
-    publish(folder, resource(rollout_json(1, 0)))
-    envoy = start_envoy(envoy_config(folder))
+    publish(folder, ecds_resource(rollout_json(1, 0)))
+    envoy = start_envoy(ecds_envoy_config(folder))
     clients = [Client(envoy.port) for _ in range(6)]
     assert {version_of(c, "user-1") for c in clients} == {"v1"}
 
-    publish(folder, resource(rollout_json(0, 1)))
+    publish(folder, ecds_resource(rollout_json(0, 1)))
     wait_until(lambda: {version_of(c, "user-1") for c in clients} == {"v2"}, what="the ECDS update")
 
     rejected_before = envoy.log_text().count("rollout: config rejected:")
-    publish(folder, resource('{"rollouts": {"checkout": {"versions": [{"name": "v1", "weight": "lots"}]}}}'))
+    publish(folder, ecds_resource('{"rollouts": {"checkout": {"versions": [{"name": "v1", "weight": "lots"}]}}}'))
     wait_until(lambda: envoy.log_text().count("rollout: config rejected:") > rejected_before, what="the rejection")
     assert "rollouts.checkout.versions[0].weight: expected an integer, found a string" in envoy.log_text()
     stats = envoy.admin("/stats?filter=extension_config_discovery.http_filter.rollout.update_rejected")[1]
@@ -79,5 +60,5 @@ def test_ecds_updates_the_filter_without_a_restart_and_rejects_a_bad_config(star
 def test_while_the_discovered_filters_vm_is_dead_a_client_cannot_choose_its_version(start_envoy, upstreams, tmp_path):
     folder = tmp_path / "ecds"
     folder.mkdir()
-    publish(folder, resource("die", wasm=PROBE_WASM))
-    check_spoofing_while_the_vm_is_dead(start_envoy(envoy_config(folder)), upstreams)
+    publish(folder, ecds_resource("die", wasm=PROBE_WASM))
+    check_spoofing_while_the_vm_is_dead(start_envoy(ecds_envoy_config(folder)), upstreams)

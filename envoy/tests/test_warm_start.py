@@ -19,17 +19,15 @@ import threading
 import time
 
 from harness import (
-    ECDS_DIR,
     FILTER_WASM,
     LIVE_CONFIG,
     STATIC_CONFIG,
     Client,
     ConfigServer,
     Envoy,
-    absolute_wasm_paths,
-    dump,
+    ecds_envoy_config,
+    ecds_resource,
     load,
-    nodes,
     plugin_configuration,
     rollout,
     set_plugin_configuration,
@@ -206,34 +204,26 @@ def test_a_source_slower_than_its_timeout_holds_requests_about_the_bound_then_th
     print(f"\nslow source: {summary(results)} (bound {ms(BOUND_S)})")
 
 
-def test_a_static_config_decides_the_first_requests_after_ready(upstreams, tmp_path):
-    config = set_plugin_configuration(load(STATIC_CONFIG), rollout(0, 1).decode(), WASM)
+def check_first_requests_over_starts(config, tmp_path, upstreams, what):
+    """Restarts Envoy STARTS times; every burst right after /ready must be decided on v2."""
     lines, runs = [], []
     for start in range(STARTS):
         with started(config, tmp_path, upstreams) as envoy:
             results = burst(envoy.port)
-        check_all(results, "v2", f"static, start {start}")
+        check_all(results, "v2", f"{what}, start {start}")
         runs.append(results)
-        lines.append(f"static start {start}: {summary(results)}")
+        lines.append(f"{what} start {start}: {summary(results)}")
     print("\n" + "\n".join(lines))
-    print(f"static, first request of each connection over {STARTS} starts: right after /ready {firsts(runs)}")
+    print(f"{what}, first request of each connection over {STARTS} starts: right after /ready {firsts(runs)}")
+
+
+def test_a_static_config_decides_the_first_requests_after_ready(upstreams, tmp_path):
+    config = set_plugin_configuration(load(STATIC_CONFIG), rollout(0, 1).decode(), WASM)
+    check_first_requests_over_starts(config, tmp_path, upstreams, "static")
 
 
 def test_an_ecds_config_decides_the_first_requests_after_ready(upstreams, tmp_path):
     folder = tmp_path / "ecds"
     folder.mkdir()
-    resource = set_plugin_configuration(load(ECDS_DIR / "rollout-filter.yaml"), rollout(0, 1).decode(), WASM)
-    (folder / "rollout-filter.yaml").write_text(dump(absolute_wasm_paths(resource)))
-    config = load(ECDS_DIR / "envoy.yaml")
-    [discovery] = [n["path_config_source"] for n in nodes(config) if "path_config_source" in n]
-    discovery["path"] = str(folder / "rollout-filter.yaml")
-    discovery["watched_directory"]["path"] = str(folder)
-    lines, runs = [], []
-    for start in range(STARTS):
-        with started(config, tmp_path, upstreams) as envoy:
-            results = burst(envoy.port)
-        check_all(results, "v2", f"ECDS, start {start}")
-        runs.append(results)
-        lines.append(f"ECDS start {start}: {summary(results)}")
-    print("\n" + "\n".join(lines))
-    print(f"ECDS, first request of each connection over {STARTS} starts: right after /ready {firsts(runs)}")
+    (folder / "rollout-filter.yaml").write_text(ecds_resource(rollout(0, 1).decode(), WASM))
+    check_first_requests_over_starts(ecds_envoy_config(folder), tmp_path, upstreams, "ECDS")

@@ -48,7 +48,11 @@ impl Contexts {
         let Some(root) = self.roots.get_mut(&root_id) else {
             return;
         };
+        // Runs on every tick: nothing to do once the wait is over and every request went on.
         let held = root.take_resumable();
+        if held.is_empty() {
+            return;
+        }
         let shared = root.shared.clone();
         for context_id in held {
             // A request whose client went away was deleted meanwhile.
@@ -56,15 +60,11 @@ impl Contexts {
                 continue;
             };
             stream.shared = shared.clone();
-            if let Err(status) = host::set_effective_context(context_id) {
-                log(
-                    LogLevel::Error,
-                    &format!("rollout: cannot resume request {context_id}: {status:?}"),
-                );
-                continue;
-            }
-            stream.on_request_headers();
-            if let Err(status) = host::continue_request() {
+            let resumed = host::set_effective_context(context_id).and_then(|()| {
+                stream.on_request_headers();
+                host::continue_request()
+            });
+            if let Err(status) = resumed {
                 log(
                     LogLevel::Error,
                     &format!("rollout: cannot resume request {context_id}: {status:?}"),

@@ -44,13 +44,6 @@ fn now_ms() -> u64 {
     host::now_ms().unwrap_or(0)
 }
 
-/// Random bits from the host (WASI `random_get`, which Envoy implements). The core asks for
-/// them only for a keyless request to a `no_key: random` rollout, so most requests make no
-/// such call.
-fn wasi_random_u64() -> u64 {
-    host::random_u64()
-}
-
 /// The config in force and its metric ids, shared by every request context of one root.
 struct Shared {
     config: Config,

@@ -6,7 +6,7 @@ use crate::live::Live;
 use crate::metrics::{ConfigMetrics, increment};
 use crate::source::{PluginConfig, SharedKeys, parse_plugin_config};
 use crate::stream::Stream;
-use crate::{Shared, TICK_MS, log, now_ms, wasi_random_u64};
+use crate::{Shared, TICK_MS, log, now_ms};
 use rollout_core::Config;
 use std::rc::Rc;
 
@@ -72,7 +72,7 @@ impl Root {
                 self.live = Some(Live {
                     source,
                     keys,
-                    token: wasi_random_u64(),
+                    token: host::random_u64(),
                     generation: 0,
                     seen_etag: None,
                     in_flight: None,
