@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::{Config, Decision, RequestFacts};
+use crate::{Config, Decision, RequestFacts, VersionReason};
 
 /// A header map the core can write to. Names come in lowercase.
 pub trait HeaderMapMut {
@@ -44,10 +44,10 @@ const SERVER_TIMING_HEADER: &str = "server-timing";
 /// what the golden vectors carry so that no test runner spells them itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContractNames<'c> {
-    /// Headers the contract owns on the upstream request (version, rollout, flags).
-    pub request: [&'c str; 3],
-    /// Headers the contract owns on the response (version, Server-Timing).
-    pub response: [&'c str; 2],
+    /// Headers the contract owns on the upstream request (version, rollout, flags, reason).
+    pub request: [&'c str; 4],
+    /// Headers the contract owns on the response (version, Server-Timing, reason).
+    pub response: [&'c str; 3],
 }
 
 impl Decision<'_> {
@@ -75,8 +75,8 @@ impl Config {
     pub fn contract_names(&self) -> ContractNames<'_> {
         let names = &self.headers;
         ContractNames {
-            request: [&names.version, &names.rollout, &names.flags],
-            response: [&names.version, SERVER_TIMING_HEADER],
+            request: [&names.version, &names.rollout, &names.flags, &names.reason],
+            response: [&names.version, SERVER_TIMING_HEADER, &names.reason],
         }
     }
 
@@ -99,6 +99,10 @@ impl Config {
             (names.version.as_str(), decision.rollout.map(|r| r.version)),
             (names.rollout.as_str(), decision.rollout.map(|r| r.rollout)),
             (names.flags.as_str(), flags.as_deref()),
+            (
+                names.reason.as_str(),
+                decision.rollout.and_then(|r| r.reason.moved()),
+            ),
         ];
         for (name, value) in values {
             let copies = client.count(name);
@@ -114,14 +118,25 @@ impl Config {
     }
 
     /// Applies the contract to the response of a request decided into `slot` (see
-    /// [`crate::VersionChoice::slot`]): the version header, replacing any the upstream sent,
-    /// and a Server-Timing entry beside the upstream's own. Hosts keep the slot from the
-    /// request; an unknown slot writes nothing.
-    pub fn apply_response_contract<M: HeaderMapMut + ?Sized>(&self, slot: usize, response: &mut M) {
+    /// [`crate::VersionChoice::slot`]) for `reason`: the version header, replacing any the
+    /// upstream sent, a Server-Timing entry beside the upstream's own, and the reason header
+    /// for a user moved to stable. The reason header is not removed for anyone else: the
+    /// upstream is trusted with its own response headers, and a removal would cost every
+    /// response a host call. Hosts keep the slot and reason from the request; an unknown slot
+    /// writes nothing.
+    pub fn apply_response_contract<M: HeaderMapMut + ?Sized>(
+        &self,
+        slot: usize,
+        reason: VersionReason,
+        response: &mut M,
+    ) {
         let Some((rollout, version)) = self.slot_names(slot) else {
             return;
         };
         response.replace(&self.headers.version, version);
+        if let Some(moved) = reason.moved() {
+            response.replace(&self.headers.reason, moved);
+        }
         response.add(
             SERVER_TIMING_HEADER,
             &format!("{SERVER_TIMING_METRIC};desc=\"{rollout}/{version}\""),
@@ -132,7 +147,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::HeaderMapMut;
-    use crate::{Config, HostInputs};
+    use crate::{Config, HostInputs, VersionReason};
 
     fn list(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -225,7 +240,7 @@ mod tests {
             ("x-rollout-version", "from-upstream"),
             ("server-timing", "db;dur=3"),
         ]);
-        config.apply_response_contract(0, &mut response);
+        config.apply_response_contract(0, VersionReason::Bucket, &mut response);
         assert_eq!(
             response,
             list(&[
@@ -236,7 +251,7 @@ mod tests {
             ])
         );
         let mut untouched = list(&[(":status", "200")]);
-        config.apply_response_contract(99, &mut untouched);
+        config.apply_response_contract(99, VersionReason::Guard, &mut untouched);
         assert_eq!(untouched, list(&[(":status", "200")]));
     }
 

@@ -47,6 +47,11 @@ pub struct HostInputs<'a> {
     /// A source of random bits for requests without a user key. The core asks it only for a
     /// keyless request to a rollout with `no_key: random`, so a host may make it a host call.
     pub entropy: Option<&'a mut dyn FnMut() -> u64>,
+    /// The time, in Unix milliseconds, for schedules; without it a schedule has not started.
+    pub now_ms: Option<u64>,
+    /// Slots (see [`VersionChoice::slot`]) whose guard has tripped: their users go to the
+    /// stable version.
+    pub tripped: &'a [usize],
 }
 
 /// Everything decided for one request.
@@ -100,6 +105,22 @@ pub enum VersionReason {
     NoKeyStable,
     /// No user key: weighted choice from the host's entropy (`no_key: random`).
     NoKeyRandom,
+    /// The guard tripped the version this user would have had: the stable version instead.
+    Guard,
+    /// The rollout is aborted (`aborted: true`): everyone gets the stable version.
+    Aborted,
+}
+
+impl VersionReason {
+    /// The value of the reason header: set only for users moved to stable, by the guard or
+    /// an abort.
+    pub fn moved(self) -> Option<&'static str> {
+        match self {
+            VersionReason::Guard => Some("guard"),
+            VersionReason::Aborted => Some("aborted"),
+            _ => None,
+        }
+    }
 }
 
 /// One flag's value for this request.
@@ -231,8 +252,49 @@ pub fn cookie_value<'r>(header: &'r [u8], name: &str) -> Option<&'r [u8]> {
 }
 
 impl Rollout {
+    /// The schedule's share for the new version at `now_ms`, if the rollout has a schedule.
+    pub(crate) fn share_at(&self, now_ms: Option<u64>) -> Option<(usize, u32)> {
+        let schedule = self.schedule.as_ref()?;
+        Some((schedule.canary_idx, schedule.at(now_ms).canary_ppm))
+    }
+
+    /// The weight of version `idx` in force: the configured one, or (with `share` from
+    /// [`Rollout::share_at`]) the schedule's.
+    pub(crate) fn weight(&self, idx: usize, share: Option<(usize, u32)>) -> u32 {
+        match share {
+            None => self.versions.get(idx).map_or(0, |v| v.weight),
+            Some((canary_idx, share)) => {
+                if idx == canary_idx {
+                    share
+                } else if idx == self.stable_idx {
+                    1_000_000 - share.min(1_000_000)
+                } else {
+                    0
+                }
+            }
+        }
+    }
+
     fn choose<'c>(&'c self, key: &Key<'_>, inputs: &mut HostInputs<'_>) -> VersionChoice<'c> {
-        let weights = || self.versions.iter().map(|v| (v.name.as_str(), v.weight));
+        let choice = |idx: usize, reason| {
+            let idx = if idx < self.versions.len() { idx } else { 0 };
+            VersionChoice {
+                rollout: &self.name,
+                version: self.versions.get(idx).map_or("", |v| v.name.as_str()),
+                reason,
+                slot: self.first_slot + idx,
+            }
+        };
+        if self.aborted {
+            return choice(self.stable_idx, VersionReason::Aborted);
+        }
+        let share = self.share_at(inputs.now_ms);
+        let weights = || {
+            self.versions
+                .iter()
+                .enumerate()
+                .map(move |(i, v)| (v.name.as_str(), self.weight(i, share)))
+        };
         let (state, reason): (Option<KeyState>, VersionReason) = match (key.bytes, self.no_key) {
             (Some(k), _) => (Some(self.salt.with_key(k)), VersionReason::Bucket),
             (None, NoKey::Random) => match inputs.entropy.as_mut() {
@@ -249,13 +311,11 @@ impl Rollout {
         let idx = state
             .and_then(|s| rendezvous(s, weights()))
             .unwrap_or(self.stable_idx);
-        let idx = if idx < self.versions.len() { idx } else { 0 };
-        VersionChoice {
-            rollout: &self.name,
-            version: self.versions.get(idx).map_or("", |v| v.name.as_str()),
-            reason,
-            slot: self.first_slot + idx,
+        // Only the tripped version's users move; everyone else keeps their version.
+        if idx != self.stable_idx && inputs.tripped.contains(&(self.first_slot + idx)) {
+            return choice(self.stable_idx, VersionReason::Guard);
         }
+        choice(idx, reason)
     }
 }
 
@@ -374,6 +434,7 @@ mod tests {
             &facts[..],
             HostInputs {
                 entropy: Some(&mut source),
+                ..HostInputs::default()
             },
         );
         let r = d.rollout.unwrap();
@@ -397,6 +458,7 @@ mod tests {
             &[("u", "k")][..],
             HostInputs {
                 entropy: Some(&mut source),
+                ..HostInputs::default()
             },
         );
         assert_eq!(d.rollout.unwrap().reason, VersionReason::Bucket);

@@ -102,6 +102,18 @@ pub enum ErrorKind {
         /// The other rollout.
         other: String,
     },
+    /// A field that cannot be given together with another one.
+    Conflict {
+        /// The other field, or what it does.
+        other: &'static str,
+    },
+    /// A list with the wrong number of entries.
+    WrongCount {
+        /// How many are needed, in words.
+        expected: &'static str,
+        /// How many there are.
+        found: usize,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -170,6 +182,10 @@ impl fmt::Display for ErrorKind {
                 f,
                 "matches the same requests as rollout {other:?} (same hosts and path_prefix)"
             ),
+            ErrorKind::Conflict { other } => write!(f, "cannot be given together with {other}"),
+            ErrorKind::WrongCount { expected, found } => {
+                write!(f, "expected {expected}, found {found}")
+            }
         }
     }
 }

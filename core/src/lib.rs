@@ -24,14 +24,17 @@ mod config;
 mod contract;
 mod decide;
 mod error;
+mod guard;
 mod hash;
+mod schedule;
 mod semver;
 #[cfg(any(test, feature = "vectors"))]
 pub mod vectors;
 
 pub use config::{
-    Config, DEFAULT_FLAGS_HEADER, DEFAULT_ROLLOUT_HEADER, DEFAULT_VERSION_HEADER, HeaderNames,
-    MAX_KEY_BYTES, OPERATOR_DEFS, OPERATORS, Operand, Operator, Source,
+    Config, DEFAULT_FLAGS_HEADER, DEFAULT_REASON_HEADER, DEFAULT_ROLLOUT_HEADER,
+    DEFAULT_VERSION_HEADER, HeaderNames, MAX_KEY_BYTES, OPERATOR_DEFS, OPERATORS, Operand,
+    Operator, Source,
 };
 pub use contract::{ContractNames, HeaderMapMut, SERVER_TIMING_METRIC};
 pub use decide::{
@@ -39,4 +42,6 @@ pub use decide::{
     VersionReason, cookie_value,
 };
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
+pub use guard::{Counts, Guard, Guarded, Latch, Trip, TripReason, Window, Z};
 pub use hash::BUCKETS;
+pub use schedule::{ScheduleState, format_time, parse_duration, parse_time};

@@ -84,6 +84,14 @@ pub struct Request {
     /// Headers of the upstream response; `:status` defaults to 200.
     #[serde(default)]
     pub response_headers: Vec<(String, String)>,
+    /// The host's time, as RFC 3339 (`2026-11-23T10:00:00Z`), for schedules. A host that
+    /// cannot set its clock runs the case on a config whose times are shifted by the
+    /// difference ([`shift_times`]).
+    #[serde(default)]
+    pub now: Option<String>,
+    /// Versions whose guard has tripped, as `rollout/version`.
+    #[serde(default)]
+    pub tripped: Vec<String>,
 }
 
 /// The expected outcome of a case.
@@ -101,18 +109,65 @@ pub struct Expected {
 }
 
 impl Request {
-    /// Decides this request natively, feeding the vector's entropy (if any) to the core.
+    /// The case's time in Unix ms, if it has one (a bad time is no time).
+    pub fn now_ms(&self) -> Option<u64> {
+        self.now.as_deref().and_then(crate::parse_time)
+    }
+
+    /// The slots of the tripped versions under `config`.
+    pub fn tripped_slots(&self, config: &Config) -> Vec<usize> {
+        self.tripped
+            .iter()
+            .filter_map(|rv| {
+                let (rollout, version) = rv.split_once('/')?;
+                config.slot_of(rollout, version)
+            })
+            .collect()
+    }
+
+    /// Decides this request natively, feeding the vector's entropy, time and trips to the
+    /// core.
     pub fn decide<'c>(&self, config: &'c Config) -> Decision<'c> {
         let value = self.entropy.unwrap_or_default();
         let mut source = move || value;
+        let tripped = self.tripped_slots(config);
         let inputs = HostInputs {
             entropy: match self.entropy {
                 Some(_) => Some(&mut source),
                 None => None,
             },
+            now_ms: self.now_ms(),
+            tripped: &tripped,
         };
         config.decide(self.headers.as_slice(), inputs)
     }
+}
+
+/// Moves every time in a config (`schedule.start`, `schedule.paused_at`) by `delta_ms`, for a
+/// host that cannot set its clock: a case at time T runs at real time T + delta on the
+/// shifted config, with the same decision as long as no step begins in between.
+pub fn shift_times(config: &Value, delta_ms: i64) -> Value {
+    let mut out = config.clone();
+    let Some(rollouts) = out.get_mut("rollouts").and_then(Value::as_object_mut) else {
+        return out;
+    };
+    for rollout in rollouts.values_mut() {
+        let Some(schedule) = rollout.get_mut("schedule").and_then(Value::as_object_mut) else {
+            continue;
+        };
+        for key in ["start", "paused_at"] {
+            let Some(ms) = schedule
+                .get(key)
+                .and_then(Value::as_str)
+                .and_then(crate::parse_time)
+            else {
+                continue;
+            };
+            let shifted = (ms as i64).saturating_add(delta_ms).max(0) as u64;
+            schedule.insert(key.to_owned(), Value::String(crate::format_time(shifted)));
+        }
+    }
+    out
 }
 
 impl VectorFile {
@@ -143,7 +198,7 @@ impl Request {
         config.apply_request_contract(&decision, client, &mut upstream);
         let mut response = self.response_headers.clone();
         if let Some(choice) = decision.rollout {
-            config.apply_response_contract(choice.slot, &mut response);
+            config.apply_response_contract(choice.slot, choice.reason, &mut response);
         }
         let names = config.contract_names();
         Observed {

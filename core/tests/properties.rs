@@ -342,6 +342,7 @@ fn hostile_request_input_gets_a_decision() {
             facts.as_slice(),
             HostInputs {
                 entropy: Some(&mut entropy),
+                ..HostInputs::default()
             },
         );
         let rollout = d.rollout.unwrap();
@@ -382,4 +383,131 @@ fn an_oversized_key_is_no_key_and_goes_to_the_stable_version() {
         (rollout.version, rollout.reason),
         ("s1", VersionReason::Bucket)
     );
+}
+
+/// A scheduled rollout from `start_ms` with the given steps (percent, hold in ms).
+fn scheduled_config(steps: &[(f64, u64)], extra: &str) -> Config {
+    let steps: Vec<String> = steps
+        .iter()
+        .map(|(p, hold)| format!(r#"{{"percent":{p},"hold":"{hold}ms"}}"#))
+        .collect();
+    let json = format!(
+        r#"{{"user_key":["header:x-user-id"],"rollouts":{{"r":{{"stable":"old",
+            "versions":[{{"name":"old"}},{{"name":"new"}}],{extra}
+            "schedule":{{"start":"2026-11-23T10:00:00Z","steps":[{}]}}}}}}}}"#,
+        steps.join(",")
+    );
+    Config::from_json(json.as_bytes()).unwrap()
+}
+
+const START_MS: u64 = 1_795_428_000_000;
+
+/// Over any non-decreasing schedule, each user moves at most once, from stable to the new
+/// version, and never back; at each step the share on the new version is the step's.
+#[test]
+fn a_monotonic_schedule_moves_each_user_at_most_once() {
+    let mut rng = Rng(0x5c4e_d01e);
+    for round in 0..20 {
+        let mut steps = Vec::new();
+        let mut percent = 0.0f64;
+        for _ in 0..1 + rng.below(8) {
+            // Repeated steps and jumps alike: the schedule only has to be non-decreasing.
+            percent = (percent + (rng.below(400) as f64) / 10.0).min(100.0);
+            steps.push((percent, 1_000 + rng.below(10_000)));
+        }
+        let config = scheduled_config(&steps, "");
+        let users: Vec<String> = (0..4_000).map(|i| format!("user-{round}-{i}")).collect();
+        let mut on_new = vec![false; users.len()];
+        let mut moves = vec![0u32; users.len()];
+        let mut t = START_MS - 1;
+        for (step, (percent, hold)) in steps.iter().enumerate() {
+            for at in [t, t + 1, t + hold / 2] {
+                let mut new_count = 0;
+                for (i, user) in users.iter().enumerate() {
+                    let d = config.decide(
+                        &[("x-user-id", user.as_str())][..],
+                        HostInputs {
+                            now_ms: Some(at),
+                            ..HostInputs::default()
+                        },
+                    );
+                    let now_new = d.rollout.unwrap().version == "new";
+                    assert!(
+                        !on_new[i] || now_new,
+                        "round {round} step {step}: {user} went back to stable"
+                    );
+                    if now_new != on_new[i] {
+                        moves[i] += 1;
+                        on_new[i] = true;
+                    }
+                    new_count += u32::from(now_new);
+                }
+                if at > t {
+                    let expected = percent / 100.0;
+                    let observed = f64::from(new_count) / users.len() as f64;
+                    let sigma = (expected * (1.0 - expected) / users.len() as f64).sqrt();
+                    assert!(
+                        (observed - expected).abs() <= 5.0 * sigma + 1e-9,
+                        "round {round} step {step}: {observed} on new, expected {expected}"
+                    );
+                }
+            }
+            t += hold;
+        }
+        assert!(
+            moves.iter().all(|m| *m <= 1),
+            "round {round}: someone moved twice"
+        );
+    }
+}
+
+/// A tripped version's users, and only they, go to stable, with the reason `guard`; an
+/// aborted rollout sends everyone to stable with the reason `aborted`.
+#[test]
+fn a_trip_moves_only_the_tripped_versions_users() {
+    let config = scheduled_config(&[(30.0, 60_000)], "");
+    let aborted = scheduled_config(&[(30.0, 60_000)], r#""aborted":true,"#);
+    let new_slot = config.slot_of("r", "new").unwrap();
+    let at = Some(START_MS + 1_000);
+    let (mut moved, mut kept) = (0, 0);
+    for i in 0..5_000 {
+        let user = format!("u{i}");
+        let facts = [("x-user-id", user.as_str())];
+        let before = config.decide(
+            &facts[..],
+            HostInputs {
+                now_ms: at,
+                ..HostInputs::default()
+            },
+        );
+        let after = config.decide(
+            &facts[..],
+            HostInputs {
+                now_ms: at,
+                tripped: &[new_slot],
+                ..HostInputs::default()
+            },
+        );
+        let (b, a) = (before.rollout.unwrap(), after.rollout.unwrap());
+        if b.version == "new" {
+            assert_eq!((a.version, a.reason), ("old", VersionReason::Guard));
+            moved += 1;
+        } else {
+            assert_eq!(a, b, "a stable user must not be touched");
+            kept += 1;
+        }
+        let ab = aborted.decide(
+            &facts[..],
+            HostInputs {
+                now_ms: at,
+                ..HostInputs::default()
+            },
+        );
+        let ab = ab.rollout.unwrap();
+        assert_eq!((ab.version, ab.reason), ("old", VersionReason::Aborted));
+    }
+    assert!(moved > 1_000 && kept > 3_000, "moved {moved}, kept {kept}");
+    let shares = config.shares_at(at, &[new_slot]);
+    assert_eq!(shares, [1_000_000, 0]);
+    assert_eq!(config.shares_at(at, &[]), [700_000, 300_000]);
 }

@@ -38,6 +38,7 @@ impl Stream {
         let mut entropy = host::random_u64;
         let inputs = HostInputs {
             entropy: Some(&mut entropy),
+            ..HostInputs::default()
         };
         let decision = shared.config.decide(&headers, inputs);
         let mut upstream = StreamHeaders(HeaderMap::Request);
@@ -63,6 +64,10 @@ impl Stream {
             record(metrics.latency_ms, now_ms().saturating_sub(self.started_ms));
         }
         let mut response = StreamHeaders(HeaderMap::Response);
-        shared.config.apply_response_contract(slot, &mut response);
+        shared.config.apply_response_contract(
+            slot,
+            rollout_core::VersionReason::Bucket,
+            &mut response,
+        );
     }
 }

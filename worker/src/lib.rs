@@ -184,10 +184,14 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
     let url = req.inner().url();
     let (authority, path) = authority_and_path(&url);
     let mut facts = facts(&req, authority, path);
+    // Schedules read the time; the Worker has no guard yet, so nothing is tripped.
+    let now_ms = Some(Date::now().as_millis());
     let mut decision = config.decide(
         facts.as_slice(),
         HostInputs {
             entropy: Some(&mut random_u64),
+            now_ms,
+            tripped: &[],
         },
     );
     // Users without a key get one in a cookie, so they stay on one version from now on.
@@ -209,6 +213,8 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
             facts.as_slice(),
             HostInputs {
                 entropy: Some(&mut random_u64),
+                now_ms,
+                tripped: &[],
             },
         );
     }
@@ -277,7 +283,7 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
         out_headers.append(&name, &value);
     }
     if let Some(choice) = decision.rollout {
-        config.apply_response_contract(choice.slot, &mut out_headers);
+        config.apply_response_contract(choice.slot, choice.reason, &mut out_headers);
     }
     let out_headers = out_headers.finish()?;
     if let Some((cookie, id)) = assigned {

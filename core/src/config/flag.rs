@@ -53,7 +53,7 @@ impl Walk {
             flag.default_value = default;
         }
         if let Some(v) = map.get("variants")
-            && let Some(variants) = self.at_key("variants", |w| w.weighted_list(v))
+            && let Some(variants) = self.at_key("variants", |w| w.weighted_list(v, true))
         {
             flag.variants = variants;
         }

@@ -9,13 +9,16 @@
 
 mod flag;
 mod operators;
+mod plan;
 mod rollout;
 mod walk;
 
 use serde_json::Value;
 
 use crate::error::{ConfigError, ConfigErrors, ErrorKind};
+use crate::guard::Guard;
 use crate::hash::SaltState;
+use crate::schedule::Schedule;
 
 pub(crate) use operators::Op;
 pub use operators::{OPERATOR_DEFS, OPERATORS, Operand, Operator};
@@ -27,6 +30,9 @@ pub const DEFAULT_VERSION_HEADER: &str = "x-rollout-version";
 pub const DEFAULT_ROLLOUT_HEADER: &str = "x-rollout";
 /// Default name of the request header that carries every flag value.
 pub const DEFAULT_FLAGS_HEADER: &str = "x-rollout-flags";
+/// Default name of the request and response header that says why a user was moved to the
+/// stable version (`guard`, `aborted`); absent for everyone else.
+pub const DEFAULT_REASON_HEADER: &str = "x-rollout-reason";
 /// Keys longer than this are ignored, as if absent: a multi-kilobyte "user id" is not one.
 pub const MAX_KEY_BYTES: usize = 256;
 
@@ -54,16 +60,19 @@ pub struct HeaderNames {
     pub rollout: String,
     /// Request header with every flag value.
     pub flags: String,
+    /// Request and response header with the reason a user was moved to stable.
+    pub reason: String,
 }
 
 impl Default for HeaderNames {
-    /// The default names: [`DEFAULT_VERSION_HEADER`], [`DEFAULT_ROLLOUT_HEADER`] and
-    /// [`DEFAULT_FLAGS_HEADER`].
+    /// The default names: [`DEFAULT_VERSION_HEADER`], [`DEFAULT_ROLLOUT_HEADER`],
+    /// [`DEFAULT_FLAGS_HEADER`] and [`DEFAULT_REASON_HEADER`].
     fn default() -> HeaderNames {
         HeaderNames {
             version: DEFAULT_VERSION_HEADER.to_owned(),
             rollout: DEFAULT_ROLLOUT_HEADER.to_owned(),
             flags: DEFAULT_FLAGS_HEADER.to_owned(),
+            reason: DEFAULT_REASON_HEADER.to_owned(),
         }
     }
 }
@@ -91,6 +100,13 @@ pub(crate) struct Rollout {
     pub(crate) no_key: NoKey,
     /// Slot of the first version; see [`crate::VersionChoice::slot`].
     pub(crate) first_slot: usize,
+    /// Weights from a schedule instead of `versions` (whose weights are then 0).
+    pub(crate) schedule: Option<Schedule>,
+    /// Everyone to the stable version.
+    pub(crate) aborted: bool,
+    pub(crate) guard: Option<Guard>,
+    /// See `rollout::revision`.
+    pub(crate) revision: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]

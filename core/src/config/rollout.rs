@@ -10,7 +10,12 @@ use crate::hash::SaltState;
 
 impl Walk {
     pub(super) fn rollout(&mut self, name: &str, value: &Value) -> Option<Rollout> {
-        let map = self.object(value, &["match", "salt", "stable", "no_key", "versions"])?;
+        let map = self.object(
+            value,
+            &[
+                "match", "salt", "stable", "no_key", "versions", "schedule", "aborted", "guard",
+            ],
+        )?;
         let mut rollout = Rollout {
             name: name.to_owned(),
             salt: SaltState::new("rollout", name),
@@ -20,7 +25,12 @@ impl Walk {
             stable_idx: 0,
             no_key: NoKey::Stable,
             first_slot: 0,
+            schedule: None,
+            aborted: false,
+            guard: None,
+            revision: revision(value),
         };
+        let scheduled = map.contains_key("schedule");
         let mut ok = true;
         if let Some(v) = map.get("match") {
             ok &= self.at_key("match", |w| w.route_match(v, &mut rollout));
@@ -47,7 +57,18 @@ impl Walk {
         }
         match self.required(map, "versions") {
             Some(v) => {
-                let versions = self.at_key("versions", |w| w.weighted_list(v));
+                let versions = self.at_key("versions", |w| {
+                    let versions = w.weighted_list(v, !scheduled);
+                    let count = v.as_array().map_or(2, Vec::len);
+                    if scheduled && count != 2 {
+                        w.error(ErrorKind::WrongCount {
+                            expected: "two versions (stable and new) in a scheduled rollout",
+                            found: count,
+                        });
+                        return None;
+                    }
+                    versions
+                });
                 match versions {
                     Some(versions) => rollout.versions = versions,
                     None => ok = false,
@@ -73,6 +94,25 @@ impl Walk {
                     }
                 }
             });
+        }
+        if let Some(v) = map.get("schedule") {
+            let versions = &rollout.versions;
+            match self.at_key("schedule", |w| w.schedule(v, versions, rollout.stable_idx)) {
+                Some(schedule) => rollout.schedule = Some(schedule),
+                None => ok = false,
+            }
+        }
+        if let Some(v) = map.get("aborted") {
+            match self.at_key("aborted", |w| w.boolean(v)) {
+                Some(aborted) => rollout.aborted = aborted,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = map.get("guard") {
+            match self.at_key("guard", |w| w.guard(v)) {
+                Some(guard) => rollout.guard = Some(guard),
+                None => ok = false,
+            }
         }
         ok.then_some(rollout)
     }
@@ -134,7 +174,9 @@ impl Walk {
     }
 
     /// `[{"name": ..., "weight": ...}]` for versions and variants; `None` if anything is wrong.
-    pub(super) fn weighted_list(&mut self, value: &Value) -> Option<Vec<Version>> {
+    /// Without `weighted` (a scheduled rollout, whose schedule sets the weights) a weight is
+    /// refused and each entry gets 0.
+    pub(super) fn weighted_list(&mut self, value: &Value, weighted: bool) -> Option<Vec<Version>> {
         let items = self.array(value)?;
         if items.is_empty() {
             self.error(ErrorKind::Empty);
@@ -150,9 +192,19 @@ impl Walk {
                 let name = w
                     .required(map, "name")
                     .and_then(|v| w.at_key("name", |w| w.name(v)));
-                let weight = w
-                    .required(map, "weight")
-                    .and_then(|v| w.at_key("weight", |w| w.weight(v)));
+                let weight = if weighted {
+                    w.required(map, "weight")
+                        .and_then(|v| w.at_key("weight", |w| w.weight(v)))
+                } else {
+                    if map.contains_key("weight") {
+                        w.at_key("weight", |w| {
+                            w.error(ErrorKind::Conflict {
+                                other: "a schedule (the schedule sets the weights)",
+                            })
+                        });
+                    }
+                    Some(0)
+                };
                 if let Some(name) = &name
                     && out.iter().any(|o| &o.name == name)
                 {
@@ -165,7 +217,7 @@ impl Walk {
                 }
             });
         }
-        if !out.is_empty() && out.iter().all(|v| v.weight == 0) {
+        if weighted && !out.is_empty() && out.iter().all(|v| v.weight == 0) {
             self.error(ErrorKind::AllWeightsZero);
         }
         (self.errors.len() == errors_before).then_some(out)
@@ -191,4 +243,14 @@ impl Walk {
             }
         }
     }
+}
+
+/// A rollout's revision: a hash of its JSON (keys sorted, whitespace dropped), so that any
+/// edit of the rollout is a new revision and an edit elsewhere in the config is not. A guard's
+/// trip holds until the revision changes.
+fn revision(value: &Value) -> u64 {
+    use core::hash::Hasher;
+    let mut hasher = fnv::FnvHasher::default();
+    hasher.write(value.to_string().as_bytes());
+    hasher.finish()
 }

@@ -296,7 +296,7 @@ impl Walk {
     }
 
     fn headers(&mut self, value: &Value, names: &mut HeaderNames) {
-        let Some(map) = self.object(value, &["version", "rollout", "flags"]) else {
+        let Some(map) = self.object(value, &["version", "rollout", "flags", "reason"]) else {
             return;
         };
         let mut seen: Vec<&str> = Vec::new();
@@ -304,6 +304,7 @@ impl Walk {
             ("version", &mut names.version),
             ("rollout", &mut names.rollout),
             ("flags", &mut names.flags),
+            ("reason", &mut names.reason),
         ] {
             let Some(v) = map.get(key) else {
                 seen.push(slot.as_str());
