@@ -174,7 +174,7 @@ def test_the_templates_read_the_error_ratio_rules_yaml_records_with_the_alerts_l
     assert "rollout_version:error_ratio:rate1m" in recorded
     for where, query in [("flagger", flagger_query()), ("argo", argo_metric()["provider"]["prometheus"]["query"])]:
         assert recorded_names(query) == {"rollout_version:error_ratio:rate1m"}, f"{where}: {query}"
-    # The alert, the Argo condition and the filter's default guard limit agree on 5%.
+    # The alert and the Argo condition agree on the limit, 5%.
     [alert] = [rule for rule in rules() if rule.get("alert") == ERROR_ALERT]
     assert "(rollout_version:error_ratio:rate1m > 0.05)" in alert["expr"]
     assert argo_metric()["successCondition"].endswith("result[0] <= 0.05")
