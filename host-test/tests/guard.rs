@@ -314,7 +314,7 @@ fn scheduled(start_ms: u64, guard: &str) -> String {
 }
 
 /// Share of `users` served by v2 now; every user in `on_v2` must still be there.
-fn split(w: &mut Workers, users: &[String], on_v2: &mut Vec<bool>) -> f64 {
+fn split(w: &mut Workers, users: &[String], on_v2: &mut [bool]) -> f64 {
     let mut n = 0;
     for (i, user) in users.iter().enumerate() {
         let now_v2 = w.send(user, 200, 0).version == "v2";
