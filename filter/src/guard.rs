@@ -44,6 +44,15 @@ impl Guarding {
     pub(crate) fn new(config: &Config) -> Guarding {
         let watches = config
             .guarded()
+            .inspect(|g| {
+                // An empty latch to compare-and-swap against: a trip's write then carries a
+                // CAS, so two VMs tripping at once cannot both count it (Envoy sets an absent
+                // key unconditionally, whatever the CAS).
+                let key = Latch::key(g.rollout);
+                if let Ok((None, _)) = host::shared_data(&key) {
+                    let _ = host::set_shared_data(&key, b"", 0);
+                }
+            })
             .map(|g| Watch {
                 rollout: g.rollout.to_owned(),
                 revision: g.revision,

@@ -25,9 +25,9 @@ impl Root {
     pub(crate) fn install(&mut self, config: Config) {
         self.guarding = Guarding::new(&config);
         self.shared = Some(Shared::new(config));
-        if self.guarding.needs_ticks() {
-            self.guard_tick(now_ms(), true);
-        }
+        // Sets the weight gauges of every config, and reads back trips latched for the same
+        // revisions, so that an update never lets a tripped version's users back.
+        self.guard_tick(now_ms(), true);
     }
 
     pub(crate) fn on_configure(&mut self) -> bool {
