@@ -156,6 +156,9 @@ fn a_failing_new_version_trips_and_its_users_go_to_stable() {
         (90, 10),
         r#"{"min_requests": 20, "window": "10s"}"#,
     ));
+    let v2_tags = [("rollout", "checkout"), ("version", "v2")];
+    assert_eq!(w.metric("rollout_weight_ppm", &v2_tags), 100_000);
+    assert_eq!(w.metric("rollout_guard_tripped", &v2_tags), 0);
     let mut v2_users = Vec::new();
     let (mut v2_seen, mut v2_failed, mut v2_flips) = (0, 0, 0);
     let mut tripped_at = None;
