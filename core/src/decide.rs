@@ -49,9 +49,9 @@ pub struct HostInputs<'a> {
     pub entropy: Option<&'a mut dyn FnMut() -> u64>,
     /// The time, in Unix milliseconds, for schedules; without it a schedule has not started.
     pub now_ms: Option<u64>,
-    /// Slots (see [`VersionChoice::slot`]) whose guard has tripped: their users go to the
-    /// stable version.
-    pub tripped: &'a [usize],
+    /// Versions whose guard has tripped: their users go to the stable version, and their
+    /// rollout's schedule stands still where it tripped.
+    pub tripped: &'a [crate::Tripped],
 }
 
 /// Everything decided for one request.
@@ -252,6 +252,22 @@ pub fn cookie_value<'r>(header: &'r [u8], name: &str) -> Option<&'r [u8]> {
 }
 
 impl Rollout {
+    /// The time a schedule is evaluated at: `now_ms`, or the moment one of this rollout's
+    /// versions tripped if that is earlier, so a trip stops the schedule where it was and
+    /// users who were on stable then keep their reason.
+    pub(crate) fn halted(&self, now_ms: Option<u64>, tripped: &[crate::Tripped]) -> Option<u64> {
+        let slots = self.first_slot..self.first_slot + self.versions.len();
+        let halt = tripped
+            .iter()
+            .filter(|t| slots.contains(&t.slot))
+            .map(|t| t.at_ms)
+            .min();
+        match (now_ms, halt) {
+            (Some(now), Some(halt)) => Some(now.min(halt)),
+            (now, _) => now,
+        }
+    }
+
     /// The schedule's share for the new version at `now_ms`, if the rollout has a schedule.
     pub(crate) fn share_at(&self, now_ms: Option<u64>) -> Option<(usize, u32)> {
         let schedule = self.schedule.as_ref()?;
@@ -288,7 +304,7 @@ impl Rollout {
         if self.aborted {
             return choice(self.stable_idx, VersionReason::Aborted);
         }
-        let share = self.share_at(inputs.now_ms);
+        let share = self.share_at(self.halted(inputs.now_ms, inputs.tripped));
         let weights = || {
             self.versions
                 .iter()
@@ -312,7 +328,8 @@ impl Rollout {
             .and_then(|s| rendezvous(s, weights()))
             .unwrap_or(self.stable_idx);
         // Only the tripped version's users move; everyone else keeps their version.
-        if idx != self.stable_idx && inputs.tripped.contains(&(self.first_slot + idx)) {
+        let slot = self.first_slot + idx;
+        if idx != self.stable_idx && inputs.tripped.iter().any(|t| t.slot == slot) {
             return choice(self.stable_idx, VersionReason::Guard);
         }
         choice(idx, reason)

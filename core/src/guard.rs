@@ -272,8 +272,18 @@ impl Config {
     }
 }
 
+/// A version the guard holds tripped, as a host passes it to the core: its users go to the
+/// stable version, and its rollout's schedule stands still at `at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tripped {
+    /// The version's slot (see [`crate::VersionChoice::slot`]).
+    pub slot: usize,
+    /// When it tripped (Unix ms).
+    pub at_ms: u64,
+}
+
 /// A trip as a process latches it, in a value every VM of the process can read (Envoy's
-/// shared data): `<revision as 16 hex digits> <version> <reason>`.
+/// shared data): `<revision as 16 hex digits> <version> <reason> <Unix ms>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Latch {
     /// The revision of the rollout that tripped; a latch of another revision is void.
@@ -282,6 +292,8 @@ pub struct Latch {
     pub version: String,
     /// Why.
     pub reason: TripReason,
+    /// When (Unix ms): the rollout's schedule stands still from here.
+    pub at_ms: u64,
 }
 
 impl Latch {
@@ -293,10 +305,11 @@ impl Latch {
     /// The latch as stored.
     pub fn encode(&self) -> String {
         format!(
-            "{:016x} {} {}",
+            "{:016x} {} {} {}",
             self.revision,
             self.version,
-            self.reason.as_str()
+            self.reason.as_str(),
+            self.at_ms
         )
     }
 
@@ -307,10 +320,12 @@ impl Latch {
         let revision = u64::from_str_radix(parts.next()?, 16).ok()?;
         let version = parts.next()?.to_owned();
         let reason = TripReason::parse(parts.next()?)?;
+        let at_ms = parts.next()?.parse().ok()?;
         parts.next().is_none().then_some(Latch {
             revision,
             version,
             reason,
+            at_ms,
         })
     }
 }

@@ -42,6 +42,6 @@ pub use decide::{
     VersionReason, cookie_value,
 };
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
-pub use guard::{Counts, Guard, Guarded, Latch, Trip, TripReason, Window, Z};
+pub use guard::{Counts, Guard, Guarded, Latch, Trip, TripReason, Tripped, Window, Z};
 pub use hash::BUCKETS;
 pub use schedule::{ScheduleState, format_time, parse_duration, parse_time};

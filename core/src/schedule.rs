@@ -110,12 +110,12 @@ impl Config {
     }
 
     /// The share of each slot (see [`crate::VersionChoice::slot`]) in force at `now_ms` with
-    /// the `tripped` slots moved to stable, in parts per million of its rollout's keyed users.
+    /// the `tripped` versions moved to stable (and their schedules halted), in parts per million of its rollout's keyed users.
     /// An aborted rollout gives stable everything.
-    pub fn shares_at(&self, now_ms: Option<u64>, tripped: &[usize]) -> Vec<u32> {
+    pub fn shares_at(&self, now_ms: Option<u64>, tripped: &[crate::Tripped]) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.n_slots());
         for r in &self.rollouts {
-            let share = r.share_at(now_ms);
+            let share = r.share_at(r.halted(now_ms, tripped));
             let mut weights: Vec<u64> = (0..r.versions.len())
                 .map(|i| u64::from(r.weight(i, share)))
                 .collect();
@@ -123,7 +123,9 @@ impl Config {
                 .iter_mut()
                 .enumerate()
                 .filter(|(i, _)| {
-                    r.aborted || (*i != r.stable_idx && tripped.contains(&(r.first_slot + i)))
+                    r.aborted
+                        || (*i != r.stable_idx
+                            && tripped.iter().any(|t| t.slot == r.first_slot + i))
                 })
                 .filter(|(i, _)| *i != r.stable_idx)
                 .map(|(_, w)| core::mem::take(w))

@@ -114,13 +114,16 @@ impl Request {
         self.now.as_deref().and_then(crate::parse_time)
     }
 
-    /// The slots of the tripped versions under `config`.
-    pub fn tripped_slots(&self, config: &Config) -> Vec<usize> {
+    /// The tripped versions under `config`, tripped at the case's time (so their schedules
+    /// stand where they are now).
+    pub fn tripped_slots(&self, config: &Config) -> Vec<crate::Tripped> {
+        let at_ms = self.now_ms().unwrap_or(u64::MAX);
         self.tripped
             .iter()
             .filter_map(|rv| {
                 let (rollout, version) = rv.split_once('/')?;
-                config.slot_of(rollout, version)
+                let slot = config.slot_of(rollout, version)?;
+                Some(crate::Tripped { slot, at_ms })
             })
             .collect()
     }

@@ -8,7 +8,9 @@
     reason = "a failing check in a test should panic with its message"
 )]
 
-use rollout_core::{Config, Decision, HostInputs, KeyStatus, MAX_KEY_BYTES, VersionReason};
+use rollout_core::{
+    Config, Decision, HostInputs, KeyStatus, MAX_KEY_BYTES, Tripped, VersionReason,
+};
 
 /// SplitMix64: a tiny seeded generator, so the tests need no extra crate and are repeatable.
 struct Rng(u64);
@@ -484,7 +486,10 @@ fn a_trip_moves_only_the_tripped_versions_users() {
             &facts[..],
             HostInputs {
                 now_ms: at,
-                tripped: &[new_slot],
+                tripped: &[Tripped {
+                    slot: new_slot,
+                    at_ms: START_MS,
+                }],
                 ..HostInputs::default()
             },
         );
@@ -507,7 +512,70 @@ fn a_trip_moves_only_the_tripped_versions_users() {
         assert_eq!((ab.version, ab.reason), ("old", VersionReason::Aborted));
     }
     assert!(moved > 1_000 && kept > 3_000, "moved {moved}, kept {kept}");
-    let shares = config.shares_at(at, &[new_slot]);
+    let shares = config.shares_at(
+        at,
+        &[Tripped {
+            slot: new_slot,
+            at_ms: START_MS,
+        }],
+    );
     assert_eq!(shares, [1_000_000, 0]);
     assert_eq!(config.shares_at(at, &[]), [700_000, 300_000]);
+}
+
+/// A trip stops the schedule where it was: later, when the schedule would have reached 100%,
+/// users who were on stable at the trip are still there for their own reason (`bucket`), and
+/// only the users the trip moved carry `guard`.
+#[test]
+fn a_trip_halts_the_schedule_where_it_was() {
+    let config = scheduled_config(&[(30.0, 60_000), (100.0, 60_000)], "");
+    let slot = config.slot_of("r", "new").unwrap();
+    let trip = [Tripped {
+        slot,
+        at_ms: START_MS + 1_000,
+    }];
+    let (mut guard, mut bucket) = (0, 0);
+    for i in 0..5_000 {
+        let user = format!("u{i}");
+        let facts = [("x-user-id", user.as_str())];
+        let decide = |now: u64, tripped: &[Tripped]| {
+            config
+                .decide(
+                    &facts[..],
+                    HostInputs {
+                        now_ms: Some(now),
+                        tripped,
+                        ..HostInputs::default()
+                    },
+                )
+                .rollout
+                .unwrap()
+        };
+        let at_trip = decide(START_MS + 1_000, &[]);
+        let later = decide(START_MS + 300_000, &trip);
+        assert_eq!(later.version, "old", "{user}");
+        let expected = if at_trip.version == "new" {
+            VersionReason::Guard
+        } else {
+            VersionReason::Bucket
+        };
+        assert_eq!(later.reason, expected, "{user}");
+        guard += u32::from(expected == VersionReason::Guard);
+        bucket += u32::from(expected == VersionReason::Bucket);
+    }
+    assert!(
+        guard > 1_000 && bucket > 3_000,
+        "guard {guard}, bucket {bucket}"
+    );
+    assert_eq!(
+        config.shares_at(Some(START_MS + 300_000), &trip),
+        [1_000_000, 0]
+    );
+    assert_eq!(
+        config
+            .schedule_at("r", Some(START_MS + 300_000))
+            .unwrap()
+            .step,
+        2
+    );
 }

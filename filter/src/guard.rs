@@ -4,7 +4,7 @@
 //! every VM of the process takes it up on its next tick. A latch names the rollout's revision:
 //! it holds until the rollout is changed, never lifting by itself.
 
-use rollout_core::{Config, Counts, Latch, Trip, TripReason, Window, format_time};
+use rollout_core::{Config, Counts, Latch, Trip, TripReason, Tripped, Window, format_time};
 
 use crate::host::{self, LogLevel, MetricType};
 use crate::metrics::{Gauge, define, increment, metric_name};
@@ -100,7 +100,7 @@ impl Root {
             watch.judge(&shared, now, !force);
             watch.follow_latch(&shared);
         }
-        let tripped: Vec<usize> = self
+        let tripped: Vec<Tripped> = self
             .guarding
             .watches
             .iter()
@@ -112,17 +112,19 @@ impl Root {
                 .weight_ppm
                 .set(u64::from(shares.get(slot).copied().unwrap_or(0)));
             if let Some(gauge) = &metrics.tripped {
-                gauge.set(u64::from(tripped.contains(&slot)));
+                gauge.set(u64::from(tripped.iter().any(|t| t.slot == slot)));
             }
         }
         for (rollout, gauge) in &self.guarding.steps {
-            // A trip stops the schedule where it is: the gauge stays at the step it tripped in.
-            let halted = self
+            // A trip stops the schedule where it is: the gauge shows the step it tripped in.
+            let at = self
                 .guarding
                 .watches
                 .iter()
-                .any(|w| &w.rollout == rollout && w.latched.is_some());
-            if !halted && let Some(state) = shared.config.schedule_at(rollout, Some(now)) {
+                .filter(|w| &w.rollout == rollout)
+                .filter_map(|w| w.latched.as_ref().map(|l| l.at_ms))
+                .fold(now, u64::min);
+            if let Some(state) = shared.config.schedule_at(rollout, Some(at)) {
                 gauge.set(state.step as u64);
             }
         }
@@ -165,6 +167,7 @@ impl Watch {
                     revision: self.revision,
                     version: version.to_owned(),
                     reason: trip.reason,
+                    at_ms: now,
                 });
                 self.publish(shared, Some((&trip, guard.guard.window_ms, now)));
                 return;
@@ -234,9 +237,13 @@ impl Watch {
         );
     }
 
-    fn tripped_slot(&self, config: &Config) -> Option<usize> {
+    fn tripped_slot(&self, config: &Config) -> Option<Tripped> {
         let latch = self.latched.as_ref()?;
-        config.slot_of(&self.rollout, &latch.version)
+        let slot = config.slot_of(&self.rollout, &latch.version)?;
+        Some(Tripped {
+            slot,
+            at_ms: latch.at_ms,
+        })
     }
 }
 

@@ -52,7 +52,7 @@ struct Shared {
     /// Per slot (see `rollout_core::VersionChoice::slot`).
     metrics: Vec<VersionMetrics>,
     /// Slots the guard holds tripped, as of the root's last tick.
-    tripped: RefCell<Vec<usize>>,
+    tripped: RefCell<Vec<rollout_core::Tripped>>,
     /// Whether deciding needs the time (a rollout has a schedule).
     needs_time: bool,
 }

@@ -369,11 +369,16 @@ fn a_schedule_advances_and_a_trip_halts_it_until_a_new_revision() {
     w.advance(200);
     // Past step 3's start: still everyone on v1, and the step gauge stays at 2.
     w.advance(5_000);
-    let everyone_v1 = users.iter().all(|u| w.send(u, 200, 0).version == "v1");
-    assert!(
-        everyone_v1,
-        "a tripped schedule must keep everyone on stable"
-    );
+    for (i, user) in users.iter().enumerate() {
+        let served = w.send(user, 200, 0);
+        assert_eq!(
+            served.version, "v1",
+            "a tripped schedule keeps {user} on stable"
+        );
+        // Only the users v2 had when it tripped were moved; the rest are where step 2 put them.
+        let moved = on_v2[i].then_some("guard");
+        assert_eq!(served.reason.as_deref(), moved, "{user}");
+    }
     assert_eq!(step_gauge(&w), 2, "the schedule stops where it tripped");
     // A new revision (a new start) resets it: its step 3 (100%) begins 6 s after the start.
     let restart = w.now_ms + 1_000;
