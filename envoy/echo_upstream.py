@@ -5,22 +5,30 @@ that answers every request with its own name and the request headers it received
     python3 envoy/echo_upstream.py 8082 v2 &
 
 A request header `x-echo-response` (a JSON list of [name, value] pairs) sets the response's
-`:status` and headers, so tests can make an upstream fail or send headers of its own."""
+`:status` and headers, so tests can make an upstream fail or send headers of its own.
+`--fail-ratio R` answers a share R of requests 500, `--slow-ratio R --slow-ms MS` delays a
+share R of responses by MS milliseconds: spread evenly over the requests it counts, not drawn
+at random, so a test sees the same shares on every run."""
 
 import argparse
 import http.server
 import json
+import math
 import threading
+import time
 
 
 class Upstream:
     """An HTTP/1.1 server on 127.0.0.1 that answers every request with its own name and the
     request headers it received, as JSON. A request header `x-echo-response` (a JSON list of
-    [name, value] pairs) sets the response's status and headers."""
+    [name, value] pairs) sets the response's status and headers. A share `fail_ratio` of
+    requests is answered 500 (unless that header sets a status) and a share `slow_ratio` is
+    delayed by `slow_ms`; both are attributes a test may change while it serves."""
 
-    def __init__(self, name, port=0):
+    def __init__(self, name, port=0, fail_ratio=0.0, slow_ratio=0.0, slow_ms=0):
         self.name = name
         self.count = 0
+        self.fail_ratio, self.slow_ratio, self.slow_ms = fail_ratio, slow_ratio, slow_ms
         self._lock = threading.Lock()
         upstream = self
 
@@ -37,10 +45,14 @@ class Upstream:
                     self.rfile.read(length)
                 with upstream._lock:
                     upstream.count += 1
+                    failing = _nth_of_share(upstream.count, upstream.fail_ratio)
+                    slow = _nth_of_share(upstream.count, upstream.slow_ratio)
+                if slow and upstream.slow_ms:
+                    time.sleep(upstream.slow_ms / 1000)
                 pairs = [[k.lower(), v] for k, v in self.headers.items()]
                 body = json.dumps({"upstream": upstream.name, "headers": pairs}).encode()
                 respond = json.loads(self.headers.get("x-echo-response") or "[]")
-                status = next((int(v) for k, v in respond if k == ":status"), 200)
+                status = next((int(v) for k, v in respond if k == ":status"), 500 if failing else 200)
                 self.send_response(status)
                 for k, v in respond:
                     if not k.startswith(":"):
@@ -67,11 +79,22 @@ class Upstream:
         self.server.server_close()
 
 
+def _nth_of_share(n, ratio):
+    """Whether the n-th request (from 1) is one of a share `ratio` spread evenly: the n-th
+    is picked when floor(n * ratio) steps up, so any n consecutive requests hold
+    floor(n * ratio) or one more of them."""
+    # The epsilon keeps 40 * 0.025 at 1 despite binary fractions.
+    return ratio > 0 and math.floor(n * ratio + 1e-9) > math.floor((n - 1) * ratio + 1e-9)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int, help="port on 127.0.0.1 (0: any free one)")
     parser.add_argument("name", help="the name it answers with, e.g. v1")
+    parser.add_argument("--fail-ratio", type=float, default=0.0, metavar="R", help="answer a share R of requests 500")
+    parser.add_argument("--slow-ratio", type=float, default=0.0, metavar="R", help="delay a share R of responses")
+    parser.add_argument("--slow-ms", type=int, default=0, metavar="MS", help="by this many milliseconds")
     args = parser.parse_args()
-    upstream = Upstream(args.name, args.port)
+    upstream = Upstream(args.name, args.port, args.fail_ratio, args.slow_ratio, args.slow_ms)
     print(f"upstream {args.name} on 127.0.0.1:{upstream.port}", flush=True)
     upstream.thread.join()
