@@ -1,7 +1,8 @@
 """Benchmark: the proxy's throughput, latency and CPU per request with no filter, with Envoy's
 native weighted_clusters, with a Lua filter doing an equivalent sticky split, with a wasm filter
-that does nothing (the floor for any proxy-wasm filter), and with the rollout filter with and
-without the header scrub in front of it, in one run with interleaved rounds, on loopback only.
+that does nothing (the floor for any proxy-wasm filter), with the rollout filter with and
+without the header scrub in front of it, and with the rollout filter following a schedule under
+a guard, in one run with interleaved rounds, on loopback only.
 
     .venv/bin/python envoy/bench_load.py [ROUNDS] [SECONDS] [--variants NAME,...] [--json PATH]
 
@@ -12,7 +13,10 @@ contract headers); without that scrub ("rollout filter without scrub"); and, eve
 without the scrub too, with the wasm filter removed (no filter; with the routes replaced by
 weighted_clusters 90/10; with a Lua filter that hashes x-user-id and sets x-rollout-version
 for 10% of users; with the probe test filter configured to do nothing, which needs
-target/wasm32-wasip1/wasm/probe_filter.wasm). "rollout filter + header_mutation"
+target/wasm32-wasip1/wasm/probe_filter.wasm). "guard" is the shipped config with the split
+set by a schedule (at its 10% step) instead of weights and a guard with a latency bound (every
+response is timed and judged; the upstream is healthy, so it never trips).
+"rollout filter + header_mutation"
 (only when named in --variants) does the scrub with the header_mutation HTTP filter first in
 the chain instead. Its upstream is a second Envoy answering with a direct response, so the
 upstream is never the bottleneck. Load: wrk -t2 -c50 with a distinct x-user-id per request.
@@ -27,7 +31,15 @@ import re
 import subprocess
 import tempfile
 
-from harness import STATIC_CONFIG, Envoy, connection_managers, http_filters, load
+from harness import (
+    STATIC_CONFIG,
+    Envoy,
+    connection_managers,
+    http_filters,
+    load,
+    plugin_configuration,
+    set_plugin_configuration,
+)
 
 UPSTREAM = {
     "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 9901}}},
@@ -136,6 +148,19 @@ def empty_wasm_filter(doc):
     return doc
 
 
+def scheduled_and_guarded(doc):
+    """The shipped config with the same 10% split set by a schedule, long at its last step,
+    and a guard judging errors and latency: what the guard's ticks and the slow-response
+    counting add to a request."""
+    config = plugin_configuration(doc)
+    rollout = config["rollouts"]["checkout"]
+    rollout["versions"] = [{"name": v["name"]} for v in rollout["versions"]]
+    rollout["schedule"] = {"version": "v2", "start": "2020-01-01T00:00:00Z",
+                           "steps": [{"percent": 1, "hold": "1h"}, {"percent": 10}]}
+    rollout["guard"] = {"latency": {"bound": "500ms"}}
+    return set_plugin_configuration(doc, json.dumps(config))
+
+
 VARIANTS = {
     "no filter": without_filter,
     "weighted_clusters": weighted_clusters,
@@ -143,6 +168,7 @@ VARIANTS = {
     "empty wasm filter": empty_wasm_filter,
     "rollout filter without scrub": without_scrub,
     "rollout filter": lambda doc: doc,
+    "guard": scheduled_and_guarded,
     "rollout filter + header_mutation": scrub_as_http_filter,
 }
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "rollout filter + header_mutation"]

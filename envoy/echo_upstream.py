@@ -6,24 +6,29 @@ that answers every request with its own name and the request headers it received
 
 A request header `x-echo-response` (a JSON list of [name, value] pairs) sets the response's
 `:status` and headers, so tests can make an upstream fail or send headers of its own.
-`--fail-every N` answers every N-th request 500, a version that fails a share of its traffic."""
+`--fail-ratio R` answers a share R of requests 500, `--slow-ratio R --slow-ms MS` delays a
+share R of responses by MS milliseconds: spread evenly over the requests it counts, not drawn
+at random, so a test sees the same shares on every run."""
 
 import argparse
 import http.server
 import json
+import math
 import threading
+import time
 
 
 class Upstream:
     """An HTTP/1.1 server on 127.0.0.1 that answers every request with its own name and the
     request headers it received, as JSON. A request header `x-echo-response` (a JSON list of
-    [name, value] pairs) sets the response's status and headers. With `fail_every` N > 0,
-    every N-th request it counts is answered 500 (unless that header sets a status)."""
+    [name, value] pairs) sets the response's status and headers. A share `fail_ratio` of
+    requests is answered 500 (unless that header sets a status) and a share `slow_ratio` is
+    delayed by `slow_ms`; both are attributes a test may change while it serves."""
 
-    def __init__(self, name, port=0, fail_every=0):
+    def __init__(self, name, port=0, fail_ratio=0.0, slow_ratio=0.0, slow_ms=0):
         self.name = name
         self.count = 0
-        self.fail_every = fail_every
+        self.fail_ratio, self.slow_ratio, self.slow_ms = fail_ratio, slow_ratio, slow_ms
         self._lock = threading.Lock()
         upstream = self
 
@@ -40,7 +45,10 @@ class Upstream:
                     self.rfile.read(length)
                 with upstream._lock:
                     upstream.count += 1
-                    failing = upstream.fail_every > 0 and upstream.count % upstream.fail_every == 0
+                    failing = _nth_of_share(upstream.count, upstream.fail_ratio)
+                    slow = _nth_of_share(upstream.count, upstream.slow_ratio)
+                if slow and upstream.slow_ms:
+                    time.sleep(upstream.slow_ms / 1000)
                 pairs = [[k.lower(), v] for k, v in self.headers.items()]
                 body = json.dumps({"upstream": upstream.name, "headers": pairs}).encode()
                 respond = json.loads(self.headers.get("x-echo-response") or "[]")
@@ -71,12 +79,22 @@ class Upstream:
         self.server.server_close()
 
 
+def _nth_of_share(n, ratio):
+    """Whether the n-th request (from 1) is one of a share `ratio` spread evenly: the n-th
+    is picked when floor(n * ratio) steps up, so any n consecutive requests hold
+    floor(n * ratio) or one more of them."""
+    # The epsilon keeps 40 * 0.025 at 1 despite binary fractions.
+    return ratio > 0 and math.floor(n * ratio + 1e-9) > math.floor((n - 1) * ratio + 1e-9)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int, help="port on 127.0.0.1 (0: any free one)")
     parser.add_argument("name", help="the name it answers with, e.g. v1")
-    parser.add_argument("--fail-every", type=int, default=0, metavar="N", help="answer every N-th request 500")
+    parser.add_argument("--fail-ratio", type=float, default=0.0, metavar="R", help="answer a share R of requests 500")
+    parser.add_argument("--slow-ratio", type=float, default=0.0, metavar="R", help="delay a share R of responses")
+    parser.add_argument("--slow-ms", type=int, default=0, metavar="MS", help="by this many milliseconds")
     args = parser.parse_args()
-    upstream = Upstream(args.name, args.port, args.fail_every)
+    upstream = Upstream(args.name, args.port, args.fail_ratio, args.slow_ratio, args.slow_ms)
     print(f"upstream {args.name} on 127.0.0.1:{upstream.port}", flush=True)
     upstream.thread.join()

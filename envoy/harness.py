@@ -14,7 +14,9 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+import typing
 
 import yaml
 
@@ -297,6 +299,64 @@ class Probes:
         """Closes every connection."""
         for c in self.clients:
             c.close()
+
+
+class Reply(typing.NamedTuple):
+    """One exchange of `Traffic`: wall-clock times (the clock a schedule is read on), the user,
+    the upstream that answered, the status, and `x-rollout-reason` as the client got it and as
+    the upstream received it (None when absent)."""
+
+    sent: float
+    received: float
+    user: str
+    upstream: str
+    status: int
+    reason: str | None
+    upstream_reason: str | None
+
+
+class Traffic:
+    """Load from many users: `threads` keep-alive clients, each cycling over its own share of
+    `users` (as x-user-id), so one user's requests are sequential; every exchange is kept as a
+    Reply in `replies`. Runs until `stop()`, or for `rounds` passes over the users."""
+
+    def __init__(self, port, users, threads=8, rounds=None):
+        self.replies = []
+        self._stopping = threading.Event()
+        self._failures = []
+        self._threads = [threading.Thread(target=self._run, args=(port, users[k::threads], rounds), daemon=True)
+                         for k in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self, port, users, rounds):
+        client = Client(port)
+        try:
+            passes = itertools.count() if rounds is None else range(rounds)
+            for _ in passes:
+                for user in users:
+                    if self._stopping.is_set():
+                        return
+                    sent = time.time()
+                    status, headers, body = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", user)])
+                    echoed = json.loads(body)
+                    self.replies.append(Reply(
+                        sent, time.time(), user, echoed["upstream"], status, dict(headers).get("x-rollout-reason"),
+                        dict(echoed["headers"]).get("x-rollout-reason")))
+        except Exception as e:  # noqa: BLE001 (reported by stop(), not lost in a thread)
+            self._failures.append(e)
+        finally:
+            client.close()
+
+    def stop(self, wait=False):
+        """Stops the clients (with `wait`, lets them finish their rounds first) and returns
+        every Reply, in the order they came back; fails if a client failed."""
+        if not wait:
+            self._stopping.set()
+        for t in self._threads:
+            t.join(120)
+        assert not self._failures, f"a client failed: {self._failures[0]!r}"
+        return sorted(self.replies, key=lambda r: r.received)
 
 
 # --- checks shared by test modules --------------------------------------------------------

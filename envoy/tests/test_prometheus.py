@@ -298,7 +298,7 @@ def bad_canary(tmp_path):
     rollout_config = plugin_configuration(config)
     rollout_config["rollouts"]["checkout"]["versions"] = [{"name": "v1", "weight": 50}, {"name": "v2", "weight": 50}]
     set_plugin_configuration(config, json.dumps(rollout_config))
-    upstreams = {"v1": Upstream("v1"), "v2": Upstream("v2", fail_every=2)}
+    upstreams = {"v1": Upstream("v1"), "v2": Upstream("v2", fail_ratio=0.5)}
     started = []
     try:
         envoy = Envoy(config, tmp_path, {8081: upstreams["v1"].port, 8082: upstreams["v2"].port})
