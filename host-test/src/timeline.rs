@@ -407,29 +407,28 @@ fn chart(
         let observed = percent(seen, row.matched);
         let _ = writeln!(
             s,
-            r##"<circle class="observed" cx="{:.1}" cy="{:.1}" r="4" fill="#d62728"><title>step {}: {new} set {}, seen by {observed:.3}% of {} users</title></circle>"##,
+            r##"<circle class="observed" cx="{:.1}" cy="{:.1}" r="4" fill="#d62728"><title>step {}: {new} set {}{}, seen by {observed:.3}% of {} users</title></circle>"##,
             x(row.at_ms),
             y(observed / 100.0),
             k + 1,
             ppm_text(row.configured_ppm),
+            if row.state.paused { " (paused)" } else { "" },
             row.matched
         );
     }
-    let lx = LEFT + pw - 170.0;
+    // The legend beside the title, where no share can reach.
+    let lx = LEFT + pw - 100.0;
     let _ = writeln!(
         s,
-        r##"<line x1="{lx}" y1="{TOP}" x2="{:.1}" y2="{TOP}" stroke="#1f77b4" stroke-width="2"/><text x="{:.1}" y="{:.1}">configured</text>"##,
+        r##"<line x1="{lx}" y1="20" x2="{:.1}" y2="20" stroke="#1f77b4" stroke-width="2"/><text x="{:.1}" y="24">configured</text>"##,
         lx + 24.0,
-        lx + 30.0,
-        TOP + 4.0
+        lx + 30.0
     );
     let _ = writeln!(
         s,
-        r##"<circle cx="{:.1}" cy="{:.1}" r="4" fill="#d62728"/><text x="{:.1}" y="{:.1}">observed</text>"##,
+        r##"<circle cx="{:.1}" cy="38" r="4" fill="#d62728"/><text x="{:.1}" y="42">observed</text>"##,
         lx + 12.0,
-        TOP + 18.0,
-        lx + 30.0,
-        TOP + 22.0
+        lx + 30.0
     );
     s.push_str("</svg>\n");
     s
