@@ -68,6 +68,9 @@ enum Command {
         /// With --timeline: also write an SVG chart of the new version's share over time.
         #[arg(long, requires = "timeline", value_name = "FILE")]
         svg: Option<PathBuf>,
+        /// The time of the requests, RFC 3339; default: now.
+        #[arg(long, conflicts_with = "timeline")]
+        at: Option<String>,
         #[command(flatten)]
         request: RequestArgs,
     },
@@ -177,11 +180,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             at,
             json,
         } => {
-            let now_ms = match at {
-                Some(text) => parse_time(&text)
-                    .with_context(|| format!("--at {text:?} is not an RFC 3339 time"))?,
-                None => system_now_ms()?,
-            };
+            let now_ms = at_or_now(at.as_deref())?;
             let (name, bytes) = read_config(config.as_ref())?;
             let Some(config) = parse_config(&name, &bytes) else {
                 return Ok(ExitCode::FAILURE);
@@ -194,6 +193,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ids,
             timeline,
             svg,
+            at,
             request,
         } => {
             let (name, bytes) = read_config(config.as_ref())?;
@@ -204,14 +204,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if timeline {
                 timeline::run(&config, &bytes, users, ids, &request, svg.as_deref())
             } else {
-                simulate(&config, &bytes, users, ids, &request)
+                let now_ms = at_or_now(at.as_deref())?;
+                simulate(&config, &bytes, users, ids, &request, now_ms)
             }
         }
     }
 }
 
-/// The system clock in Unix milliseconds.
-fn system_now_ms() -> Result<u64> {
+/// The time `--at` gives, else the system clock, in Unix milliseconds.
+fn at_or_now(at: Option<&str>) -> Result<u64> {
+    if let Some(text) = at {
+        return parse_time(text).with_context(|| format!("--at {text:?} is not an RFC 3339 time"));
+    }
     let since = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .context("the system clock is before 1970")?;
@@ -410,14 +414,12 @@ fn simulate(
     users: u64,
     ids: IdShape,
     request: &RequestArgs,
+    now_ms: u64,
 ) -> Result<ExitCode> {
     let base = request.headers()?;
     let key_source = config_key_source(config);
     let module = request.filter()?;
-    let mut vm = module.start_vm(VmOptions::default())?;
-    if !vm.configure(bytes)? {
-        bail!("the filter refused the config: {:?}", vm.take_logs());
-    }
+    let mut vm = configured_vm(&module, bytes, now_ms)?;
     let names = config.header_names().clone();
     let mut tally = Tally::default();
     let progress = progress_bar(users);
@@ -449,7 +451,7 @@ fn simulate(
     if key_source.is_none() {
         println!("note: the config has no user_key, so every user is keyless");
     }
-    print_versions(config, &tally);
+    print_versions(config, &tally, now_ms);
     print_flags(config, &tally, users);
     Ok(ExitCode::SUCCESS)
 }
@@ -492,31 +494,30 @@ impl Tally {
     }
 }
 
-/// The observed split per rollout version beside the configured weights.
-fn print_versions(config: &Config, tally: &Tally) {
+/// The observed split per rollout version beside the share in force at `now_ms` (the
+/// weights, or what a schedule or an abort makes of them).
+fn print_versions(config: &Config, tally: &Tally, now_ms: u64) {
     let (rollouts, versions) = (&tally.rollouts, &tally.versions);
     println!();
+    println!("time: {}", format_time(now_ms));
     println!(
         "{:<32} {:>10} {:>9} {:>9}",
-        "rollout/version", "users", "observed", "weight"
+        "rollout/version", "users", "observed", "config"
     );
-    for rollout in config.rollout_names() {
-        let weights = config.weights(rollout).unwrap_or_default();
-        let total_weight: u64 = weights.iter().map(|(_, w)| u64::from(*w)).sum();
+    let shares = config.shares_at(Some(now_ms), &[]);
+    for ((rollout, version), ppm) in config.versions().zip(shares) {
         let seen = rollouts.get(rollout).copied().unwrap_or(0);
-        for (version, weight) in weights {
-            let n = versions
-                .get(&format!("{rollout}/{version}"))
-                .copied()
-                .unwrap_or(0);
-            println!(
-                "{:<32} {:>10} {:>8.3}% {:>8.3}%",
-                format!("{rollout}/{version}"),
-                n,
-                percent(n, seen),
-                percent(u64::from(weight), total_weight)
-            );
-        }
+        let n = versions
+            .get(&format!("{rollout}/{version}"))
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "{:<32} {:>10} {:>8.3}% {:>8.3}%",
+            format!("{rollout}/{version}"),
+            n,
+            percent(n, seen),
+            f64::from(ppm) / 10_000.0
+        );
     }
     if rollouts.is_empty() {
         println!("(no request matched a rollout: try --host and --path)");

@@ -96,6 +96,7 @@ fn simulate_prints_a_split_close_to_the_weights() {
         .unwrap();
     let users: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!((users - 2000.0).abs() < 5.0 * 42.4, "{row}");
+    assert_eq!(row.split_whitespace().nth(3), Some("10.000%"), "{row}");
     assert!(stdout.contains("20000 users (random ids)"), "{stdout}");
     assert!(
         stdout.lines().any(|l| l.starts_with("theme=dark")),
