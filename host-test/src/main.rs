@@ -1,17 +1,21 @@
 //! `rollout`: validate a rollout config, explain one request's decision, and simulate users
-//! through the very filter .wasm that Envoy loads.
+//! through the very filter .wasm that Envoy loads, at a chosen time or along a schedule.
+
+mod timeline;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use host_test::testing::filter_wasm_path;
-use host_test::{Exchange, FilterModule, VmOptions};
+use host_test::{Exchange, FilterModule, Headers, Vm, VmOptions};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
-use rollout_core::{Config, HeaderNames, HostInputs, Source};
+use rollout_core::{
+    Config, HeaderNames, HostInputs, ScheduleState, Source, format_time, parse_time,
+};
 
 /// The example config that `simulate` and `explain` use when no config is given.
 const EXAMPLE_CONFIG: &str = include_str!("../../examples/checkout.json");
@@ -40,6 +44,9 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         request: RequestArgs,
+        /// The time of the request, RFC 3339 (`2026-11-23T10:25:00Z`); default: now.
+        #[arg(long)]
+        at: Option<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -54,6 +61,16 @@ enum Command {
         /// User ids: `sequential` (user-1, user-2, ...) or `random` (hex).
         #[arg(long, default_value = "sequential")]
         ids: IdShape,
+        /// Simulate the users at every step of the schedule of the rollout the requests
+        /// match, and print the share and the users who moved at each step.
+        #[arg(long)]
+        timeline: bool,
+        /// With --timeline: also write an SVG chart of the new version's share over time.
+        #[arg(long, requires = "timeline", value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// The time of the requests, RFC 3339; default: now.
+        #[arg(long, conflicts_with = "timeline")]
+        at: Option<String>,
         #[command(flatten)]
         request: RequestArgs,
     },
@@ -160,18 +177,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Explain {
             config,
             request,
+            at,
             json,
         } => {
+            let now_ms = at_or_now(at.as_deref())?;
             let (name, bytes) = read_config(config.as_ref())?;
             let Some(config) = parse_config(&name, &bytes) else {
                 return Ok(ExitCode::FAILURE);
             };
-            explain(&config, &bytes, &request, json)
+            explain(&config, &bytes, &request, now_ms, json)
         }
         Command::Simulate {
             config,
             users,
             ids,
+            timeline,
+            svg,
+            at,
             request,
         } => {
             let (name, bytes) = read_config(config.as_ref())?;
@@ -179,19 +201,83 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             };
             println!("config: {name}");
-            simulate(&config, &bytes, users, ids, &request)
+            if timeline {
+                timeline::run(&config, &bytes, users, ids, &request, svg.as_deref())
+            } else {
+                let now_ms = at_or_now(at.as_deref())?;
+                simulate(&config, &bytes, users, ids, &request, now_ms)
+            }
         }
     }
 }
 
-fn explain(config: &Config, bytes: &[u8], request: &RequestArgs, json: bool) -> Result<ExitCode> {
-    let headers = request.headers()?;
-    let decision = config.decide(headers.as_slice(), HostInputs::default());
-    let module = request.filter()?;
-    let mut vm = module.start_vm(VmOptions::default())?;
+/// The time `--at` gives, else the system clock, in Unix milliseconds.
+fn at_or_now(at: Option<&str>) -> Result<u64> {
+    if let Some(text) = at {
+        return parse_time(text).with_context(|| format!("--at {text:?} is not an RFC 3339 time"));
+    }
+    let since = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
+    Ok(since.as_millis() as u64)
+}
+
+/// A VM of the filter whose virtual clock starts at `now_ms`, configured with `bytes`.
+fn configured_vm(module: &FilterModule, bytes: &[u8], now_ms: u64) -> Result<Vm> {
+    let start_time_ns = now_ms
+        .checked_mul(1_000_000)
+        .with_context(|| format!("{} is too far ahead for the VM clock", format_time(now_ms)))?;
+    let mut vm = module.start_vm(VmOptions {
+        start_time_ns,
+        ..VmOptions::default()
+    })?;
     if !vm.configure(bytes)? {
         bail!("the filter refused the config: {:?}", vm.take_logs());
     }
+    Ok(vm)
+}
+
+/// A share in parts per million as a percentage, without trailing zeros (`12.5%`).
+fn ppm_text(ppm: u32) -> String {
+    format!("{}%", f64::from(ppm) / 10_000.0)
+}
+
+/// Where a rollout's schedule stands, in words.
+fn schedule_words(state: &ScheduleState, new_version: &str) -> String {
+    let mut out = if state.step == 0 {
+        format!("not started (step 0 of {})", state.steps)
+    } else {
+        format!("step {} of {}", state.step, state.steps)
+    };
+    out += &format!(", {new_version} at {}", ppm_text(state.canary_ppm));
+    match state.next_ms {
+        Some(next) if state.step == 0 => out += &format!(", starts at {}", format_time(next)),
+        Some(next) => out += &format!(", next step at {}", format_time(next)),
+        None if state.paused => {}
+        None => out += ", last step",
+    }
+    if state.paused {
+        out += ", paused";
+    }
+    out
+}
+
+fn explain(
+    config: &Config,
+    bytes: &[u8],
+    request: &RequestArgs,
+    now_ms: u64,
+    json: bool,
+) -> Result<ExitCode> {
+    let headers = request.headers()?;
+    let inputs = HostInputs {
+        now_ms: Some(now_ms),
+        ..HostInputs::default()
+    };
+    let decision = config.decide(headers.as_slice(), inputs);
+    let schedules = timeline::scheduled_rollouts(config, now_ms);
+    let module = request.filter()?;
+    let mut vm = configured_vm(&module, bytes, now_ms)?;
     let report = vm.exchange(&host_test::testing::exchange(&headers, &[]))?;
     // The native decision and the filter must agree on the contract headers.
     let mut expected = headers.clone();
@@ -208,13 +294,37 @@ fn explain(config: &Config, bytes: &[u8], request: &RequestArgs, json: bool) -> 
         .iter()
         .all(|name| values(&expected, name) == values(&report.upstream_request_headers, name));
     if json {
+        let schedules: serde_json::Map<String, serde_json::Value> = schedules
+            .iter()
+            .map(|s| {
+                let value = serde_json::json!({
+                    "version": s.new_version,
+                    "step": s.state.step,
+                    "steps": s.state.steps,
+                    "canary_ppm": s.state.canary_ppm,
+                    "next": s.state.next_ms.map(format_time),
+                    "paused": s.state.paused,
+                });
+                (s.rollout.to_owned(), value)
+            })
+            .collect();
         let out = serde_json::json!({
+            "now": format_time(now_ms),
+            "schedules": schedules,
             "decision": decision,
             "filter": report,
             "filter_agrees_with_core": agree,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        println!("time: {}", format_time(now_ms));
+        for s in &schedules {
+            println!(
+                "schedule of {}: {}",
+                s.rollout,
+                schedule_words(&s.state, s.new_version)
+            );
+        }
         println!("key: {}", words(serde_json::to_value(decision.key)?));
         match decision.rollout {
             Some(r) => println!(
@@ -267,6 +377,19 @@ fn user_id(shape: IdShape, i: u64) -> String {
     }
 }
 
+/// The base request with a user's key where the config looks for it first.
+fn user_headers(base: &[(String, String)], key_source: Option<&Source>, id: &str) -> Headers {
+    let mut headers = host_test::headers(base);
+    match key_source {
+        Some(Source::Header(name)) => headers.push((name.clone(), id.as_bytes().to_vec())),
+        Some(Source::Cookie(name)) => {
+            headers.push(("cookie".to_owned(), format!("{name}={id}").into_bytes()))
+        }
+        _ => {}
+    }
+    headers
+}
+
 /// A progress bar on stderr with rate and time left, for runs long enough to want one.
 /// indicatif draws nothing when stderr is not a terminal, so piped output stays clean.
 fn progress_bar(total: u64) -> ProgressBar {
@@ -291,30 +414,19 @@ fn simulate(
     users: u64,
     ids: IdShape,
     request: &RequestArgs,
+    now_ms: u64,
 ) -> Result<ExitCode> {
     let base = request.headers()?;
     let key_source = config_key_source(config);
     let module = request.filter()?;
-    let mut vm = module.start_vm(VmOptions::default())?;
-    if !vm.configure(bytes)? {
-        bail!("the filter refused the config: {:?}", vm.take_logs());
-    }
+    let mut vm = configured_vm(&module, bytes, now_ms)?;
     let names = config.header_names().clone();
     let mut tally = Tally::default();
     let progress = progress_bar(users);
     let started = Instant::now();
     for i in 0..users {
-        let mut headers = host_test::headers(&base);
-        let id = user_id(ids, i);
-        match &key_source {
-            Some(Source::Header(name)) => headers.push((name.clone(), id.into_bytes())),
-            Some(Source::Cookie(name)) => {
-                headers.push(("cookie".to_owned(), format!("{name}={id}").into_bytes()))
-            }
-            _ => {}
-        }
         let report = vm.exchange(&Exchange {
-            request_headers: headers,
+            request_headers: user_headers(&base, key_source.as_ref(), &user_id(ids, i)),
             ..Exchange::default()
         })?;
         tally.count(&report.upstream_request_headers, &names);
@@ -339,7 +451,7 @@ fn simulate(
     if key_source.is_none() {
         println!("note: the config has no user_key, so every user is keyless");
     }
-    print_versions(config, &tally);
+    print_versions(config, &tally, now_ms);
     print_flags(config, &tally, users);
     Ok(ExitCode::SUCCESS)
 }
@@ -382,31 +494,30 @@ impl Tally {
     }
 }
 
-/// The observed split per rollout version beside the configured weights.
-fn print_versions(config: &Config, tally: &Tally) {
+/// The observed split per rollout version beside the share in force at `now_ms` (the
+/// weights, or what a schedule or an abort makes of them).
+fn print_versions(config: &Config, tally: &Tally, now_ms: u64) {
     let (rollouts, versions) = (&tally.rollouts, &tally.versions);
     println!();
+    println!("time: {}", format_time(now_ms));
     println!(
         "{:<32} {:>10} {:>9} {:>9}",
-        "rollout/version", "users", "observed", "weight"
+        "rollout/version", "users", "observed", "config"
     );
-    for rollout in config.rollout_names() {
-        let weights = config.weights(rollout).unwrap_or_default();
-        let total_weight: u64 = weights.iter().map(|(_, w)| u64::from(*w)).sum();
+    let shares = config.shares_at(Some(now_ms), &[]);
+    for ((rollout, version), ppm) in config.versions().zip(shares) {
         let seen = rollouts.get(rollout).copied().unwrap_or(0);
-        for (version, weight) in weights {
-            let n = versions
-                .get(&format!("{rollout}/{version}"))
-                .copied()
-                .unwrap_or(0);
-            println!(
-                "{:<32} {:>10} {:>8.3}% {:>8.3}%",
-                format!("{rollout}/{version}"),
-                n,
-                percent(n, seen),
-                percent(u64::from(weight), total_weight)
-            );
-        }
+        let n = versions
+            .get(&format!("{rollout}/{version}"))
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "{:<32} {:>10} {:>8.3}% {:>8.3}%",
+            format!("{rollout}/{version}"),
+            n,
+            percent(n, seen),
+            f64::from(ppm) / 10_000.0
+        );
     }
     if rollouts.is_empty() {
         println!("(no request matched a rollout: try --host and --path)");

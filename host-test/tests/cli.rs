@@ -96,9 +96,249 @@ fn simulate_prints_a_split_close_to_the_weights() {
         .unwrap();
     let users: f64 = row.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!((users - 2000.0).abs() < 5.0 * 42.4, "{row}");
+    assert_eq!(row.split_whitespace().nth(3), Some("10.000%"), "{row}");
     assert!(stdout.contains("20000 users (random ids)"), "{stdout}");
     assert!(
         stdout.lines().any(|l| l.starts_with("theme=dark")),
         "{stdout}"
+    );
+}
+
+/// The schedule of examples/canary-schedule.json: each step's start and the new version's
+/// share in percent.
+const CANARY_STEPS: [(&str, f64); 6] = [
+    ("2026-11-23T10:00:00Z", 1.0),
+    ("2026-11-23T10:10:00Z", 5.0),
+    ("2026-11-23T10:20:00Z", 10.0),
+    ("2026-11-23T10:40:00Z", 25.0),
+    ("2026-11-23T11:10:00Z", 50.0),
+    ("2026-11-23T12:10:00Z", 100.0),
+];
+
+fn explain_at(at: &str) -> serde_json::Value {
+    let out = rollout(&[
+        "explain",
+        "examples/canary-schedule.json",
+        "--json",
+        "--at",
+        at,
+        "-H",
+        "x-user-id: user-7",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["filter_agrees_with_core"], true, "{stdout}");
+    json
+}
+
+#[test]
+fn explain_at_a_time_places_it_in_the_schedule() {
+    // (time, step, new version's ppm, next step); each run compiles the filter, so few.
+    let cases = [
+        ("2026-11-23T09:59:59Z", 0, 0, Some(CANARY_STEPS[0].0)),
+        ("2026-11-23T10:40:00Z", 4, 250_000, Some(CANARY_STEPS[4].0)),
+        ("2026-11-23T13:10:00.250+01:00", 6, 1_000_000, None),
+    ];
+    for (at, step, ppm, next) in cases {
+        let json = explain_at(at);
+        let schedule = &json["schedules"]["checkout"];
+        assert_eq!(schedule["step"], step, "at {at}: {schedule}");
+        assert_eq!(schedule["steps"], 6, "at {at}: {schedule}");
+        assert_eq!(schedule["canary_ppm"], ppm, "at {at}: {schedule}");
+        assert_eq!(schedule["next"].as_str(), next, "at {at}: {schedule}");
+        assert_eq!(schedule["paused"], false, "at {at}: {schedule}");
+        let rollout = &json["decision"]["rollout"];
+        assert_eq!(rollout["reason"], "bucket", "at {at}: {rollout}");
+        // Before the start everyone is on stable, after the end everyone on the new version.
+        match step {
+            0 => assert_eq!(rollout["version"], "v1", "at {at}"),
+            6 => {
+                assert_eq!(rollout["version"], "v2", "at {at}");
+                assert_eq!(json["now"], "2026-11-23T12:10:00.250Z");
+            }
+            _ => {}
+        }
+    }
+
+    let out = rollout(&[
+        "explain",
+        "examples/canary-schedule.json",
+        "--at",
+        "2026-11-23T10:25:00Z",
+    ]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains(
+            "schedule of checkout: step 3 of 6, v2 at 10%, next step at 2026-11-23T10:40:00Z"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("time: 2026-11-23T10:25:00Z"), "{stdout}");
+
+    let bad = rollout(&["explain", "examples/canary-schedule.json", "--at", "10:25"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("--at \"10:25\""),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
+#[test]
+fn explain_names_the_aborted_reason_and_the_filter_sets_its_header() {
+    let dir = std::env::temp_dir().join(format!("rollout-cli-abort-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let example =
+        std::fs::read_to_string(workspace_root().join("examples/canary-schedule.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&example).unwrap();
+    config["rollouts"]["checkout"]["aborted"] = true.into();
+    let path = dir.join("aborted.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let out = rollout(&[
+        "explain",
+        path.to_str().unwrap(),
+        "--at",
+        "2026-11-23T13:00:00Z",
+        "-H",
+        "x-user-id: user-7",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("rollout checkout: version v1 (aborted)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  x-rollout-reason: aborted"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// One row of the timeline table: step, start, configured %, v1 %, v2 %, moved to v2,
+/// moved back.
+struct Row {
+    step: usize,
+    start: String,
+    configured: f64,
+    v1: f64,
+    v2: f64,
+    forward: Option<u64>,
+    back: Option<u64>,
+}
+
+fn timeline_rows(stdout: &str) -> Vec<Row> {
+    let pct = |s: &str| s.trim_end_matches('%').parse::<f64>().unwrap();
+    let count = |s: &str| (s != "-").then(|| s.parse::<u64>().unwrap());
+    stdout
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let step = f.first()?.parse().ok()?;
+            Some(Row {
+                step,
+                start: f[1].to_owned(),
+                configured: pct(f[2]),
+                v1: pct(f[3]),
+                v2: pct(f[4]),
+                forward: count(f[5]),
+                back: count(f[6]),
+            })
+        })
+        .collect()
+}
+
+/// Whether `svg` is well-formed in the small XML the chart uses: every tag closed in order.
+fn balanced_tags(svg: &str) -> Result<(), String> {
+    let mut open: Vec<&str> = Vec::new();
+    let mut rest = svg;
+    while let Some(at) = rest.find('<') {
+        let end = rest[at..].find('>').ok_or("a tag never ends")? + at;
+        let tag = &rest[at + 1..end];
+        let name = |t: &str| t.split_whitespace().next().unwrap_or("").to_owned();
+        if let Some(closing) = tag.strip_prefix('/') {
+            match open.pop() {
+                Some(o) if name(o) == name(closing) => {}
+                other => return Err(format!("</{closing}> closes {other:?}")),
+            }
+        } else if !tag.ends_with('/') {
+            open.push(tag);
+        }
+        rest = &rest[end + 1..];
+    }
+    if open.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("never closed: {open:?}"))
+    }
+}
+
+#[test]
+fn timeline_simulates_every_step_and_nobody_moves_back() {
+    let users = 5_000_u32;
+    let svg = std::env::temp_dir().join(format!("rollout-cli-{}.svg", std::process::id()));
+    let out = rollout(&[
+        "simulate",
+        "examples/canary-schedule.json",
+        "--timeline",
+        "--users",
+        &users.to_string(),
+        "--ids",
+        "random",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let rows = timeline_rows(&stdout);
+    assert_eq!(rows.len(), CANARY_STEPS.len(), "{stdout}");
+    let n = f64::from(users);
+    for (k, (row, (start, percent))) in rows.iter().zip(CANARY_STEPS).enumerate() {
+        assert_eq!((row.step, row.start.as_str()), (k + 1, start), "{stdout}");
+        assert_eq!(row.configured, percent, "{stdout}");
+        // Binomial: 5 standard deviations, plus the table's rounding.
+        let p = percent / 100.0;
+        let bound = 5.0 * (p * (1.0 - p) / n).sqrt() * 100.0 + 0.001;
+        assert!(
+            (row.v2 - percent).abs() <= bound,
+            "step {}: {stdout}",
+            k + 1
+        );
+        assert!((row.v1 + row.v2 - 100.0).abs() < 0.002, "{stdout}");
+        if k == 0 {
+            assert_eq!((row.forward, row.back), (None, None), "{stdout}");
+        } else {
+            assert_eq!(row.back, Some(0), "step {}: {stdout}", k + 1);
+            // Users are sticky, so the ones who moved are exactly the growth of v2.
+            let grew = (row.v2 - rows[k - 1].v2) / 100.0 * n;
+            let moved = row.forward.unwrap() as f64;
+            assert!((moved - grew).abs() < 1.0, "step {}: {stdout}", k + 1);
+        }
+    }
+
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    std::fs::remove_file(&svg).unwrap();
+    assert!(chart.starts_with("<svg "), "{chart}");
+    assert!(chart.trim_end().ends_with("</svg>"), "{chart}");
+    balanced_tags(&chart).unwrap();
+    // One point per step, rising with the share (SVG's y grows downwards).
+    let cys: Vec<f64> = chart
+        .split(r#"<circle class="observed""#)
+        .skip(1)
+        .map(|c| {
+            let cy = c.split("cy=\"").nth(1).unwrap();
+            cy[..cy.find('"').unwrap()].parse().unwrap()
+        })
+        .collect();
+    assert_eq!(cys.len(), CANARY_STEPS.len(), "{chart}");
+    assert!(cys.windows(2).all(|w| w[1] < w[0]), "{cys:?}");
+}
+
+#[test]
+fn timeline_refuses_a_rollout_without_schedule() {
+    let out = rollout(&["simulate", "--timeline", "--users", "10"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("rollout checkout, which has no schedule"),
+        "{}",
+        text(&out.stderr)
     );
 }
