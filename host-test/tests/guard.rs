@@ -394,3 +394,38 @@ fn a_schedule_advances_and_a_trip_halts_it_until_a_new_revision() {
         "everyone on v2 at the new revision's last step"
     );
 }
+
+/// A schedule and a guard add no crossing between the filter and the host on the request
+/// path: the same request makes as many calls each way as with fixed weights and no guard.
+/// (Their per-second cost is on the tick, off the request path.)
+#[test]
+fn a_schedule_and_a_guard_add_no_host_call_per_request() {
+    let plain_config = r#"{"user_key": ["header:x-user-id"], "rollouts": {"checkout": {
+        "stable": "v1", "versions": [{"name": "v1", "weight": 90}, {"name": "v2", "weight": 10}]}}}"#;
+    let full = scheduled(T0_MS - 1_000, r#"{"latency": {"bound": "500ms"}}"#);
+    let calls = |config: &str| {
+        let mut w = Workers::start(config);
+        (0..200)
+            .map(|i| {
+                let exchange = Exchange {
+                    request_headers: headers(&[
+                        (":method", "GET"),
+                        (":authority", "shop.example.com"),
+                        (":path", "/checkout"),
+                        ("x-user-id", &format!("user-{i}")),
+                    ]),
+                    ..Exchange::default()
+                };
+                let report = w.vms[0].exchange(&exchange).unwrap();
+                (report.calls.into_host, report.calls.into_filter)
+            })
+            .max()
+            .unwrap()
+    };
+    let (plain_calls, full_calls) = (calls(plain_config), calls(&full));
+    assert_eq!(
+        full_calls, plain_calls,
+        "calls per request (into host, into filter): with schedule and guard {full_calls:?}, \
+         without {plain_calls:?}"
+    );
+}
