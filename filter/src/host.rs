@@ -32,6 +32,7 @@ pub(crate) enum BufferType {
 #[repr(u32)]
 pub(crate) enum MetricType {
     Counter = 0,
+    Gauge = 1,
     Histogram = 2,
 }
 
@@ -102,6 +103,7 @@ host_imports! {
     fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_record_metric(id: u32, value: u64) -> u32;
+    fn proxy_get_metric(id: u32, value: *mut u64) -> u32;
     fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
     fn proxy_log(level: u32, message: *const u8, size: usize) -> u32;
     fn proxy_get_buffer_bytes(
@@ -341,6 +343,15 @@ pub(crate) fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
     // SAFETY: plain values only.
     let status = unsafe { proxy_record_metric(id, value) };
     check(status)
+}
+
+/// A counter's or gauge's value, as the host aggregates it (across every worker in Envoy).
+pub(crate) fn get_metric(id: u32) -> Result<u64, HostError> {
+    let mut value = 0u64;
+    // SAFETY: the out-pointer is a live local of the type the ABI writes.
+    let status = unsafe { proxy_get_metric(id, &mut value) };
+    check(status)?;
+    Ok(value)
 }
 
 /// The host clock in milliseconds since the Unix epoch.

@@ -14,6 +14,7 @@
 //! the shared-data protocol, `metrics` the metric names and ids.
 
 mod exports;
+mod guard;
 mod host;
 mod live;
 mod metrics;
@@ -21,6 +22,7 @@ mod root;
 mod source;
 mod stream;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use host::LogLevel;
@@ -49,11 +51,21 @@ struct Shared {
     config: Config,
     /// Per slot (see `rollout_core::VersionChoice::slot`).
     metrics: Vec<VersionMetrics>,
+    /// Slots the guard holds tripped, as of the root's last tick.
+    tripped: RefCell<Vec<usize>>,
+    /// Whether deciding needs the time (a rollout has a schedule).
+    needs_time: bool,
 }
 
 impl Shared {
     fn new(config: Config) -> Rc<Shared> {
         let metrics = VersionMetrics::define_all(&config);
-        Rc::new(Shared { config, metrics })
+        let needs_time = config.needs_time();
+        Rc::new(Shared {
+            config,
+            metrics,
+            tripped: RefCell::new(Vec::new()),
+            needs_time,
+        })
     }
 }

@@ -1,7 +1,9 @@
 //! The filter's metrics: per-version counters and latency histograms, and counters for config
 //! updates. Labels are embedded in the names for Envoy's `stats_tags`.
 
-use rollout_core::Config;
+use std::cell::Cell;
+
+use rollout_core::{Config, Counts};
 
 use crate::host::{self, LogLevel, MetricType};
 use crate::log;
@@ -53,23 +55,71 @@ pub(crate) fn record(id: Option<u32>, value: u64) {
 /// Status classes of `rollout_responses_total`; "other" takes anything unparsable.
 const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 
+/// A gauge that remembers what it last set, so a tick that changes nothing makes no call.
+#[derive(Default)]
+pub(crate) struct Gauge {
+    id: Option<u32>,
+    last: Cell<Option<u64>>,
+}
+
+impl Gauge {
+    pub(crate) fn define(name: &str) -> Gauge {
+        Gauge {
+            id: define(MetricType::Gauge, name),
+            last: Cell::new(None),
+        }
+    }
+
+    pub(crate) fn set(&self, value: u64) {
+        if self.last.get() != Some(value) {
+            record(self.id, value);
+            self.last.set(Some(value));
+        }
+    }
+}
+
 /// Metric ids of one (rollout, version).
 pub(crate) struct VersionMetrics {
     pub(crate) requests: Option<u32>,
     responses: [Option<u32>; 6],
     /// Milliseconds from request headers to response headers.
     pub(crate) latency_ms: Option<u32>,
+    /// Responses slower than the guard's latency bound, when the rollout's guard has one.
+    slow: Option<u32>,
+    slow_bound_ms: Option<u64>,
+    /// The share in force, in parts per million.
+    pub(crate) weight_ppm: Gauge,
+    /// 1 while the guard holds this version tripped (guarded rollouts only).
+    pub(crate) tripped: Option<Gauge>,
 }
 
 impl VersionMetrics {
     /// Defines the metrics of every version of a config, indexed by slot. Envoy returns the
     /// same id for a name defined again, so a config update reuses existing series.
     pub(crate) fn define_all(config: &Config) -> Vec<VersionMetrics> {
+        let bounds = config.latency_bounds();
+        let guarded: Vec<&str> = config.guarded().map(|g| g.rollout).collect();
+        let stable_slots: Vec<usize> = config.stable_slots().collect();
         config
             .versions()
-            .map(|(rollout, version)| {
+            .enumerate()
+            .map(|(slot, (rollout, version))| {
                 let tags = [("rollout", rollout), ("version", version)];
+                let bound = bounds.get(slot).copied().flatten();
+                let is_stable = stable_slots.contains(&slot);
+                // Set once: lets PromQL compare each version with its rollout's stable one.
+                Gauge::define(&metric_name("rollout_stable", &tags)).set(u64::from(is_stable));
                 VersionMetrics {
+                    slow: bound.and_then(|_| {
+                        define(
+                            MetricType::Counter,
+                            &metric_name("rollout_slow_responses_total", &tags),
+                        )
+                    }),
+                    slow_bound_ms: bound,
+                    weight_ppm: Gauge::define(&metric_name("rollout_weight_ppm", &tags)),
+                    tripped: (guarded.contains(&rollout) && !is_stable)
+                        .then(|| Gauge::define(&metric_name("rollout_guard_tripped", &tags))),
                     requests: define(
                         MetricType::Counter,
                         &metric_name("rollout_requests_total", &tags),
@@ -90,9 +140,25 @@ impl VersionMetrics {
             .collect()
     }
 
-    /// Counts a response by the class of its `:status`.
-    pub(crate) fn count_response(&self, status: Option<&[u8]>) {
+    /// Counts a response by the class of its `:status`, and as slow if it took longer than
+    /// the guard's bound.
+    pub(crate) fn count_response(&self, status: Option<&[u8]>, latency_ms: u64) {
         increment(self.responses.get(status_class(status)).copied().flatten());
+        if self.slow_bound_ms.is_some_and(|bound| latency_ms > bound) {
+            increment(self.slow);
+        }
+    }
+
+    /// This version's counters as the host aggregates them (every worker of the process):
+    /// what the guard judges. A counter the host cannot read counts as 0.
+    pub(crate) fn counts(&self) -> Counts {
+        let read = |id: Option<u32>| id.and_then(|id| host::get_metric(id).ok()).unwrap_or(0);
+        let responses = self.responses.iter().map(|id| read(*id)).sum();
+        Counts {
+            responses,
+            errors: read(self.responses.get(4).copied().flatten()),
+            slow: read(self.slow),
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The plugin's root context: reads and checks the plugin configuration, installs the config
 //! in force, and hands it to every new stream.
 
+use crate::guard::{Guarding, JUDGE_EVERY_MS};
 use crate::host::{self, BufferType, LogLevel};
 use crate::live::Live;
 use crate::metrics::{ConfigMetrics, increment};
@@ -17,11 +18,16 @@ pub(crate) struct Root {
     pub(crate) config_metrics: ConfigMetrics,
     /// Streams paused until the live source's first answer, by context id.
     pub(crate) waiting: Vec<u32>,
+    pub(crate) guarding: Guarding,
 }
 
 impl Root {
     pub(crate) fn install(&mut self, config: Config) {
+        self.guarding = Guarding::new(&config);
         self.shared = Some(Shared::new(config));
+        // Sets the weight gauges of every config, and reads back trips latched for the same
+        // revisions, so that an update never lets a tripped version's users back.
+        self.guard_tick(now_ms(), true);
     }
 
     pub(crate) fn on_configure(&mut self) -> bool {
@@ -56,6 +62,17 @@ impl Root {
                 log(LogLevel::Info, "rollout: static config loaded");
                 self.install(config);
                 self.live = None;
+                if self.guarding.needs_ticks()
+                    && let Err(status) = host::set_tick_period_ms(JUDGE_EVERY_MS as u32)
+                {
+                    log(
+                        LogLevel::Error,
+                        &format!(
+                            "rollout: no ticks ({status:?}); this VM's guard will not judge \
+                             and its schedules' gauges will not move"
+                        ),
+                    );
+                }
                 true
             }
             Ok(PluginConfig::Live { source, fallback }) => {
@@ -103,11 +120,14 @@ impl Root {
     }
 
     pub(crate) fn on_tick(&mut self) {
+        let now = now_ms();
         if self.live.is_some() {
-            let now = now_ms();
             self.follow();
             self.check_warm(now);
             self.poll(now);
+        }
+        if self.guarding.needs_ticks() {
+            self.guard_tick(now, false);
         }
     }
 

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use crate::host::{self, HeaderMap, HeaderPairs, LogLevel, StreamHeaders};
 use crate::metrics::{increment, record};
 use crate::{Shared, log, now_ms};
-use rollout_core::HostInputs;
+use rollout_core::{HostInputs, VersionReason};
 
 /// One HTTP request/response pair. It keeps the config that was in force when it started,
 /// so a config update never changes a request half way.
@@ -15,8 +15,8 @@ pub(crate) struct Stream {
     /// The root context that made it (whose config and wait it follows).
     pub(crate) root_id: u32,
     pub(crate) shared: Option<Rc<Shared>>,
-    /// The decided (rollout, version) slot, kept for the response.
-    pub(crate) slot: Option<usize>,
+    /// The decided (rollout, version) slot and reason, kept for the response.
+    pub(crate) slot: Option<(usize, VersionReason)>,
     pub(crate) started_ms: u64,
 }
 
@@ -36,38 +36,43 @@ impl Stream {
         // The core asks for random bits only for a keyless request to a `no_key: random`
         // rollout, so most requests make no such host call.
         let mut entropy = host::random_u64;
+        // The clock is read for every decided request anyway (latency), so a schedule costs
+        // no extra host call; without one, a request that matches no rollout makes none.
+        let now = shared.needs_time.then(now_ms);
+        let tripped = shared.tripped.borrow();
         let inputs = HostInputs {
             entropy: Some(&mut entropy),
-            ..HostInputs::default()
+            now_ms: now,
+            tripped: &tripped,
         };
         let decision = shared.config.decide(&headers, inputs);
+        drop(tripped);
         let mut upstream = StreamHeaders(HeaderMap::Request);
         shared
             .config
             .apply_request_contract(&decision, &headers, &mut upstream);
         if let Some(choice) = decision.rollout {
-            self.slot = Some(choice.slot);
-            self.started_ms = now_ms();
+            self.slot = Some((choice.slot, choice.reason));
+            self.started_ms = now.unwrap_or_else(now_ms);
             increment(shared.metrics.get(choice.slot).and_then(|m| m.requests));
         }
     }
 
     pub(crate) fn on_response_headers(&mut self) {
-        let (Some(shared), Some(slot)) = (self.shared.as_ref(), self.slot) else {
+        let (Some(shared), Some((slot, reason))) = (self.shared.as_ref(), self.slot) else {
             return;
         };
         if let Some(metrics) = shared.metrics.get(slot) {
             let status = host::header_value(HeaderMap::Response, ":status")
                 .ok()
                 .flatten();
-            metrics.count_response(status.as_deref());
-            record(metrics.latency_ms, now_ms().saturating_sub(self.started_ms));
+            let latency = now_ms().saturating_sub(self.started_ms);
+            metrics.count_response(status.as_deref(), latency);
+            record(metrics.latency_ms, latency);
         }
         let mut response = StreamHeaders(HeaderMap::Response);
-        shared.config.apply_response_contract(
-            slot,
-            rollout_core::VersionReason::Bucket,
-            &mut response,
-        );
+        shared
+            .config
+            .apply_response_contract(slot, reason, &mut response);
     }
 }

@@ -120,7 +120,7 @@ impl Walk {
                         w.error(ErrorKind::OutOfRange {
                             expected: "a percent at least the previous step's (steps never go \
                                        down; to go back, set aborted)",
-                            found: format!("{}", f64::from(ppm) / 10_000.0),
+                            found: percent_text(ppm),
                         })
                     });
                 }
@@ -176,7 +176,7 @@ impl Walk {
             self.at_key("percent", |w| {
                 w.error(ErrorKind::OutOfRange {
                     expected: "a percent from 0.1 to 100 (at most 1,000 steps)",
-                    found: format!("{}", f64::from(ppm) / 10_000.0),
+                    found: percent_text(ppm),
                 })
             });
             return None;
@@ -323,5 +323,16 @@ impl Walk {
             });
         }
         ms
+    }
+}
+
+/// A share in parts per million as a percent (`12.5`), without float formatting, which would
+/// add kilobytes to the filter for one error message.
+fn percent_text(ppm: u32) -> String {
+    let (whole, frac) = (ppm / 10_000, ppm % 10_000);
+    if frac == 0 {
+        format!("{whole}")
+    } else {
+        format!("{whole}.{}", format!("{frac:04}").trim_end_matches('0'))
     }
 }

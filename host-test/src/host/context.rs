@@ -56,7 +56,9 @@ fn proxy_get_current_time_nanoseconds(mut cx: Cx<'_>, ret: i32) -> i32 {
 }
 
 fn proxy_set_tick_period_milliseconds(mut cx: Cx<'_>, period: i32) -> i32 {
-    cx.data_mut().tick_period_ms = period as u32;
+    let data = cx.data_mut();
+    data.tick_period_ms = period as u32;
+    data.last_tick_ns = data.now_ns;
     status::OK
 }
 

@@ -215,6 +215,9 @@ struct HostState {
     plugin_configuration: Vec<u8>,
     now_ns: u64,
     tick_period_ms: u32,
+    /// When the last tick fired (or the period was set): as in Envoy, ticks keep their own
+    /// cadence however the clock is advanced, a little at a time or in one jump.
+    last_tick_ns: u64,
     logs: Vec<LogEntry>,
     streams: HashMap<u32, StreamState>,
     /// The context whose callback is running, or that the filter chose.
@@ -252,6 +255,7 @@ impl HostState {
             memory: None,
             alloc: None,
             now_ns: options.start_time_ns,
+            last_tick_ns: options.start_time_ns,
             options,
             plugin_configuration: Vec::new(),
             tick_period_ms: 0,

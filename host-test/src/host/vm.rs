@@ -126,15 +126,18 @@ impl Vm {
     /// Moves the virtual clock forward, firing `proxy_on_tick` for each tick period that
     /// passes.
     pub fn advance(&mut self, by: Duration) -> Result<()> {
-        let mut left = by.as_nanos() as u64;
+        let target = self.store.data().now_ns + by.as_nanos() as u64;
         loop {
-            let period = u64::from(self.store.data().tick_period_ms) * 1_000_000;
-            if period == 0 || left < period {
-                self.store.data_mut().now_ns += left;
+            let data = self.store.data();
+            let period = u64::from(data.tick_period_ms) * 1_000_000;
+            let due = data.last_tick_ns + period;
+            if period == 0 || due > target {
+                self.store.data_mut().now_ns = target;
                 return Ok(());
             }
-            self.store.data_mut().now_ns += period;
-            left -= period;
+            let data = self.store.data_mut();
+            data.now_ns = due;
+            data.last_tick_ns = due;
             self.tick()?;
         }
     }
