@@ -371,7 +371,7 @@ def check_binomial(what, observed, n, p):
 
 
 SPOOFED_CONTRACT = [("x-rollout-version", "v2"), ("x-rollout", "checkout"), ("x-rollout-flags", "new-cart=on"),
-                    ("X-Rollout-Version", "v2"), ("x-rollout-version", "v1")]
+                    ("x-rollout-reason", "guard"), ("X-Rollout-Version", "v2"), ("x-rollout-version", "v1")]
 
 
 def check_spoofing_while_the_vm_is_dead(envoy, upstreams, requests=100):

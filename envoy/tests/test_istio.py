@@ -82,8 +82,14 @@ def test_plugin_config_is_a_valid_rollout_config_and_every_version_has_a_subset_
 def test_the_envoyfilter_drops_exactly_the_contract_headers_on_the_plugins_gateways():
     plugin, envoy_filter = manifest("wasmplugin.yaml"), manifest("envoyfilter.yaml")
     assert envoy_filter["spec"]["workloadSelector"]["labels"] == plugin["spec"]["selector"]["matchLabels"]
-    names = {"version": "x-rollout-version", "rollout": "x-rollout", "flags": "x-rollout-flags",
-             **plugin["spec"]["pluginConfig"].get("headers", {})}
+    defaults = {"version": "x-rollout-version", "rollout": "x-rollout", "flags": "x-rollout-flags",
+                "reason": "x-rollout-reason"}
+    # The defaults above are the core's: a vector whose config names no headers carries the
+    # request contract the core resolved, so a new contract header cannot be missed here.
+    vector = json.loads((ROOT / "testdata/vectors/basic-split.json").read_text())
+    assert "headers" not in vector["config"]
+    assert set(vector["contract"]["request"]) == set(defaults.values())
+    names = {**defaults, **plugin["spec"]["pluginConfig"].get("headers", {})}
     [patch] = envoy_filter["spec"]["configPatches"]
     assert patch["match"]["context"] == "GATEWAY" and patch["patch"]["operation"] == "MERGE"
     [extension] = patch["patch"]["value"]["typed_config"]["early_header_mutation_extensions"]

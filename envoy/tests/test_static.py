@@ -2,6 +2,8 @@
 scenario (envoy/static/envoy.yaml): golden vectors, split, stickiness, spoofing, metrics, and
 what happens when the filter's VM dies."""
 
+import copy
+import datetime
 import json
 import subprocess
 import time
@@ -31,6 +33,65 @@ INEXPRESSIBLE = {
 }
 
 
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+def parse_time_ms(text):
+    """An RFC 3339 time as Unix milliseconds."""
+    delta = datetime.datetime.fromisoformat(text.replace("z", "Z")) - EPOCH
+    return delta // datetime.timedelta(milliseconds=1)
+
+
+def format_time_ms(ms):
+    """Unix milliseconds as RFC 3339 in UTC, with milliseconds only when there are some."""
+    text = (EPOCH + datetime.timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
+
+
+def shift_times(config, delta_ms):
+    """The config with every schedule time moved by `delta_ms`, as rollout_core::vectors::shift_times
+    does: a case at time T runs at real time T + delta on it."""
+    out = copy.deepcopy(config)
+    for rollout in out.get("rollouts", {}).values():
+        schedule = rollout.get("schedule")
+        if not isinstance(schedule, dict):
+            continue
+        for key in ("start", "paused_at"):
+            if isinstance(schedule.get(key), str):
+                schedule[key] = format_time_ms(max(parse_time_ms(schedule[key]) + delta_ms, 0))
+    return out
+
+
+def start_at(start_envoy, config, now, lead):
+    """An Envoy on `config` shifted so that its clock reads `now` (RFC 3339) when this returns,
+    with that moment (Unix s) and the lead used. The shift is anchored `lead` seconds ahead, not
+    at the start, so that cases are sent at their own time rather than Envoy's start-up later
+    (a case may sit a second before a step begins); the lead doubles while Envoy is not ready
+    in time."""
+    while True:
+        anchor = time.time() + lead
+        shifted = shift_times(config, round(anchor * 1000) - parse_time_ms(now))
+        envoy = start_envoy(set_plugin_configuration(load(STATIC_CONFIG), json.dumps(shifted)))
+        if time.time() < anchor:
+            time.sleep(max(anchor - time.time(), 0))
+            return envoy, anchor, lead
+        envoy.stop()
+        assert lead < 30, f"Envoy took over {lead} s to start"
+        lead *= 2
+
+
+def test_shift_times_moves_schedule_times_only():
+    config = {"rollouts": {
+        "a": {"schedule": {"start": "2026-11-23T10:00:00Z", "paused_at": "2026-11-23T10:30:00+01:00"}},
+        "b": {"versions": [{"name": "v1"}]},
+    }}
+    shifted = shift_times(config, 90_500)
+    assert shifted["rollouts"]["a"]["schedule"] == {"start": "2026-11-23T10:01:30.500Z",
+                                                    "paused_at": "2026-11-23T09:31:30.500Z"}
+    assert shifted["rollouts"]["b"] == config["rollouts"]["b"]
+    assert config["rollouts"]["a"]["schedule"]["start"] == "2026-11-23T10:00:00Z", "the input is not changed"
+
+
 def contract_view(headers, names):
     view = {}
     for k, v in headers:
@@ -52,48 +113,74 @@ def test_every_shipped_envoy_yaml_passes_envoy_validate():
 
 def test_golden_vectors_give_the_same_headers_in_real_envoy(start_envoy):
     skipped, ran, failures = set(), 0, []
+    n_tripped = n_untimed = n_timed = 0
+    lead = 2.0
     for path in sorted((ROOT / "testdata/vectors").glob("*.json")):
         vector = json.loads(path.read_text())
         config = vector["config"]
+        scheduled = any("schedule" in r for r in config.get("rollouts", {}).values())
         # The contract's header names, as the core resolved them for this config.
         request_names, response_names = set(vector["contract"]["request"]), set(vector["contract"]["response"])
         version_header = vector["contract"]["request"][0]
-        envoy = start_envoy(set_plugin_configuration(load(STATIC_CONFIG), json.dumps(config)))
-        client = Client(envoy.port)
+        # Envoy's clock cannot be set: each distinct time is one Envoy on a shifted config.
+        groups = {}
         for case in vector["cases"]:
-            where = f"{path.name} / {case['description']}"
             request = case["request"]
             present = {k for k, _ in request["headers"]}
             if not {":path", ":authority"} <= present:
                 skipped.add((path.name, case["description"]))
-                continue
-            headers = list(request["headers"])
-            if request.get("response_headers"):
-                headers.append(("x-echo-response", json.dumps(request["response_headers"])))
-            status, response_headers, body = client.send(headers)
-            ran += 1
-            if status != 200:
-                failures.append(f"{where}: status {status}")
-                continue
-            upstream = contract_view(json.loads(body)["headers"], request_names)
-            client_view = contract_view(response_headers, response_names)
-            expected = case["expected"]
-            if "entropy" in request:
-                # Envoy's randomness cannot be fixed from outside: check the choice is one of
-                # the rollout's versions, and that both sides agree.
-                versions = {v["name"] for r in config["rollouts"].values() for v in r["versions"]}
-                got = upstream.get(version_header)
-                if got not in versions or client_view.get(version_header) != got:
-                    failures.append(f"{where}: version {got!r} not one of {versions}")
-                continue
-            if upstream != expected["request_headers"]:
-                failures.append(f"{where}: upstream got {upstream}, expected {expected['request_headers']}")
-            if client_view != expected["response_headers"]:
-                failures.append(f"{where}: client got {client_view}, expected {expected['response_headers']}")
-        client.close()
+            elif request.get("tripped"):
+                # Staging a trip in real Envoy means failing a version for real: the guard's
+                # own real-Envoy tests cover trips.
+                n_tripped += 1
+            elif scheduled and "now" not in request:
+                # "No time from the host" is an input of the core that Envoy, which always
+                # has a clock, never gives.
+                n_untimed += 1
+            else:
+                groups.setdefault(request.get("now"), []).append(case)
+        for now, cases in groups.items():
+            if now is None:
+                envoy = start_envoy(set_plugin_configuration(load(STATIC_CONFIG), json.dumps(config)))
+            else:
+                envoy, anchor, lead = start_at(start_envoy, config, now, lead)
+            client = Client(envoy.port)
+            for case in cases:
+                where = f"{path.name} / {case['description']}"
+                request = case["request"]
+                headers = list(request["headers"])
+                if request.get("response_headers"):
+                    headers.append(("x-echo-response", json.dumps(request["response_headers"])))
+                status, response_headers, body = client.send(headers)
+                ran += 1
+                n_timed += now is not None
+                if status != 200:
+                    failures.append(f"{where}: status {status}")
+                    continue
+                upstream = contract_view(json.loads(body)["headers"], request_names)
+                client_view = contract_view(response_headers, response_names)
+                expected = case["expected"]
+                if "entropy" in request:
+                    # Envoy's randomness cannot be fixed from outside: check the choice is one
+                    # of the rollout's versions, and that both sides agree.
+                    versions = {v["name"] for r in config["rollouts"].values() for v in r["versions"]}
+                    got = upstream.get(version_header)
+                    if got not in versions or client_view.get(version_header) != got:
+                        failures.append(f"{where}: version {got!r} not one of {versions}")
+                    continue
+                if upstream != expected["request_headers"]:
+                    failures.append(f"{where}: upstream got {upstream}, expected {expected['request_headers']}")
+                if client_view != expected["response_headers"]:
+                    failures.append(f"{where}: client got {client_view}, expected {expected['response_headers']}")
+            client.close()
+            if now is not None:
+                late = time.time() - anchor
+                assert late < 1, f"{path.name} at {now}: sent up to {late:.2f} s after the case's time"
+            envoy.stop()
     assert not failures, "\n".join(failures)
     assert skipped == INEXPRESSIBLE, f"skipped {skipped}"
-    assert ran >= 40, f"only {ran} cases ran"
+    assert (n_tripped, n_untimed) == (7, 1), f"skipped {n_tripped} tripped and {n_untimed} untimed cases"
+    assert ran >= 40 and n_timed >= 20, f"only {ran} cases ran, {n_timed} of them timed"
 
 
 def test_split_over_10000_users_matches_the_weights_and_the_harness(start_envoy, tmp_path):
@@ -136,7 +223,7 @@ def test_spoofed_client_headers_change_neither_the_decision_nor_the_metrics_head
     envoy = start_envoy()
     client = Client(envoy.port)
     spoof = [("x-rollout-version", "v2"), ("x-rollout", "other"), ("x-rollout-flags", "new-cart=on"),
-             ("X-Rollout-Version", "v2")]
+             ("x-rollout-reason", "guard"), ("X-Rollout-Version", "v2")]
     for i in range(300):
         base = [(":path", "/"), (":authority", "a"), ("x-user-id", f"user-{i}")]
         _, honest_headers, honest_body = client.send(base)

@@ -192,4 +192,10 @@ impl FilterModule {
     pub fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         lock(&self.shared).data.get(key).cloned()
     }
+
+    /// Sets shared data from outside the VMs, as another filter in the same Envoy process
+    /// could (no CAS check): how a test stages what the filter reads there.
+    pub fn set_shared_data(&self, key: &str, value: &[u8]) {
+        lock(&self.shared).set_data(key.to_owned(), value.to_vec(), 0);
+    }
 }

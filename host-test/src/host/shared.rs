@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::guest::ENV;
 use super::guest::{Cx, Imports, find_or_push, give_found, read, read_str, status_of, write_u32};
-use super::{HostState, Queue};
+use super::{HostState, Queue, SharedState};
 use crate::abi::status;
 
 /// Registers this group's imports.
@@ -119,16 +119,8 @@ impl HostState {
         self.shared().data.get(key).cloned()
     }
 
-    /// Sets a value if `cas` is 0 ("no check", as in Envoy) or still current.
     fn set_shared_data(&self, key: String, value: Vec<u8>, cas: u32) -> i32 {
-        let mut shared = self.shared();
-        let current_cas = shared.data.get(&key).map(|(_, c)| *c);
-        if cas != 0 && current_cas.is_some_and(|c| c != cas) {
-            return status::CAS_MISMATCH;
-        }
-        let next = current_cas.unwrap_or(0).wrapping_add(1).max(1);
-        shared.data.insert(key, (value, next));
-        status::OK
+        self.shared().set_data(key, value, cas)
     }
 
     /// The id of this VM's queue by that name, registering it the first time.
@@ -172,5 +164,18 @@ impl HostState {
             }
             None => status::NOT_FOUND,
         }
+    }
+}
+
+impl SharedState {
+    /// Sets a value if `cas` is 0 ("no check", as in Envoy) or still current.
+    pub(super) fn set_data(&mut self, key: String, value: Vec<u8>, cas: u32) -> i32 {
+        let current_cas = self.data.get(&key).map(|(_, c)| *c);
+        if cas != 0 && current_cas.is_some_and(|c| c != cas) {
+            return status::CAS_MISMATCH;
+        }
+        let next = current_cas.unwrap_or(0).wrapping_add(1).max(1);
+        self.data.insert(key, (value, next));
+        status::OK
     }
 }
