@@ -57,7 +57,13 @@ type Staging = (Option<u64>, Vec<String>);
 /// Writes the guard latches a staging needs into the module's shared data, where the filter
 /// learns trips, and voids those of every other rollout of the config (a latch outlives the
 /// VM that read it).
-fn stage_trips(module: &FilterModule, config: &Config, tripped: &[String], where_: &str) {
+fn stage_trips(
+    module: &FilterModule,
+    config: &Config,
+    tripped: &[String],
+    at_ms: u64,
+    where_: &str,
+) {
     let rollouts: BTreeSet<&str> = config.versions().map(|(rollout, _)| rollout).collect();
     for rollout in rollouts {
         module.set_shared_data(&Latch::key(rollout), b"");
@@ -73,6 +79,8 @@ fn stage_trips(module: &FilterModule, config: &Config, tripped: &[String], where
             revision,
             version: version.to_owned(),
             reason: TripReason::Errors,
+            // As the core's runner does: tripped at the case's time.
+            at_ms,
         };
         module.set_shared_data(&Latch::key(rollout), latch.encode().as_bytes());
     }
@@ -88,7 +96,8 @@ fn staged_vm(module: &FilterModule, file: &VectorFile, config: &Config, staging:
         options.start_time_ns = now_ms * 1_000_000 - settle_ns;
     }
     // Before the VM starts: it may read latches as soon as it is configured.
-    stage_trips(module, config, tripped, &file.description);
+    let at_ms = now_ms.unwrap_or(u64::MAX);
+    stage_trips(module, config, tripped, at_ms, &file.description);
     let mut vm = module.start_vm(options).unwrap();
     assert!(
         vm.configure(file.config.to_string().as_bytes()).unwrap(),
