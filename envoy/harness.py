@@ -211,14 +211,19 @@ class Envoy:
 
     def stop(self):
         """Terminates the process (kills it after 10 s) and closes its log."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+        stop_process(self.process, self.log)
+
+
+def stop_process(process, log):
+    """Terminates a server process the tests started (kills it after 10 s), and closes its log."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    log.close()
 
 
 class Client:
@@ -318,12 +323,14 @@ class Reply(typing.NamedTuple):
 class Traffic:
     """Load from many users: `threads` keep-alive clients, each cycling over its own share of
     `users` (as x-user-id), so one user's requests are sequential; every exchange is kept as a
-    Reply in `replies`. Runs until `stop()`, or for `rounds` passes over the users."""
+    Reply in `replies`. Runs until `stop()`, or for `rounds` passes over the users; with
+    `pause`, each client waits that many seconds between its requests."""
 
-    def __init__(self, port, users, threads=8, rounds=None):
+    def __init__(self, port, users, threads=8, rounds=None, pause=0.0):
         self.replies = []
         self._stopping = threading.Event()
         self._failures = []
+        self._pause = pause
         self._threads = [threading.Thread(target=self._run, args=(port, users[k::threads], rounds), daemon=True)
                          for k in range(threads)]
         for t in self._threads:
@@ -343,10 +350,19 @@ class Traffic:
                     self.replies.append(Reply(
                         sent, time.time(), user, echoed["upstream"], status, dict(headers).get("x-rollout-reason"),
                         dict(echoed["headers"]).get("x-rollout-reason")))
+                    if self._pause:
+                        time.sleep(self._pause)
         except Exception as e:  # noqa: BLE001 (reported by stop(), not lost in a thread)
             self._failures.append(e)
         finally:
             client.close()
+
+    def statuses(self):
+        """How many replies came back with each status so far."""
+        counts = {}
+        for reply in list(self.replies):
+            counts[reply.status] = counts.get(reply.status, 0) + 1
+        return counts
 
     def stop(self, wait=False):
         """Stops the clients (with `wait`, lets them finish their rounds first) and returns

@@ -11,7 +11,6 @@ import pathlib
 import re
 import shutil
 import subprocess
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -23,13 +22,14 @@ import yaml
 from harness import (
     ROOT,
     STATIC_CONFIG,
-    Client,
     Envoy,
+    Traffic,
     Upstream,
     free_port,
     load,
     plugin_configuration,
     set_plugin_configuration,
+    stop_process,
 )
 
 PROMETHEUS_DIR = ROOT / "envoy/prometheus"
@@ -250,43 +250,7 @@ class Prometheus:
 
     def stop(self):
         """Terminates the process (kills it after 10 s) and closes its log."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
-class Traffic:
-    """A thread sending requests of distinct users through Envoy, about 150 a second, until
-    stopped; counts the answers by status."""
-
-    def __init__(self, port):
-        self.client = Client(port)
-        self.statuses = {}
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        i = 0
-        while not self.done.is_set():
-            try:
-                status, _, _ = self.client.send(
-                    [(":path", "/"), (":authority", "shop.example.com"), ("x-user-id", f"user-{i}")])
-            except OSError as e:  # shown in the test's failure message, not lost with the thread
-                status = type(e).__name__
-            self.statuses[status] = self.statuses.get(status, 0) + 1
-            i += 1
-            time.sleep(0.005)
-
-    def stop(self):
-        self.done.set()
-        self.thread.join(10)
-        self.client.close()
+        stop_process(self.process, self.log)
 
 
 @pytest.fixture
@@ -305,7 +269,8 @@ def bad_canary(tmp_path):
         started.append(envoy)
         prometheus = Prometheus(tmp_path, envoy.admin_port)
         started.append(prometheus)
-        traffic = Traffic(envoy.port)
+        # One client, about 150 requests a second, each from a new user.
+        traffic = Traffic(envoy.port, [f"user-{i}" for i in range(100_000)], threads=1, pause=0.005)
         started.append(traffic)
         yield prometheus, traffic, upstreams
     finally:
@@ -325,7 +290,7 @@ def test_a_real_prometheus_fires_the_canary_error_alert_on_a_bad_canary_and_not_
     waited = time.monotonic() - started
     ratios = prometheus.query("rollout_version:error_ratio:rate1m")
     assert firing, (f"{ERROR_ALERT} not firing after {waited:.0f} s; error ratios {ratios}, "
-                    f"statuses {traffic.statuses}, targets {prometheus.api('targets')['activeTargets']}")
+                    f"statuses {traffic.statuses()}, targets {prometheus.api('targets')['activeTargets']}")
     assert [(a["labels"]["rollout"], a["labels"]["version"]) for a in firing] == [("checkout", "v2")]
     # The healthy stable version, under the same rules and as much traffic, is not even pending.
     assert [a["labels"]["version"] for a in prometheus.alerts(ERROR_ALERT)] == ["v2"]
@@ -341,4 +306,4 @@ def test_a_real_prometheus_fires_the_canary_error_alert_on_a_bad_canary_and_not_
         argo = prometheus.query(render(argo_metric()["provider"]["prometheus"]["query"], {
             "args.rollout": "checkout", "args.version": version}))
         assert (argo[version] <= 0.05) == (not bad), (version, argo)
-    print(f"{ERROR_ALERT} firing {waited:.1f} s after traffic started; statuses {traffic.statuses}")
+    print(f"{ERROR_ALERT} firing {waited:.1f} s after traffic started; statuses {traffic.statuses()}")
