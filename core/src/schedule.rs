@@ -98,6 +98,13 @@ impl Config {
         Some(r.schedule.as_ref()?.at(now_ms))
     }
 
+    /// The (stable, new) versions of a scheduled rollout.
+    pub fn schedule_versions(&self, rollout: &str) -> Option<(&str, &str)> {
+        let r = self.rollouts.iter().find(|r| r.name == rollout)?;
+        let name = |idx: usize| r.versions.get(idx).map(|v| v.name.as_str());
+        Some((name(r.stable_idx)?, name(r.schedule.as_ref()?.canary_idx)?))
+    }
+
     /// When each step of a rollout's schedule begins (Unix ms).
     pub fn step_starts(&self, rollout: &str) -> Option<Vec<u64>> {
         let r = self.rollouts.iter().find(|r| r.name == rollout)?;

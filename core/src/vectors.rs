@@ -116,7 +116,7 @@ impl Request {
 
     /// The tripped versions under `config`, tripped at the case's time (so their schedules
     /// stand where they are now).
-    pub fn tripped_slots(&self, config: &Config) -> Vec<crate::Tripped> {
+    pub fn trips(&self, config: &Config) -> Vec<crate::Tripped> {
         let at_ms = self.now_ms().unwrap_or(u64::MAX);
         self.tripped
             .iter()
@@ -133,7 +133,7 @@ impl Request {
     pub fn decide<'c>(&self, config: &'c Config) -> Decision<'c> {
         let value = self.entropy.unwrap_or_default();
         let mut source = move || value;
-        let tripped = self.tripped_slots(config);
+        let tripped = self.trips(config);
         let inputs = HostInputs {
             entropy: match self.entropy {
                 Some(_) => Some(&mut source),

@@ -4,7 +4,7 @@
 //! every VM of the process takes it up on its next tick. A latch names the rollout's revision:
 //! it holds until the rollout is changed, never lifting by itself.
 
-use rollout_core::{Config, Counts, Latch, Trip, TripReason, Tripped, Window, format_time};
+use rollout_core::{Config, Counts, Guard, Latch, Trip, TripReason, Tripped, Window, format_time};
 
 use crate::host::{self, LogLevel, MetricType};
 use crate::metrics::{Gauge, define, increment, metric_name};
@@ -22,6 +22,7 @@ pub(crate) struct Watch {
     first_slot: usize,
     n_versions: usize,
     stable_slot: usize,
+    guard: Guard,
     window: Window,
     /// The trip in force, from this VM's judgement or another VM's latch.
     latched: Option<Latch>,
@@ -59,6 +60,7 @@ impl Guarding {
                 first_slot: g.first_slot,
                 n_versions: g.n_versions,
                 stable_slot: g.stable_slot,
+                guard: g.guard.clone(),
                 window: Window::new(g.guard.window_ms),
                 latched: None,
                 published: false,
@@ -97,7 +99,7 @@ impl Root {
         }
         self.guarding.next_judge_ms = now + JUDGE_EVERY_MS;
         for watch in &mut self.guarding.watches {
-            watch.judge(&shared, now, !force);
+            watch.sample(&shared, now, !force);
             watch.follow_latch(&shared);
         }
         let tripped: Vec<Tripped> = self
@@ -133,8 +135,9 @@ impl Root {
 }
 
 impl Watch {
-    /// Samples the counters and, unless tripped already, judges each non-stable version.
-    fn judge(&mut self, shared: &Shared, now: u64, judge: bool) {
+    /// Samples the counters and, with `judge` and unless tripped already, judges each
+    /// non-stable version.
+    fn sample(&mut self, shared: &Shared, now: u64, judge: bool) {
         let counts: Vec<Counts> = (self.first_slot..self.first_slot + self.n_versions)
             .map(|slot| {
                 shared
@@ -148,9 +151,6 @@ impl Watch {
         if !judge || self.latched.is_some() {
             return;
         }
-        let Some(guard) = shared.config.guarded().find(|g| g.rollout == self.rollout) else {
-            return;
-        };
         let stable = window
             .get(self.stable_slot.saturating_sub(self.first_slot))
             .copied()
@@ -160,7 +160,7 @@ impl Watch {
             if slot == self.stable_slot {
                 continue;
             }
-            if let Some(trip) = guard.guard.judge(*version_counts, stable)
+            if let Some(trip) = self.guard.judge(*version_counts, stable)
                 && let Some((_, version)) = shared.config.slot_names(slot)
             {
                 self.latched = Some(Latch {
@@ -169,7 +169,7 @@ impl Watch {
                     reason: trip.reason,
                     at_ms: now,
                 });
-                self.publish(shared, Some((&trip, guard.guard.window_ms, now)));
+                self.publish(shared, Some((&trip, self.guard.window_ms, now)));
                 return;
             }
         }

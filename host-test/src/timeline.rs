@@ -28,29 +28,15 @@ pub(crate) struct Scheduled<'c> {
 
 /// Every rollout with a schedule, in config order, with its state at `now_ms`.
 pub(crate) fn scheduled_rollouts(config: &Config, now_ms: u64) -> Vec<Scheduled<'_>> {
-    // Without a time no schedule has started, so the stable version is the one with all
-    // users; a scheduled rollout has exactly two versions, the other is the new one.
-    let before_start = config.shares_at(None, &[]);
     config
         .rollout_names()
         .filter_map(|rollout| {
             let state = config.schedule_at(rollout, Some(now_ms))?;
-            let mut stable = None;
-            let mut new = None;
-            for (slot, (r, version)) in config.versions().enumerate() {
-                if r != rollout {
-                    continue;
-                }
-                if before_start.get(slot) == Some(&1_000_000) && stable.is_none() {
-                    stable = Some(version);
-                } else {
-                    new = Some(version);
-                }
-            }
+            let (stable_version, new_version) = config.schedule_versions(rollout)?;
             Some(Scheduled {
                 rollout,
-                new_version: new?,
-                stable_version: stable?,
+                new_version,
+                stable_version,
                 state,
             })
         })
