@@ -1,6 +1,7 @@
 //! A live config source: one VM at a time (a compare-and-swap lease in shared data) polls an
-//! Envoy cluster with `If-None-Match`, validates what it gets, and publishes it with a
-//! generation number; every VM's tick takes up a newer generation.
+//! Envoy cluster with `If-None-Match` (and, when long-polling, `Prefer: wait=N`, which a
+//! source may honour by holding the poll until its config changes), validates what it gets,
+//! and publishes it with a generation number; every VM's tick takes up a newer generation.
 
 use crate::host::{self, BufferType, HeaderMap, LogLevel};
 use crate::metrics::increment;
@@ -35,6 +36,25 @@ impl Live {
     /// timeout, plus a tick for the first poll and two for the news to reach every VM.
     pub(crate) fn wait_bound_ms(source: &LiveSource) -> u64 {
         source.timeout_ms + 3 * u64::from(crate::TICK_MS)
+    }
+}
+
+impl Drop for Live {
+    /// Gives the polling lease up when this VM's source is configured anew or its root is
+    /// deleted: a lease sized for a held poll would otherwise keep every VM from polling
+    /// for up to `long_poll_s` after the holder is gone.
+    fn drop(&mut self) {
+        let Ok((Some(bytes), cas)) = host::shared_data(&self.keys.lease) else {
+            return;
+        };
+        let holder = String::from_utf8_lossy(&bytes)
+            .split(' ')
+            .next()
+            .and_then(|t| t.parse::<u64>().ok());
+        if holder == Some(self.token) {
+            // Expired at once; the compare-and-swap leaves a lease another VM took meanwhile.
+            let _ = host::set_shared_data(&self.keys.lease, b"0 0", cas);
+        }
     }
 }
 
@@ -109,9 +129,14 @@ impl Root {
         if live.in_flight.is_some() || now < live.next_poll_ms {
             return;
         }
+        // Polls start at least `poll_interval_ms` apart. A held poll (long-polling) answers
+        // later than that, so the next one leaves as soon as it is back; a source that
+        // ignores `Prefer` answers at once and is polled at the plain interval.
         live.next_poll_ms = now + live.source.poll_interval_ms;
-        // The lease outlives a few polls, so another VM takes over only if this one stops.
-        let lease_ms = 3 * live.source.poll_interval_ms + live.source.timeout_ms;
+        let hold_ms = live.source.long_poll_s * 1000;
+        // The lease outlives a few polls and a held one, so another VM takes over only if
+        // this one stops.
+        let lease_ms = 3 * live.source.poll_interval_ms + live.source.timeout_ms + hold_ms;
         if !live.keys.take_lease(live.token, now, now + lease_ms) {
             return;
         }
@@ -121,10 +146,19 @@ impl Root {
             (":authority", live.source.authority.as_str()),
             ("accept", "application/json"),
         ];
+        let wait = format!("wait={}", live.source.long_poll_s);
+        // Only a conditional poll can be held: without an ETag there is nothing to wait for,
+        // and the first answer must come within `timeout_ms` (requests wait for it).
+        let held = hold_ms > 0 && live.seen_etag.is_some();
         if let Some(etag) = &live.seen_etag {
             headers.push(("if-none-match", etag.as_str()));
         }
-        let timeout_ms = u32::try_from(live.source.timeout_ms).unwrap_or(u32::MAX);
+        if held {
+            headers.push(("prefer", wait.as_str()));
+        }
+        // A held poll may take the whole wait before the source even starts answering.
+        let timeout_ms = live.source.timeout_ms + if held { hold_ms } else { 0 };
+        let timeout_ms = u32::try_from(timeout_ms).unwrap_or(u32::MAX);
         match host::http_call(&live.source.cluster, &headers, timeout_ms) {
             Ok(token) => live.in_flight = Some(token),
             Err(status) => {

@@ -18,7 +18,12 @@ const SOURCE_FIELDS: &[&str] = &[
     "authority",
     "poll_interval_ms",
     "timeout_ms",
+    "long_poll_s",
 ];
+
+/// The longest `long_poll_s`: five minutes. Longer holds save next to nothing more and only
+/// delay noticing a source that stopped answering.
+const MAX_LONG_POLL_S: u64 = 300;
 
 /// A live config source: an HTTP GET through an Envoy cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +34,9 @@ pub(crate) struct LiveSource {
     /// How often the leader VM asks the source, with `If-None-Match`.
     pub(crate) poll_interval_ms: u64,
     pub(crate) timeout_ms: u64,
+    /// How long a conditional poll asks the source to hold it (`Prefer: wait`), in seconds
+    /// as RFC 7240 counts them; 0: plain polling.
+    pub(crate) long_poll_s: u64,
 }
 
 /// The parsed plugin configuration.
@@ -138,6 +146,9 @@ fn live_source(value: Option<&Value>, errors: &mut Vec<String>) -> Option<LiveSo
     };
     let poll_interval_ms = millis("poll_interval_ms", 1000, 10, 3_600_000);
     let timeout_ms = millis("timeout_ms", 2000, 10, 60_000);
+    // Off by default: a source that honours it holds one connection per Envoy open, which
+    // its operator should size for; a source that ignores it is polled as before either way.
+    let long_poll_s = millis("long_poll_s", 0, 0, MAX_LONG_POLL_S);
     if let Some(path) = &path
         && !path.starts_with('/')
     {
@@ -152,6 +163,7 @@ fn live_source(value: Option<&Value>, errors: &mut Vec<String>) -> Option<LiveSo
         path,
         poll_interval_ms,
         timeout_ms,
+        long_poll_s,
     })
 }
 
@@ -270,7 +282,21 @@ mod tests {
         };
         assert_eq!(source.authority, "cfg");
         assert_eq!((source.poll_interval_ms, source.timeout_ms), (1000, 2000));
+        assert_eq!(
+            source.long_poll_s, 0,
+            "long-polling is off unless asked for"
+        );
         assert_eq!(fallback.n_slots(), 0);
+    }
+
+    #[test]
+    fn long_polling_is_read_in_seconds() {
+        let Ok(PluginConfig::Live { source, .. }) = parse_plugin_config(
+            br#"{"config_source":{"cluster":"c","path":"/r","long_poll_s":30}}"#,
+        ) else {
+            panic!("refused");
+        };
+        assert_eq!(source.long_poll_s, 30);
     }
 
     #[test]
@@ -282,7 +308,7 @@ mod tests {
             ),
             [
                 "other: unknown field, expected one of: config_source, fallback",
-                "config_source.extra: unknown field, expected one of: cluster, path, authority, poll_interval_ms, timeout_ms",
+                "config_source.extra: unknown field, expected one of: cluster, path, authority, poll_interval_ms, timeout_ms, long_poll_s",
                 "config_source.cluster: missing required field",
                 "config_source.poll_interval_ms: expected an integer from 10 to 3600000, found 5",
                 "config_source.path: expected a path starting with '/', found \"r.json\"",
@@ -292,6 +318,19 @@ mod tests {
         assert_eq!(
             errors(r#"{"config_source":3}"#),
             ["config_source: expected an object"]
+        );
+        assert_eq!(
+            errors(
+                r#"{"config_source":{"cluster":"c","path":"/r","long_poll_s":301,"timeout_ms":"1"}}"#
+            ),
+            [
+                "config_source.timeout_ms: expected an integer from 10 to 60000, found \"1\"",
+                "config_source.long_poll_s: expected an integer from 0 to 300, found 301",
+            ]
+        );
+        assert_eq!(
+            errors(r#"{"config_source":{"cluster":"c","path":"/r","long_poll_s":-1}}"#),
+            ["config_source.long_poll_s: expected an integer from 0 to 300, found -1"]
         );
         let syntax = errors("{nope");
         assert_eq!(syntax.len(), 1);

@@ -39,6 +39,10 @@ struct Workers {
 
 impl Workers {
     fn start() -> Workers {
+        Workers::with_plugin(PLUGIN)
+    }
+
+    fn with_plugin(plugin: &str) -> Workers {
         let module = FilterModule::from_file(&filter_wasm_path()).unwrap_or_else(|e| {
             panic!("{e:#}\nbuild the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --profile wasm")
         });
@@ -46,7 +50,7 @@ impl Workers {
             .map(|_| module.start_vm(VmOptions::default()).unwrap())
             .collect();
         for vm in &mut vms {
-            assert!(vm.configure(PLUGIN.as_bytes()).unwrap());
+            assert!(vm.configure(plugin.as_bytes()).unwrap());
         }
         Workers {
             module,
@@ -358,10 +362,118 @@ fn a_source_that_never_answers_leaves_the_fallback_in_force() {
     assert_eq!(w.metric("rollout_config_fetch_failures_total"), 3);
 }
 
+/// The live plugin with `long_poll_s` 20.
+fn long_poll_plugin() -> String {
+    PLUGIN.replace(
+        r#""timeout_ms": 500"#,
+        r#""timeout_ms": 500, "long_poll_s": 20"#,
+    )
+}
+
+/// The one pending call's `prefer` header and the timeout it was sent with.
+fn prefer_and_timeout(w: &Workers, vm: usize) -> (Option<String>, Duration) {
+    let [call] = w.vms[vm].pending_http_calls() else {
+        panic!("expected one pending call");
+    };
+    let prefer = host_test::header_value(&call.headers, "prefer")
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    (prefer, call.timeout)
+}
+
+#[test]
+fn long_polling_sends_prefer_wait_and_polls_again_as_soon_as_a_held_poll_returns() {
+    let plugin = long_poll_plugin();
+    assert_ne!(plugin, PLUGIN);
+    let mut w = Workers::with_plugin(&plugin);
+    let call = w.next_call();
+    // The first poll has no ETag to wait on, and requests wait for its answer: not held.
+    assert_eq!(
+        prefer_and_timeout(&w, call.0),
+        (None, Duration::from_millis(500))
+    );
+    w.answer(call, "200", "\"a\"", &config((0, 1)));
+    let call = w.next_call();
+    assert_eq!(call.2.as_deref(), Some("\"a\""));
+    // Held: the timeout covers the wait plus timeout_ms.
+    assert_eq!(
+        prefer_and_timeout(&w, call.0),
+        (Some("wait=20".to_owned()), Duration::from_millis(20_500))
+    );
+    // The source holds it 15 s: no second poll meanwhile, from either VM (the lease outlives
+    // the hold).
+    w.advance(15_000);
+    assert_eq!(w.pending(), vec![call.clone()]);
+    let held_vm = call.0;
+    w.answer(call, "304", "", "");
+    // Back after more than poll_interval_ms: the next poll leaves on the next tick.
+    w.advance(10);
+    let again = w.pending();
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].0, held_vm, "the lease moved during a held poll");
+    assert_eq!(
+        prefer_and_timeout(&w, held_vm).0.as_deref(),
+        Some("wait=20")
+    );
+    // A change ends the hold with a 200, taken up by every VM.
+    w.answer(again[0].clone(), "200", "\"b\"", &config((1, 0)));
+    w.advance(10);
+    assert_eq!(w.versions("user-1"), vec!["v1", "v1"]);
+}
+
+#[test]
+fn a_vm_configured_anew_during_a_held_poll_polls_again_at_once() {
+    let mut w = Workers::with_plugin(&long_poll_plugin());
+    let call = w.next_call();
+    w.answer(call, "200", "\"a\"", &config((0, 1)));
+    let held = w.next_call();
+    w.advance(1_000);
+    // The holder gets a new configuration (as Envoy pushes one): its old root's lease, sized
+    // for a 20 s hold, must not keep the new one (or the other VM) from polling.
+    let plugin = long_poll_plugin();
+    assert!(w.vms[held.0].configure(plugin.as_bytes()).unwrap());
+    w.advance(20);
+    let tokens: Vec<u32> = w.pending().iter().map(|c| c.1).collect();
+    assert!(
+        tokens.iter().any(|t| *t != held.1),
+        "no new poll after the reconfiguration: {tokens:?}"
+    );
+}
+
+#[test]
+fn long_polling_a_source_that_ignores_prefer_polls_at_the_plain_interval() {
+    let mut w = Workers::with_plugin(&long_poll_plugin());
+    let call = w.next_call();
+    w.answer(call, "200", "\"a\"", &config((0, 1)));
+    let first = w.next_call();
+    // Answered at once, as a static server does: the next poll waits for poll_interval_ms
+    // (100 ms) from the previous one's start, not a tick.
+    w.answer(first, "304", "", "");
+    let mut waited = 0;
+    while w.pending().is_empty() {
+        w.advance(10);
+        waited += 10;
+        assert!(waited <= 200, "no poll after {waited} ms");
+    }
+    assert!(waited >= 90, "polled again after {waited} ms");
+}
+
+#[test]
+fn plain_polling_never_asks_the_source_to_hold() {
+    let mut w = Workers::start();
+    let call = w.next_call();
+    w.answer(call, "200", "\"a\"", &config((0, 1)));
+    let call = w.next_call();
+    assert_eq!(call.2.as_deref(), Some("\"a\""));
+    assert_eq!(
+        prefer_and_timeout(&w, call.0),
+        (None, Duration::from_millis(500))
+    );
+}
+
 #[test]
 fn bad_live_plugin_configurations_are_refused_with_their_paths() {
     let module = FilterModule::from_file(&filter_wasm_path()).unwrap();
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 4] = [
         (
             r#"{"config_source": {"path": "rollout.json", "poll_interval_ms": 1}, "extra": 1}"#,
             &[
@@ -374,12 +486,16 @@ fn bad_live_plugin_configurations_are_refused_with_their_paths() {
         (
             r#"{"config_source": {"cluster": "c", "path": "/x", "pol_interval_ms": 5}}"#,
             &[
-                "config_source.pol_interval_ms: unknown field, expected one of: cluster, path, authority, poll_interval_ms, timeout_ms",
+                "config_source.pol_interval_ms: unknown field, expected one of: cluster, path, authority, poll_interval_ms, timeout_ms, long_poll_s",
             ],
         ),
         (
             r#"{"config_source": {"cluster": "c", "path": "/x"}, "fallback": {"rollouts": {"r": {"versions": []}}}}"#,
             &["fallback.rollouts.r.versions: must not be empty"],
+        ),
+        (
+            r#"{"config_source": {"cluster": "c", "path": "/x", "long_poll_s": 301}}"#,
+            &["config_source.long_poll_s: expected an integer from 0 to 300, found 301"],
         ),
     ];
     for (plugin, errors) in cases {
