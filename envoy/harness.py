@@ -138,6 +138,19 @@ def ecds_envoy_config(folder):
     return doc
 
 
+def live_config_with(**source_fields):
+    """envoy/live/envoy.yaml (as a dict) with these `config_source` fields set, e.g.
+    `long_poll_s=5`, or removed where the value is None."""
+    doc = load(LIVE_CONFIG)
+    value = plugin_configuration(doc)
+    for key, field in source_fields.items():
+        if field is None:
+            value["config_source"].pop(key, None)
+        else:
+            value["config_source"][key] = field
+    return set_plugin_configuration(doc, json.dumps(value))
+
+
 def move_ports(doc, mapping):
     """Replaces every socket address's port that `mapping` names."""
     for node in nodes(doc):

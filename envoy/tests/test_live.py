@@ -1,6 +1,7 @@
 """The live scenario (envoy/live/envoy.yaml) in a real Envoy with --concurrency 2: the config
 comes from a config source over HTTP, changes while traffic flows, and neither bad configs
-nor a failing source ever fail a client request."""
+nor a failing source ever fail a client request. With `long_poll_s`, a source that honours
+`Prefer: wait` sees about one poll per wait at rest, and one that ignores it is polled as before."""
 
 import json
 import statistics
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from harness import LIVE_CONFIG, Client, ConfigServer, Probes, rollout, wait_until
+from harness import LIVE_CONFIG, Client, ConfigServer, Probes, live_config_with, rollout, wait_until
 
 
 class Load:
@@ -154,3 +155,64 @@ def test_a_weight_raised_at_the_source_moves_users_only_into_that_version(live, 
     moved = [(i, b, a) for i, (b, a) in enumerate(zip(before, after, strict=True)) if b != a]
     assert moved, "raising v2 moved nobody"
     assert all(b == "v1" and a == "v2" for _, b, a in moved), moved[:10]
+
+
+def flip_and_time(source, probes, flips):
+    """Flips every user between v2 and v1 `flips` times; the seconds each took to reach every
+    probed connection."""
+    delays = []
+    for flip in range(flips):
+        target = "v2" if flip % 2 == 0 else "v1"
+        source.set(rollout(0, 1) if target == "v2" else rollout(1, 0))
+        t0 = time.monotonic()
+        wait_until(lambda target=target: set(probes.versions()) == {target}, what=f"flip {flip} to {target}")
+        delays.append(time.monotonic() - t0)
+        time.sleep(0.1)
+    return delays
+
+
+def polls_at_rest(source, seconds):
+    """How many polls the source got in `seconds` with no change."""
+    before = source.requests
+    time.sleep(seconds)
+    return source.requests - before
+
+
+def test_long_polling_propagates_changes_and_costs_about_one_poll_per_wait_at_rest(start_envoy, source):
+    envoy = start_envoy(live_config_with(long_poll_s=1), ports={8090: source.port})
+    probes = Probes(envoy.port)
+    wait_until(lambda: set(probes.versions()) == {"v1"}, what="the first config")
+    load = Load(envoy.port)
+    delays = flip_and_time(source, probes, 6)
+    # At rest each held poll ends after the 1 s wait: about 3 polls in 3 s, where polling every
+    # 50 ms (the shipped poll_interval_ms) would make about 60.
+    polls = polls_at_rest(source, 3.0)
+    total, failed = load.stop()
+    probes.close()
+    assert total > 100 and not failed, f"{len(failed)} of {total} requests failed: {failed[:5]}"
+    assert 2 <= polls <= 5, f"{polls} polls in 3 s of rest with a 1 s wait"
+    assert source.held >= 2, "the source never held a poll"
+    assert source.asked_to_wait >= polls
+    assert metric(envoy, "rollout_config_updates_total") >= 7
+    assert metric(envoy, "rollout_config_fetch_failures_total") == 0
+    print(f"\nlong-polling: propagation over {len(delays)} flips: median {statistics.median(delays) * 1000:.0f} ms, "
+          f"max {max(delays) * 1000:.0f} ms; {polls} polls in 3 s at rest")
+
+
+def test_long_polling_a_source_that_ignores_prefer_is_plain_polling(start_envoy):
+    source = ConfigServer(rollout(1, 0), honour_wait=False)
+    try:
+        envoy = start_envoy(live_config_with(long_poll_s=30), ports={8090: source.port})
+        probes = Probes(envoy.port)
+        wait_until(lambda: set(probes.versions()) == {"v1"}, what="the first config")
+        delays = flip_and_time(source, probes, 4)
+        polls = polls_at_rest(source, 2.0)
+        probes.close()
+        # Answered at once, so polled every 50 ms (poll_interval_ms): about 40 in 2 s.
+        assert 20 <= polls <= 40 * 1.3 + 5, f"{polls} polls in 2 s"
+        assert source.asked_to_wait >= polls and source.held == 0
+        assert metric(envoy, "rollout_config_fetch_failures_total") == 0
+        print(f"\nsource ignoring Prefer: propagation median {statistics.median(delays) * 1000:.0f} ms; "
+              f"{polls} polls in 2 s at rest")
+    finally:
+        source.stop()
