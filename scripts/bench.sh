@@ -46,6 +46,7 @@ step "Envoy under load: $rounds interleaved rounds of $seconds s per variant"
 
 step "config propagation: $flips flips"
 .venv/bin/python envoy/bench_propagation.py "$flips" --json "$out/propagation.json"
+.venv/bin/python envoy/bench_poll.py --flips "$flips" --seconds "$seconds" --json "$out/poll.json"
 
 step "results table"
 .venv/bin/python benches/report.py --criterion target/criterion --results "$out" \
