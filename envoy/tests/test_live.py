@@ -209,7 +209,8 @@ def test_long_polling_a_source_that_ignores_prefer_is_plain_polling(start_envoy)
         polls = polls_at_rest(source, 2.0)
         probes.close()
         # Answered at once, so polled every 50 ms (poll_interval_ms): about 40 in 2 s.
-        assert 20 <= polls <= 40 * 1.3 + 5, f"{polls} polls in 2 s"
+        # At least 10: a held poll (30 s wait) would make none; the margin is for a loaded machine.
+        assert 10 <= polls <= 40 * 1.3 + 5, f"{polls} polls in 2 s"
         assert source.asked_to_wait >= polls and source.held == 0
         assert metric(envoy, "rollout_config_fetch_failures_total") == 0
         print(f"\nsource ignoring Prefer: propagation median {statistics.median(delays) * 1000:.0f} ms; "
