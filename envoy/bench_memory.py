@@ -224,9 +224,11 @@ def memory(repeats, requests, connections, settle):
         mine = []
         for concurrency in CONCURRENCIES:
             same = [x for x in runs if x["variant"] == variant and x["concurrency"] == concurrency]
+            traffic_kib = [x["traffic_kib"] for x in same]
             mine.append({"variant": variant, "concurrency": concurrency, "wasm_vms": same[0]["wasm_vms"],
                          "startup_kib": statistics.median(x["startup_kib"] for x in same),
-                         "traffic_kib": statistics.median(x["traffic_kib"] for x in same)})
+                         "traffic_kib": statistics.median(traffic_kib),
+                         "traffic_spread_kib": max(traffic_kib) - min(traffic_kib)})
         rows += mine
         slopes[variant] = {key: slope(CONCURRENCIES, [row[f"{key}_kib"] for row in mine])
                            for key in ("startup", "traffic")}
@@ -313,7 +315,7 @@ def main():
     parser.add_argument("--quick", action="store_true", help="one round, fewer requests and flips")
     parser.add_argument("--json", metavar="PATH", help="also write every number as JSON")
     args = parser.parse_args()
-    repeats, requests, flips = (1, 800, 6) if args.quick else (2, 3000, 30)
+    repeats, requests, flips = (1, 800, 6) if args.quick else (3, 3000, 30)
 
     print(f"RSS: concurrency {CONCURRENCIES}, {len(VARIANTS)} variants, {repeats} round(s), "
           f"{requests} users each", flush=True)
