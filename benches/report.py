@@ -1,5 +1,5 @@
 """Writes the benchmark results table (markdown) from one run of scripts/bench.sh: criterion's
-estimates, the load and propagation JSON, the two wasm modules' sizes, and the machine's
+estimates, the load, propagation and memory JSON, the two wasm modules' sizes, and the machine's
 description. The same text goes to benches/RESULTS.md and between the bench markers in README.md.
 
     python benches/report.py --criterion target/criterion --results target/bench-results \\
@@ -27,6 +27,7 @@ WASM_FEATURES = ["--enable-bulk-memory", "--enable-sign-ext", "--enable-mutable-
 
 FLAG_GROUP = "100 gradual-rollout flags for one user"
 OURS, THEIRS = "rollout-core decide", "unleash-yggdrasil is_enabled"
+PARSE_GROUP = "config parse+validate"
 
 
 def criterion_means(root):
@@ -101,8 +102,59 @@ def goal_row(goal, target, measured, met):
     return f"| {goal} | {target} | {measured} | {'met' if met else '**missed**'} |"
 
 
+def memory_section(memory, means):
+    """Envoy's RSS per worker and the time to load a 200-flag config (envoy/bench_memory.py)."""
+    mem, loads = memory["memory"], memory["config_load"]
+    rows, slopes = mem["rows"], mem["slope_kib_per_worker"]
+    variants = list(slopes)
+    counts = sorted({row["concurrency"] for row in rows})
+
+    def mib(kib):
+        return f"{kib / 1024:.1f} MiB"
+
+    lines = ["", "### Envoy memory per worker and config load (issue 15)", "",
+             f"VmRSS of a real Envoy (envoy/static/envoy.yaml) after requests from {mem['requests']:,} users "
+             "over connections that reached every worker (median of 5 samples; of "
+             f"{mem['repeats']} round(s)); after startup in brackets. The slope is the least-squares "
+             "RSS per added worker, i.e. one more worker with its wasm VM.", "",
+             "| variant | " + " | ".join(f"{n} worker{'s' if n > 1 else ''}" for n in counts)
+             + " | per added worker |", "|---|" + "---|" * (len(counts) + 1)]
+    for variant in variants:
+        cells = [next(r for r in rows if r["variant"] == variant and r["concurrency"] == n) for n in counts]
+        lines.append(f"| {variant} | " + " | ".join(f"{mib(c['traffic_kib'])} ({mib(c['startup_kib'])})"
+                                                   for c in cells)
+                     + f" | {slopes[variant]['traffic']:,.0f} KiB ({slopes[variant]['startup']:,.0f} KiB) |")
+    base, first = variants[0], counts[0]
+
+    def at(variant, n):
+        return next(r for r in rows if r["variant"] == variant and r["concurrency"] == n)
+
+    added = "; ".join(f"{slopes[variant]['traffic'] - slopes[base]['traffic']:,.0f} KiB ({variant})"
+                      for variant in variants[1:])
+    fixed = "; ".join(f"{mib(at(variant, first)['traffic_kib'] - at(base, first)['traffic_kib'])} ({variant})"
+                      for variant in variants[1:])
+    vms = ", ".join(f"{at(variants[-1], n)['wasm_vms']} with {n}" for n in counts)
+    lines += ["", f"Per added worker, beyond Envoy with {base} (after traffic): {added}. With {first} worker, the "
+                  f"filter adds {fixed}: V8, the compiled module, and the VMs Envoy keeps besides the workers' "
+                  f"(`wasm.wasm_vm_count`: {vms} workers). Rounds differed by up to "
+                  f"{max(r.get('traffic_spread_kib', 0) for r in rows):,.0f} KiB for one variant and worker count."]
+    lines += ["", f"Time to load a config: the live scenario (`--concurrency {loads['concurrency']}`, source polled "
+                  f"every {loads['poll_interval_ms']} ms) serves each config in turns, {loads['flips']} times each; "
+                  "timed from the change at the source until every probe connection (at least one per worker) "
+                  "gets a decision by it.", "",
+              "| config served | size | p50 | p99 | max |", "|---|---|---|---|---|"]
+    for kind, c in loads["configs"].items():
+        lines.append(f"| {kind} | {c['bytes']:,} B | {c['p50_ms']:.0f} ms | {c['p99_ms']:.0f} ms | "
+                     f"{c['max_ms']:.0f} ms |")
+    parse = means.get(f"{PARSE_GROUP}/2 versions, {mem['flags']} flags")
+    if parse:
+        lines += ["", f"The filter's own parse and validation of a {mem['flags']}-flag config: {fmt_ns(parse)} "
+                      "natively (criterion, `config parse+validate`), not measured inside Envoy's V8."]
+    return lines
+
+
 def render(means, load, propagation, filter_sizes, worker_sizes, machine_rows, profile=None,
-           size_profile=None):
+           size_profile=None, memory=None):
     lines = ["Written by `scripts/bench.sh` (`benches/report.py`); every number below is from the "
              "one run described here.", "", "| machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in machine_rows]
@@ -178,6 +230,8 @@ def render(means, load, propagation, filter_sizes, worker_sizes, machine_rows, p
                   f"p50 {propagation['p50_ms']:.0f} ms, p99 {propagation['p99_ms']:.0f} ms, "
                   f"max {propagation['max_ms']:.0f} ms from the change at the source until every "
                   "probed worker decides by it."]
+    if memory:
+        lines += memory_section(memory, means)
     return "\n".join(lines) + "\n"
 
 
@@ -207,7 +261,7 @@ def main():
                   optional_json("propagation.json"), wasm_sizes(args.filter, args.wasm_opt),
                   wasm_sizes(args.worker, args.wasm_opt), machine(optional_json("run.json")),
                   optional_json("profile.json"),
-                  optional_json("filter_size.json"))
+                  optional_json("filter_size.json"), optional_json("memory.json"))
     steps = pathlib.Path(__file__).with_name("STEPS.md")
     if args.write:
         history = ("\n" + steps.read_text()) if steps.exists() else ""

@@ -101,3 +101,44 @@ def test_size_profile_accounts_for_every_byte_of_code():
     # Function bodies fill the code section but for its leading function count.
     assert result["code"] - 5 <= counted < result["code"]
     assert result["data"] > 0
+
+
+def recorded_memory():
+    """A bench_memory.py result: RSS grows 100 KiB per worker without the filter, 1,100 KiB with it."""
+    rows = []
+    for variant, base, per_worker, vms in [("no wasm filter", 64_000, 100, 0),
+                                           ("rollout filter, shipped config", 93_000, 1_100, 2)]:
+        for n in (1, 2, 4):
+            rows.append({"variant": variant, "concurrency": n, "wasm_vms": vms and n + vms,
+                         "startup_kib": base + per_worker * n - 500, "traffic_kib": base + per_worker * n,
+                         "traffic_spread_kib": 300 * n})
+    return {"memory": {"repeats": 2, "requests": 3000, "connections": 48, "flags": 200, "rows": rows,
+                       "slope_kib_per_worker": {"no wasm filter": {"startup": 100.0, "traffic": 100.0},
+                                                "rollout filter, shipped config": {"startup": 1100.0,
+                                                                                   "traffic": 1100.0}}},
+            "config_load": {"flips": 30, "concurrency": 2, "poll_interval_ms": 50,
+                            "configs": {"1 rollout, 200 flags": {"bytes": 53_499, "p50_ms": 57.0, "p99_ms": 110.4,
+                                                                 "max_ms": 121.0}}}}
+
+
+def test_memory_section_reports_rss_slopes_and_load_times(tmp_path):
+    crit, _ = recorded(tmp_path)
+    criterion_result(crit, report.PARSE_GROUP, "2 versions, 200 flags", 612_630.0)
+    body = report.render(report.criterion_means(crit), None, None, report.wasm_sizes(tmp_path / "filter.wasm"),
+                         report.wasm_sizes(tmp_path / "worker.wasm"), [("CPU", "test")],
+                         memory=recorded_memory())
+    assert "### Envoy memory per worker and config load (issue 15)" in body
+    assert "| rollout filter, shipped config | 91.9 MiB (91.4 MiB) | 93.0 MiB (92.5 MiB) | 95.1 MiB (94.6 MiB) " \
+           "| 1,100 KiB (1,100 KiB) |" in body
+    assert "after traffic): 1,000 KiB (rollout filter, shipped config)." in body
+    assert "With 1 worker, the filter adds 29.3 MiB (rollout filter, shipped config)" in body
+    assert "(`wasm.wasm_vm_count`: 3 with 1, 4 with 2, 6 with 4 workers). Rounds differed by up to 1,200 KiB" in body
+    assert "| 1 rollout, 200 flags | 53,499 B | 57 ms | 110 ms | 121 ms |" in body
+    assert "200-flag config: 612.63 µs natively" in body
+
+
+def test_memory_section_is_absent_without_its_results(tmp_path):
+    crit, _ = recorded(tmp_path)
+    body = report.render(report.criterion_means(crit), None, None, report.wasm_sizes(tmp_path / "filter.wasm"),
+                         report.wasm_sizes(tmp_path / "worker.wasm"), [("CPU", "test")])
+    assert "issue 15" not in body

@@ -2,18 +2,20 @@
 # Runs every benchmark on this machine and writes the results table with the machine's
 # description to benches/RESULTS.md and into README.md: module sizes, the core beside
 # unleash-yggdrasil (criterion), the filter .wasm per request in the harness, Envoy under load
-# beside its native split, a Lua split and an empty wasm filter, and config propagation; and a
-# profile: allocations per decision, filter/host crossings per request, module size by crate.
-# Takes about 8 minutes on 2 cores once tools are installed; run it on an otherwise idle machine.
+# beside its native split, a Lua split and an empty wasm filter, config propagation, Envoy's RSS
+# per worker VM and the time to load a 200-flag config; and a profile: allocations per
+# decision, filter/host crossings per request, module size by crate.
+# Takes about 8 minutes on 2 cores once tools are installed, and envoy/bench_memory.py about 3
+# more; run it on an otherwise idle machine.
 #
 #     scripts/bench.sh [--quick]     (--quick: shorter runs, for trying the script out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-rounds=3 seconds=8 flips=40 criterion=()
+rounds=3 seconds=8 flips=40 criterion=() memory=()
 if [ "${1:-}" = "--quick" ]; then
-    rounds=1 seconds=2 flips=6 criterion=(--warm-up-time 1 --measurement-time 2)
+    rounds=1 seconds=2 flips=6 criterion=(--warm-up-time 1 --measurement-time 2) memory=(--quick)
 fi
 out=target/bench-results
 rm -rf "$out" && mkdir -p "$out"
@@ -47,6 +49,9 @@ step "Envoy under load: $rounds interleaved rounds of $seconds s per variant"
 step "config propagation: $flips flips"
 .venv/bin/python envoy/bench_propagation.py "$flips" --json "$out/propagation.json"
 .venv/bin/python envoy/bench_poll.py --flips "$flips" --seconds "$seconds" --json "$out/poll.json"
+
+step "Envoy's RSS per worker VM (1, 2, 4 workers) and the time to load a 200-flag config"
+.venv/bin/python envoy/bench_memory.py "${memory[@]}" --json "$out/memory.json"
 
 step "results table"
 .venv/bin/python benches/report.py --criterion target/criterion --results "$out" \
