@@ -1,9 +1,9 @@
 //! The validated config: JSON in, a [`Config`] whose types carry the guarantees out, or every
 //! error at once, each with its path.
 //!
-//! The raw stage is [`crate::json::Value`] (our own reader), walked by hand instead of derived (`walk.rs`, with
-//! `rollout.rs` and `flag.rs`): a derived deserializer stops at the first error and cannot
-//! name the path of an unknown field, while this walk reports all of them
+//! The raw stage is [`crate::json::Value`] (our own reader), walked by hand instead of
+//! derived (`walk.rs`, with `rollout.rs` and `flag.rs`): a derived deserializer stops at the
+//! first error and cannot name the path of an unknown field, while this walk reports all of them
 //! (`rollouts.checkout.versions[1].weight: ...`). Rule operators are defined once, in
 //! `operators.rs`.
 
