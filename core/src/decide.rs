@@ -415,7 +415,7 @@ impl Condition {
             Op::OneOf(set) => set.iter().any(|s| s.as_bytes() == value),
             Op::NotOneOf(set) => !set.iter().any(|s| s.as_bytes() == value),
             Op::Number(cmp, want) => text
-                .and_then(|t| t.trim().parse::<f64>().ok())
+                .and_then(|t| crate::json::parse_decimal(t.trim()))
                 .filter(|n| n.is_finite())
                 .and_then(|n| n.partial_cmp(want))
                 .is_some_and(|o| cmp.holds(o)),

@@ -17,7 +17,7 @@ pub struct ConfigError {
 pub enum ErrorKind {
     /// The bytes are not JSON.
     Syntax {
-        /// serde_json's description of the problem.
+        /// The JSON reader's description of the problem (serde_json's wording).
         message: String,
         /// 1-based line of the problem.
         line: usize,

@@ -26,6 +26,7 @@ mod decide;
 mod error;
 mod guard;
 mod hash;
+pub mod json;
 mod schedule;
 mod semver;
 #[cfg(any(test, feature = "vectors"))]

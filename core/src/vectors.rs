@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::{Config, Decision, HostInputs};
+use crate::{Config, ConfigErrors, Decision, HostInputs};
 
 /// One vector file.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +25,14 @@ pub struct VectorFile {
     pub contract: Contract,
     /// The requests and what each must get.
     pub cases: Vec<Case>,
+}
+
+impl VectorFile {
+    /// The file's config, validated: serialized and read back by the core's own reader, as
+    /// every host reads a config.
+    pub fn parse_config(&self) -> Result<Config, ConfigErrors> {
+        Config::from_json(self.config.to_string().as_bytes())
+    }
 }
 
 /// The contract's header names, as a vector file carries them.
@@ -317,7 +325,7 @@ mod tests {
                     continue;
                 }
             };
-            let config = match Config::from_value(&file.config) {
+            let config = match file.parse_config() {
                 Ok(c) => c,
                 Err(e) => {
                     failures.push(format!("{}: config refused: {e}", path.display()));
@@ -352,7 +360,7 @@ mod tests {
         let Ok(mut doc) = serde_json::from_slice::<Value>(bytes) else {
             return;
         };
-        let config = Config::from_value(&doc["config"]).unwrap();
+        let config = Config::from_json(doc["config"].to_string().as_bytes()).unwrap();
         let config = &config;
         doc["contract"] = serde_json::to_value(Contract::of(config)).unwrap();
         let Some(cases) = doc.get_mut("cases").and_then(Value::as_array_mut) else {

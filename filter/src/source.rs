@@ -7,7 +7,7 @@
 //! until the first good config arrives from the source.
 
 use rollout_core::Config;
-use serde_json::Value;
+use rollout_core::json::{self, Value};
 
 use crate::host;
 
@@ -62,13 +62,7 @@ pub(crate) fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, Vec<Stri
             })
             .collect()
     };
-    let Ok(value) = serde_json::from_slice::<Value>(bytes) else {
-        // Let the core word the syntax error, with line and column.
-        return Err(Config::from_json(bytes)
-            .err()
-            .map(|e| lines(e, ""))
-            .unwrap_or_default());
-    };
+    let value = json::parse(bytes).map_err(|e| vec![e.to_string()])?;
     let Some(map) = value
         .as_object()
         .filter(|m| m.contains_key("config_source"))

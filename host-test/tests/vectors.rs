@@ -119,7 +119,7 @@ fn every_golden_vector_passes_through_the_filter_wasm() {
     let mut n_tripped = 0;
     for path in &files {
         let file = VectorFile::parse(&std::fs::read(path).unwrap()).unwrap();
-        let config = Config::from_value(&file.config).unwrap();
+        let config = file.parse_config().unwrap();
         let request_names = file.contract.request_names();
         let response_names = file.contract.response_names();
         // The virtual clock only moves forward: one fresh VM per distinct staging.

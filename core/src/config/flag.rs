@@ -1,7 +1,7 @@
 //! Lowering of flags: switches, variants, allow and deny lists, percentage, and rules with
 //! their conditions (each operator's argument is lowered by its entry in `operators.rs`).
 
-use serde_json::Value;
+use crate::json::Value;
 
 use super::operators::{OPERATORS, Operator};
 use super::walk::{Walk, json_type};
@@ -92,11 +92,12 @@ impl Walk {
             });
             return None;
         };
-        // Parsing and this arithmetic are IEEE-754 exact operations, identical on every host;
-        // the result is an integer, and deciding uses only that integer.
-        let scaled = n.as_f64().map(|p| p * 10_000.0);
+        // Parsing (a percentage with at most 4 decimals is on `parse_decimal`'s correctly
+        // rounded path) and this arithmetic are IEEE-754 exact operations, identical on every
+        // host; the result is an integer, and deciding uses only that integer.
+        let scaled = n.as_f64() * 10_000.0;
         match scaled {
-            Some(s) if (0.0..=1_000_000.0).contains(&s) && (s - s.round()).abs() < 1e-6 => {
+            s if (0.0..=1_000_000.0).contains(&s) && (s - s.round()).abs() < 1e-6 => {
                 Some(s.round() as u32)
             }
             _ => {

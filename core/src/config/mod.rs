@@ -1,9 +1,9 @@
 //! The validated config: JSON in, a [`Config`] whose types carry the guarantees out, or every
 //! error at once, each with its path.
 //!
-//! The raw stage is `serde_json::Value`, walked by hand instead of derived (`walk.rs`, with
-//! `rollout.rs` and `flag.rs`): a derived deserializer stops at the first error and cannot
-//! name the path of an unknown field, while this walk reports all of them
+//! The raw stage is [`crate::json::Value`] (our own reader), walked by hand instead of
+//! derived (`walk.rs`, with `rollout.rs` and `flag.rs`): a derived deserializer stops at the
+//! first error and cannot name the path of an unknown field, while this walk reports all of them
 //! (`rollouts.checkout.versions[1].weight: ...`). Rule operators are defined once, in
 //! `operators.rs`.
 
@@ -13,11 +13,10 @@ mod plan;
 mod rollout;
 mod walk;
 
-use serde_json::Value;
-
-use crate::error::{ConfigError, ConfigErrors, ErrorKind};
+use crate::error::ConfigErrors;
 use crate::guard::Guard;
 use crate::hash::SaltState;
+use crate::json::{self, Value};
 use crate::schedule::Schedule;
 
 pub(crate) use operators::Op;
@@ -162,16 +161,7 @@ pub(crate) struct Condition {
 impl Config {
     /// Parses and validates a JSON config, reporting every error found.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigErrors> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-            ConfigErrors::new(vec![ConfigError {
-                path: String::new(),
-                kind: ErrorKind::Syntax {
-                    message: strip_position(&e.to_string()),
-                    line: e.line(),
-                    column: e.column(),
-                },
-            }])
-        })?;
+        let value = json::parse(bytes).map_err(|e| ConfigErrors::new(vec![e]))?;
         Config::from_value(&value)
     }
 
@@ -268,14 +258,6 @@ impl Config {
             .collect();
         let share = if flag.enabled { flag.percentage_ppm } else { 0 };
         Some((share, variants))
-    }
-}
-
-/// serde_json appends " at line L column C"; the error carries those separately.
-fn strip_position(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(at) => message.get(..at).unwrap_or(message).to_owned(),
-        None => message.to_owned(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! field that carries its argument, how the argument is validated, and its line in the docs.
 //! The validator, the unknown-operator error and [`OPERATORS`] all read [`OPERATOR_DEFS`].
 
-use serde_json::{Map, Value};
+use crate::json::{Object, Value};
 
 use super::walk::Walk;
 use crate::error::ErrorKind;
@@ -221,7 +221,7 @@ impl Operator {
 
     /// Lowers the argument of a condition (the walk is at the condition), reporting a
     /// missing argument and the field of the other operand kind.
-    pub(super) fn argument(&self, w: &mut Walk, condition: &Map<String, Value>) -> Option<Op> {
+    pub(super) fn argument(&self, w: &mut Walk, condition: &Object) -> Option<Op> {
         let (field, stray) = (self.operand.field(), self.operand.stray());
         let report_stray = |w: &mut Walk| {
             if condition.contains_key(stray) {

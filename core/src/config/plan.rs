@@ -1,7 +1,7 @@
 //! Lowering of what moves a rollout by itself: its `schedule` (steps, or a preset) and its
 //! `guard` (limits judged in the data plane), with the durations and times they are written in.
 
-use serde_json::Value;
+use crate::json::Value;
 
 use super::Version;
 use super::walk::{Walk, json_type};
@@ -65,7 +65,7 @@ impl Walk {
             .get("paused_at")
             .and_then(|v| self.at_key("paused_at", |w| w.time(v)));
         let forms = ["steps", "canary", "linear", "all_at_once"];
-        let given: Vec<&str> = forms.into_iter().filter(|f| map.contains_key(*f)).collect();
+        let given: Vec<&str> = forms.into_iter().filter(|f| map.contains_key(f)).collect();
         let steps = match given.as_slice() {
             [] => {
                 self.at_key("steps", |w| w.error(ErrorKind::MissingField));
@@ -79,7 +79,7 @@ impl Walk {
                         })
                     });
                 }
-                let v = map.get(*form)?;
+                let v = map.get(form)?;
                 self.at_key(form, |w| match *form {
                     "steps" => w.steps(v),
                     "canary" => w.canary(v),

@@ -1,7 +1,7 @@
 //! Lowering of rollouts: match, salt, versions with weights, the stable version, and the
 //! check that no two rollouts claim the same requests.
 
-use serde_json::Value;
+use crate::json::Value;
 
 use super::walk::{Walk, json_type};
 use super::{NoKey, Rollout, Version};
@@ -245,12 +245,22 @@ impl Walk {
     }
 }
 
-/// A rollout's revision: a hash of its JSON (keys sorted, whitespace dropped), so that any
-/// edit of the rollout is a new revision and an edit elsewhere in the config is not. A guard's
-/// trip holds until the revision changes.
+/// A rollout's revision: a hash of its canonical JSON text (keys sorted, whitespace dropped,
+/// numbers as written), so that any edit of the rollout is a new revision and an edit
+/// elsewhere in the config is not. A guard's trip holds until the revision changes.
 fn revision(value: &Value) -> u64 {
+    use core::fmt::Write;
     use core::hash::Hasher;
-    let mut hasher = fnv::FnvHasher::default();
-    hasher.write(value.to_string().as_bytes());
-    hasher.finish()
+    /// Hashes the text as it is written, without building it: FNV-1a is byte by byte.
+    struct Hashing(fnv::FnvHasher);
+    impl Write for Hashing {
+        fn write_str(&mut self, s: &str) -> core::fmt::Result {
+            self.0.write(s.as_bytes());
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(fnv::FnvHasher::default());
+    // Writing to a hasher cannot fail.
+    let _ = write!(hashing, "{value}");
+    hashing.0.finish()
 }

@@ -2,7 +2,7 @@
 //! so far, readers for each JSON shape that report a wrong one, and the config's top level.
 //! Rollouts and flags are lowered in `rollout.rs` and `flag.rs`.
 
-use serde_json::{Map, Value};
+use crate::json::{Object, Value};
 
 use super::{Config, HeaderNames, PSEUDO_HEADERS, Source};
 use crate::error::{ConfigError, ErrorKind};
@@ -86,7 +86,7 @@ impl Walk {
         &mut self,
         value: &'v Value,
         allowed: &'static [&'static str],
-    ) -> Option<&'v Map<String, Value>> {
+    ) -> Option<&'v Object> {
         let Some(map) = value.as_object() else {
             self.error(ErrorKind::WrongType {
                 expected: "an object",
@@ -105,11 +105,7 @@ impl Walk {
     }
 
     /// A required field of `map`, or a reported `MissingField`.
-    pub(super) fn required<'v>(
-        &mut self,
-        map: &'v Map<String, Value>,
-        key: &str,
-    ) -> Option<&'v Value> {
+    pub(super) fn required<'v>(&mut self, map: &'v Object, key: &str) -> Option<&'v Value> {
         let value = map.get(key);
         if value.is_none() {
             self.at_key(key, |w| w.error(ErrorKind::MissingField));
