@@ -130,6 +130,9 @@ impl Config {
         reason: VersionReason,
         response: &mut M,
     ) {
+        if !self.headers.response {
+            return;
+        }
         let Some((rollout, version)) = self.slot_names(slot) else {
             return;
         };
@@ -178,6 +181,32 @@ mod tests {
                 "versions":[{"name":"a","weight":1}]}},"flags":{"f":{"percentage":100}}}"#,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn responses_can_go_without_the_contract_and_without_counting() {
+        let on = config();
+        let mut calls = Calls::default();
+        on.apply_response_contract(0, VersionReason::Guard, &mut calls);
+        assert_eq!(calls.0.len(), 3, "{:?}", calls.0);
+        assert!(on.counts_responses(0));
+
+        let off = Config::from_json(
+            br#"{"headers":{"response":false},"metrics":{"responses":false},"rollouts":{
+                "plain":{"match":{"path_prefix":"/p"},"versions":[{"name":"a","weight":1}]},
+                "guarded":{"match":{"path_prefix":"/g"},"versions":[{"name":"a","weight":1},
+                    {"name":"b","weight":1}],"guard":{}}}}"#,
+        )
+        .unwrap();
+        let mut calls = Calls::default();
+        off.apply_response_contract(0, VersionReason::Guard, &mut calls);
+        assert_eq!(calls.0, Vec::<String>::new());
+        let plain = off.slot_of("plain", "a").unwrap();
+        let guarded = [off.slot_of("guarded", "a"), off.slot_of("guarded", "b")];
+        assert!(!off.counts_responses(plain));
+        // The guard judges these counts, whatever `metrics.responses` says.
+        assert!(guarded.iter().all(|s| off.counts_responses(s.unwrap())));
+        assert!(!off.counts_responses(off.n_slots()));
     }
 
     #[test]

@@ -253,6 +253,18 @@ impl Config {
             .collect()
     }
 
+    /// Whether a host counts and times the responses of `slot`: always for a guarded
+    /// rollout (the guard judges those counts), and for every other one unless
+    /// `metrics.responses` is false (Envoy's per-cluster stats then carry them).
+    pub fn counts_responses(&self, slot: usize) -> bool {
+        self.count_responses
+            || self
+                .rollouts
+                .iter()
+                .find(|r| (r.first_slot..r.first_slot + r.versions.len()).contains(&slot))
+                .is_some_and(|r| r.guard.is_some())
+    }
+
     /// The stable version's slot of every rollout.
     pub fn stable_slots(&self) -> impl Iterator<Item = usize> {
         self.rollouts.iter().map(|r| r.first_slot + r.stable_idx)

@@ -81,6 +81,10 @@ impl Gauge {
 /// Metric ids of one (rollout, version).
 pub(crate) struct VersionMetrics {
     pub(crate) requests: Option<u32>,
+    /// Whether this version's responses are counted and timed here (see
+    /// `Config::counts_responses`); without it the response metrics are not even defined, so
+    /// no series of zeros suggests there was no traffic.
+    pub(crate) counts_responses: bool,
     responses: [Option<u32>; 6],
     /// Milliseconds from request headers to response headers.
     pub(crate) latency_ms: Option<u32>,
@@ -106,12 +110,16 @@ impl VersionMetrics {
             .map(|(slot, (rollout, version))| {
                 let tags = [("rollout", rollout), ("version", version)];
                 let bound = bounds.get(slot).copied().flatten();
+                let counted = config.counts_responses(slot);
+                let define_counted = |kind, name: &str| {
+                    if counted { define(kind, name) } else { None }
+                };
                 let is_stable = stable_slots.contains(&slot);
                 // Set once: lets PromQL compare each version with its rollout's stable one.
                 Gauge::define(&metric_name("rollout_stable", &tags)).set(u64::from(is_stable));
                 VersionMetrics {
                     slow: bound.and_then(|_| {
-                        define(
+                        define_counted(
                             MetricType::Counter,
                             &metric_name("rollout_slow_responses_total", &tags),
                         )
@@ -124,14 +132,15 @@ impl VersionMetrics {
                         MetricType::Counter,
                         &metric_name("rollout_requests_total", &tags),
                     ),
+                    counts_responses: counted,
                     responses: STATUS_CLASSES.map(|class| {
                         let tags = [("rollout", rollout), ("version", version), ("class", class)];
-                        define(
+                        define_counted(
                             MetricType::Counter,
                             &metric_name("rollout_responses_total", &tags),
                         )
                     }),
-                    latency_ms: define(
+                    latency_ms: define_counted(
                         MetricType::Histogram,
                         &metric_name("rollout_upstream_latency_ms", &tags),
                     ),

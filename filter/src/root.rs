@@ -136,7 +136,7 @@ impl Root {
             root_id,
             shared: self.shared.clone(),
             slot: None,
-            started_ms: 0,
+            started_ms: None,
         }
     }
 

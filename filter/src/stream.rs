@@ -15,9 +15,11 @@ pub(crate) struct Stream {
     /// The root context that made it (whose config and wait it follows).
     pub(crate) root_id: u32,
     pub(crate) shared: Option<Rc<Shared>>,
-    /// The decided (rollout, version) slot and reason, kept for the response.
+    /// The decided (rollout, version) slot and reason, kept for the response when it has
+    /// work to do there (metrics or headers); `None` lets the response pass untouched.
     pub(crate) slot: Option<(usize, VersionReason)>,
-    pub(crate) started_ms: u64,
+    /// When the request's headers arrived, if its response is timed.
+    pub(crate) started_ms: Option<u64>,
 }
 
 impl Stream {
@@ -51,10 +53,20 @@ impl Stream {
         shared
             .config
             .apply_request_contract(&decision, &headers, &mut upstream);
-        if let Some(choice) = decision.rollout {
+        let Some(choice) = decision.rollout else {
+            return;
+        };
+        let Some(metrics) = shared.metrics.get(choice.slot) else {
+            return;
+        };
+        increment(metrics.requests);
+        // Each host call costs on every request: the response is only visited, and the
+        // clock only read for it, when there is something to do there.
+        if metrics.counts_responses {
+            self.started_ms = Some(now.unwrap_or_else(now_ms));
+        }
+        if metrics.counts_responses || shared.config.header_names().response {
             self.slot = Some((choice.slot, choice.reason));
-            self.started_ms = now.unwrap_or_else(now_ms);
-            increment(shared.metrics.get(choice.slot).and_then(|m| m.requests));
         }
     }
 
@@ -62,11 +74,11 @@ impl Stream {
         let (Some(shared), Some((slot, reason))) = (self.shared.as_ref(), self.slot) else {
             return;
         };
-        if let Some(metrics) = shared.metrics.get(slot) {
+        if let (Some(metrics), Some(started)) = (shared.metrics.get(slot), self.started_ms) {
             let status = host::header_value(HeaderMap::Response, ":status")
                 .ok()
                 .flatten();
-            let latency = now_ms().saturating_sub(self.started_ms);
+            let latency = now_ms().saturating_sub(started);
             metrics.count_response(status.as_deref(), latency);
             record(metrics.latency_ms, latency);
         }

@@ -48,6 +48,9 @@ pub struct Config {
     pub(crate) rollouts: Vec<Rollout>,
     /// Sorted by name, which is also the order of the flags header.
     pub(crate) flags: Vec<Flag>,
+    /// `metrics.responses`: whether hosts count and time every rollout's responses, or only
+    /// a guarded one's (see [`Config::counts_responses`]).
+    pub(crate) count_responses: bool,
 }
 
 /// The header names of the header contract.
@@ -61,6 +64,9 @@ pub struct HeaderNames {
     pub flags: String,
     /// Request and response header with the reason a user was moved to stable.
     pub reason: String,
+    /// Whether responses carry the contract (`headers.response`; the upstream request always
+    /// does).
+    pub response: bool,
 }
 
 impl Default for HeaderNames {
@@ -72,6 +78,7 @@ impl Default for HeaderNames {
             rollout: DEFAULT_ROLLOUT_HEADER.to_owned(),
             flags: DEFAULT_FLAGS_HEADER.to_owned(),
             reason: DEFAULT_REASON_HEADER.to_owned(),
+            response: true,
         }
     }
 }
@@ -184,6 +191,7 @@ impl Config {
             headers: HeaderNames::default(),
             rollouts: Vec::new(),
             flags: Vec::new(),
+            count_responses: true,
         }
     }
 

@@ -217,7 +217,10 @@ impl Walk {
 
     pub(super) fn config(&mut self, value: &Value) -> Config {
         let mut config = Config::empty();
-        let Some(map) = self.object(value, &["user_key", "headers", "rollouts", "flags"]) else {
+        let Some(map) = self.object(
+            value,
+            &["user_key", "headers", "rollouts", "flags", "metrics"],
+        ) else {
             return config;
         };
         if let Some(v) = map.get("user_key") {
@@ -232,6 +235,18 @@ impl Walk {
         }
         if let Some(v) = map.get("headers") {
             self.at_key("headers", |w| w.headers(v, &mut config.headers));
+        }
+        if let Some(v) = map.get("metrics") {
+            self.at_key("metrics", |w| {
+                let Some(map) = w.object(v, &["responses"]) else {
+                    return;
+                };
+                if let Some(v) = map.get("responses")
+                    && let Some(b) = w.at_key("responses", |w| w.boolean(v))
+                {
+                    config.count_responses = b;
+                }
+            });
         }
         if let Some(v) = map.get("rollouts") {
             self.at_key("rollouts", |w| {
@@ -292,9 +307,17 @@ impl Walk {
     }
 
     fn headers(&mut self, value: &Value, names: &mut HeaderNames) {
-        let Some(map) = self.object(value, &["version", "rollout", "flags", "reason"]) else {
+        let Some(map) = self.object(
+            value,
+            &["version", "rollout", "flags", "reason", "response"],
+        ) else {
             return;
         };
+        if let Some(v) = map.get("response")
+            && let Some(b) = self.at_key("response", |w| w.boolean(v))
+        {
+            names.response = b;
+        }
         let mut seen: Vec<&str> = Vec::new();
         for (key, slot) in [
             ("version", &mut names.version),
