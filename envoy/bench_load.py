@@ -15,8 +15,10 @@ weighted_clusters 90/10; with a Lua filter that hashes x-user-id and sets x-roll
 for 10% of users; with the probe test filter configured to do nothing, which needs
 target/wasm32-wasip1/wasm/probe_filter.wasm). "guard" is the shipped config with the split
 set by a schedule (at its 10% step) instead of weights and a guard with a latency bound (every
-response is timed and judged; the upstream is healthy, so it never trips).
-"rollout filter + header_mutation"
+response is timed and judged; the upstream is healthy, so it never trips). "lean" is the
+shipped config with `headers.response` and `metrics.responses` off (the response passes
+untouched); "unmatched" moves the rollout to another path and drops the flags, so the filter
+reads the headers and has nothing to do. "rollout filter + header_mutation"
 (only when named in --variants) does the scrub with the header_mutation HTTP filter first in
 the chain instead. Its upstream is a second Envoy answering with a direct response, so the
 upstream is never the bottleneck. Load: wrk -t2 -c50 with a distinct x-user-id per request.
@@ -161,6 +163,23 @@ def scheduled_and_guarded(doc):
     return set_plugin_configuration(doc, json.dumps(config))
 
 
+def lean(doc):
+    """The shipped config with the response left alone: no contract headers on it and no
+    per-response counting (Envoy's per-cluster stats count each version's responses)."""
+    config = plugin_configuration(doc)
+    config["headers"] = {"response": False}
+    config["metrics"] = {"responses": False}
+    return set_plugin_configuration(doc, json.dumps(config))
+
+
+def unmatched(doc):
+    """A rollout on another path and no flags: a request the filter has nothing to do for."""
+    config = plugin_configuration(doc)
+    config["rollouts"]["checkout"]["match"] = {"path_prefix": "/elsewhere"}
+    config.pop("flags", None)
+    return set_plugin_configuration(doc, json.dumps(config))
+
+
 VARIANTS = {
     "no filter": without_filter,
     "weighted_clusters": weighted_clusters,
@@ -169,6 +188,8 @@ VARIANTS = {
     "rollout filter without scrub": without_scrub,
     "rollout filter": lambda doc: doc,
     "guard": scheduled_and_guarded,
+    "lean": lean,
+    "unmatched": unmatched,
     "rollout filter + header_mutation": scrub_as_http_filter,
 }
 DEFAULT_VARIANTS = [name for name in VARIANTS if name != "rollout filter + header_mutation"]
