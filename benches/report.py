@@ -261,10 +261,15 @@ def render(means, load, propagation, filter_sizes, worker_sizes, machine_rows, p
             lines.append(f"| {name} | {v['rps']:,.0f} | {v['p50_ms']:.2f} ms | {v['p99_ms']:.2f} ms | "
                          f"{v['cpu_us_per_request']:.1f} µs | {v['rps_vs_native']:.2f} | "
                          f"{v['cpu_vs_native']:.2f} |")
-        if floor:
+        if floor and floor["rps_vs_native"] < 1:
             lines += ["", f"The empty wasm filter (written with the SDK) returns at once from every callback: "
                           f"its {floor['rps_vs_native']:.2f} is roughly what Envoy's V8 runtime charges for "
                           "running a proxy-wasm filter at all, before the filter does any work."]
+        elif floor:
+            lines += ["", f"The empty wasm filter (written with the SDK) returns at once from every callback, "
+                          f"yet it ran at {floor['rps_vs_native']:.2f} of native here: this run's noise was "
+                          "larger than what running a wasm filter costs, so compare its rows with care "
+                          "(more rounds narrow it)."]
     if profile:
         lines += ["", "### Profile (not timed)", "",
                   "| config | heap allocations per decision (native) | filter → host calls per request | "

@@ -5,8 +5,8 @@
 # beside its native split, a Lua split and an empty wasm filter, config propagation, Envoy's RSS
 # per worker VM and the time to load a 200-flag config; and a profile: allocations per
 # decision, filter/host crossings per request, module size by crate.
-# Takes about 8 minutes on 2 cores once tools are installed, and envoy/bench_memory.py about 3
-# more; run it on an otherwise idle machine.
+# Took 11.5 minutes on 2 cores with the tools installed (2026-11-24; envoy/bench_memory.py is
+# about 3 of them); run it on an otherwise idle machine.
 #
 #     scripts/bench.sh [--quick]     (--quick: shorter runs, for trying the script out)
 set -euo pipefail
