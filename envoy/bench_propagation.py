@@ -16,7 +16,17 @@ import statistics
 import tempfile
 import time
 
-from harness import ConfigServer, Envoy, Probes, Upstream, live_config_with, plugin_configuration, rollout, wait_until
+from harness import (
+    ConfigServer,
+    Envoy,
+    Probes,
+    Upstream,
+    flip_and_time,
+    live_config_with,
+    plugin_configuration,
+    rollout,
+    wait_until,
+)
 
 
 def main(flips, json_path=None, long_poll_s=0):
@@ -37,14 +47,7 @@ def main(flips, json_path=None, long_poll_s=0):
             t0 = time.monotonic()
             probes.versions()
             rounds.append((time.monotonic() - t0) * 1000)
-        delays = []
-        for flip in range(flips):
-            target = "v2" if flip % 2 == 0 else "v1"
-            source.set(rollout(0, 1) if target == "v2" else rollout(1, 0))
-            t0 = time.monotonic()
-            wait_until(lambda target=target: set(probes.versions()) == {target}, what=f"flip {flip}")
-            delays.append((time.monotonic() - t0) * 1000)
-            time.sleep(0.2)
+        delays = [seconds * 1000 for seconds in flip_and_time(source, probes, flips, pause=0.2)]
         probes.close()
         delays.sort()
         p99 = delays[min(len(delays) - 1, int(round(0.99 * (len(delays) - 1))))]

@@ -297,6 +297,20 @@ def rollout(v1, v2, **extra):
     return json.dumps(config).encode()
 
 
+def flip_and_time(source, probes, flips, pause=0.1):
+    """Flips every user of the live source between v2 and v1 `flips` times; the seconds each
+    flip took until every probed connection saw it (a probe round included)."""
+    delays = []
+    for flip in range(flips):
+        target = "v2" if flip % 2 == 0 else "v1"
+        source.set(rollout(0, 1) if target == "v2" else rollout(1, 0))
+        t0 = time.monotonic()
+        wait_until(lambda target=target: set(probes.versions()) == {target}, what=f"flip {flip} to {target}")
+        delays.append(time.monotonic() - t0)
+        time.sleep(pause)
+    return delays
+
+
 class Probes:
     """Several keep-alive connections (Envoy spreads them over its workers) that report the
     version one user gets on each of them."""

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import LIVE_CONFIG, Client, ConfigServer, Probes, live_config_with, rollout, wait_until
+from harness import LIVE_CONFIG, Client, ConfigServer, Probes, flip_and_time, live_config_with, rollout, wait_until
 
 
 class Load:
@@ -68,14 +68,7 @@ def test_config_flips_reach_every_worker_fast_with_zero_failed_requests(live, so
     wait_until(lambda: set(probes.versions()) == {"v1"}, what="the first config")
     load = Load(envoy.port)
     started, requests_before = time.monotonic(), source.requests
-    delays = []
-    for flip in range(10):
-        target = "v2" if flip % 2 == 0 else "v1"
-        source.set(rollout(0, 1) if target == "v2" else rollout(1, 0))
-        t0 = time.monotonic()
-        wait_until(lambda target=target: set(probes.versions()) == {target}, what=f"flip {flip} to {target}")
-        delays.append(time.monotonic() - t0)
-        time.sleep(0.1)
+    delays = flip_and_time(source, probes, 10)
     elapsed = time.monotonic() - started
     total, failed = load.stop()
     assert total > 100 and not failed, f"{len(failed)} of {total} requests failed: {failed[:5]}"
@@ -155,20 +148,6 @@ def test_a_weight_raised_at_the_source_moves_users_only_into_that_version(live, 
     moved = [(i, b, a) for i, (b, a) in enumerate(zip(before, after, strict=True)) if b != a]
     assert moved, "raising v2 moved nobody"
     assert all(b == "v1" and a == "v2" for _, b, a in moved), moved[:10]
-
-
-def flip_and_time(source, probes, flips):
-    """Flips every user between v2 and v1 `flips` times; the seconds each took to reach every
-    probed connection."""
-    delays = []
-    for flip in range(flips):
-        target = "v2" if flip % 2 == 0 else "v1"
-        source.set(rollout(0, 1) if target == "v2" else rollout(1, 0))
-        t0 = time.monotonic()
-        wait_until(lambda target=target: set(probes.versions()) == {target}, what=f"flip {flip} to {target}")
-        delays.append(time.monotonic() - t0)
-        time.sleep(0.1)
-    return delays
 
 
 def polls_at_rest(source, seconds):
