@@ -44,17 +44,7 @@ impl Drop for Live {
     /// deleted: a lease sized for a held poll would otherwise keep every VM from polling
     /// for up to `long_poll_s` after the holder is gone.
     fn drop(&mut self) {
-        let Ok((Some(bytes), cas)) = host::shared_data(&self.keys.lease) else {
-            return;
-        };
-        let holder = String::from_utf8_lossy(&bytes)
-            .split(' ')
-            .next()
-            .and_then(|t| t.parse::<u64>().ok());
-        if holder == Some(self.token) {
-            // Expired at once; the compare-and-swap leaves a lease another VM took meanwhile.
-            let _ = host::set_shared_data(&self.keys.lease, b"0 0", cas);
-        }
+        self.keys.release_lease(self.token);
     }
 }
 

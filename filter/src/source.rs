@@ -235,10 +235,7 @@ impl SharedKeys {
             Err(_) => return false,
         };
         if let Some(bytes) = current {
-            let text = String::from_utf8_lossy(&bytes);
-            let mut parts = text.split(' ');
-            let holder: Option<u64> = parts.next().and_then(|p| p.parse().ok());
-            let expiry: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+            let (holder, expiry) = decode_lease(&bytes);
             if holder != Some(token) && expiry > now_ms {
                 return false;
             }
@@ -248,6 +245,26 @@ impl SharedKeys {
         // by another first lease; both then poll once, which is harmless.
         host::set_shared_data(&self.lease, value.as_bytes(), cas).is_ok()
     }
+
+    /// Expires `token`'s lease at once, if it still holds it; the compare-and-swap leaves a
+    /// lease another VM took meanwhile.
+    pub(crate) fn release_lease(&self, token: u64) {
+        let Ok((Some(bytes), cas)) = host::shared_data(&self.lease) else {
+            return;
+        };
+        if decode_lease(&bytes).0 == Some(token) {
+            let _ = host::set_shared_data(&self.lease, b"0 0", cas);
+        }
+    }
+}
+
+/// A lease's `TOKEN EXPIRY_MS`: the holder, if readable, and the expiry (0 if unreadable).
+fn decode_lease(bytes: &[u8]) -> (Option<u64>, u64) {
+    let text = String::from_utf8_lossy(bytes);
+    let mut parts = text.split(' ');
+    let holder = parts.next().and_then(|p| p.parse().ok());
+    let expiry = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (holder, expiry)
 }
 
 #[cfg(test)]

@@ -38,8 +38,8 @@ impl Stream {
         // The core asks for random bits only for a keyless request to a `no_key: random`
         // rollout, so most requests make no such host call.
         let mut entropy = host::random_u64;
-        // The clock is read for every decided request anyway (latency), so a schedule costs
-        // no extra host call; without one, a request that matches no rollout makes none.
+        // Read once here for a schedule, and reused for the latency below; without a
+        // schedule only a request whose response is timed reads the clock.
         let now = shared.needs_time.then(now_ms);
         let tripped = shared.tripped.borrow();
         let inputs = HostInputs {
