@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use crate::decide::{AssignedKey, cookie_pairs};
 use crate::{Config, Decision, RequestFacts, VersionReason};
 
 /// A header map the core can write to. Names come in lowercase.
@@ -39,15 +40,43 @@ pub const SERVER_TIMING_METRIC: &str = "rollout";
 
 /// The response header that carries the Server-Timing entry.
 const SERVER_TIMING_HEADER: &str = "server-timing";
+/// The request header the contract rewrites when a token travels in a cookie or a key is
+/// assigned in one.
+const COOKIE_HEADER: &str = "cookie";
+/// The response header an assigned key is set with.
+const SET_COOKIE_HEADER: &str = "set-cookie";
 
 /// The contract's header names, resolved for one config: what a host or test compares, and
 /// what the golden vectors carry so that no test runner spells them itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ContractNames<'c> {
-    /// Headers the contract owns on the upstream request (version, rollout, flags, reason).
-    pub request: [&'c str; 4],
-    /// Headers the contract owns on the response (version, Server-Timing, reason).
-    pub response: [&'c str; 3],
+    /// Headers the contract owns on the upstream request: version, rollout, flags, reason;
+    /// then the override header, and `cookie` when a token may travel in one or a key is
+    /// assigned in one.
+    pub request: Vec<&'c str>,
+    /// Headers the contract owns on the response: version, Server-Timing, reason; then
+    /// `set-cookie` when keys are assigned.
+    pub response: Vec<&'c str>,
+}
+
+/// What the response side of the contract needs from a request's decision: small and `Copy`,
+/// so a host keeps it across the request instead of the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResponsePlan {
+    /// The decided (rollout, version) slot and its reason.
+    pub version: Option<(usize, VersionReason)>,
+    /// A key given to a keyless user, to set in a cookie.
+    pub assigned: Option<AssignedKey>,
+}
+
+impl Decision<'_> {
+    /// What the response side of the contract needs.
+    pub fn response_plan(&self) -> ResponsePlan {
+        ResponsePlan {
+            version: self.rollout.map(|r| (r.slot, r.reason)),
+            assigned: self.assigned,
+        }
+    }
 }
 
 impl Decision<'_> {
@@ -74,10 +103,23 @@ impl Config {
     /// The names of the contract's headers under this config.
     pub fn contract_names(&self) -> ContractNames<'_> {
         let names = &self.headers;
-        ContractNames {
-            request: [&names.version, &names.rollout, &names.flags, &names.reason],
-            response: [&names.version, SERVER_TIMING_HEADER, &names.reason],
+        let mut request = vec![
+            names.version.as_str(),
+            &names.rollout,
+            &names.flags,
+            &names.reason,
+        ];
+        let mut response = vec![names.version.as_str(), SERVER_TIMING_HEADER, &names.reason];
+        if let Some(header) = self.overrides.as_ref().and_then(|o| o.header.as_deref()) {
+            request.push(header);
         }
+        if self.rewrites_cookies() {
+            request.push(COOKIE_HEADER);
+        }
+        if self.assign.is_some() {
+            response.push(SET_COOKIE_HEADER);
+        }
+        ContractNames { request, response }
     }
 
     /// Applies the contract to the upstream request: each contract header is set to the
@@ -115,24 +157,89 @@ impl Config {
                 upstream.replace(name, value);
             }
         }
+        // A token is for this proxy, not the upstream: every copy goes, valid or not.
+        if let Some(header) = self.overrides.as_ref().and_then(|o| o.header.as_deref())
+            && client.count(header) > 0
+        {
+            upstream.remove(header);
+        }
+        if self.rewrites_cookies() {
+            self.rewrite_cookies(decision, client, upstream);
+        }
     }
 
-    /// Applies the contract to the response of a request decided into `slot` (see
-    /// [`crate::VersionChoice::slot`]) for `reason`: the version header, replacing any the
-    /// upstream sent, a Server-Timing entry beside the upstream's own, and the reason header
-    /// for a user moved to stable. The reason header is not removed for anyone else: the
-    /// upstream is trusted with its own response headers, and a removal would cost every
-    /// response a host call. Hosts keep the slot and reason from the request; an unknown slot
-    /// writes nothing.
+    fn rewrites_cookies(&self) -> bool {
+        self.assign.is_some() || self.overrides.as_ref().is_some_and(|o| o.cookie.is_some())
+    }
+
+    /// The upstream's Cookie header without the token cookie, and with an assigned key, so
+    /// the upstream sees the key every later request carries. Written only when it changes.
+    fn rewrite_cookies<F, M>(&self, decision: &Decision<'_>, client: &F, upstream: &mut M)
+    where
+        F: RequestFacts + ?Sized,
+        M: HeaderMapMut + ?Sized,
+    {
+        let token_cookie = self.overrides.as_ref().and_then(|o| o.cookie.as_deref());
+        let assigned = self.assign.as_ref().zip(decision.assigned);
+        let header = client.header(COOKIE_HEADER).unwrap_or_default();
+        let drop = |name: &[u8]| {
+            token_cookie.is_some_and(|t| t.as_bytes() == name)
+                || assigned.is_some_and(|(a, _)| a.cookie.as_bytes() == name)
+        };
+        if assigned.is_none() && !cookie_pairs(header).any(|(name, _)| drop(name)) {
+            return;
+        }
+        let mut out = String::with_capacity(header.len() + 32);
+        for (name, pair) in cookie_pairs(header) {
+            if drop(name) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str(&String::from_utf8_lossy(pair));
+        }
+        if let Some((assign, key)) = assigned {
+            if !out.is_empty() {
+                out.push_str("; ");
+            }
+            out.push_str(&format!("{}={key}", assign.cookie));
+        }
+        if out.is_empty() {
+            upstream.remove(COOKIE_HEADER);
+        } else {
+            upstream.replace(COOKIE_HEADER, &out);
+        }
+    }
+
+    /// Applies the contract to the response of a request (its [`ResponsePlan`]): the version
+    /// header, replacing any the upstream sent, a Server-Timing entry beside the upstream's
+    /// own, and the reason header for a user moved to stable; and the cookie of an assigned
+    /// key. The reason header is not removed for anyone else: the upstream is trusted with its
+    /// own response headers, and a removal would cost every response a host call. An unknown
+    /// slot writes no version headers.
     pub fn apply_response_contract<M: HeaderMapMut + ?Sized>(
         &self,
-        slot: usize,
-        reason: VersionReason,
+        plan: ResponsePlan,
         response: &mut M,
     ) {
+        // The cookie is what keeps the user sticky, so `headers.response: false` keeps it.
+        if let (Some(assign), Some(key)) = (&self.assign, plan.assigned) {
+            let secure = if assign.secure { "; Secure" } else { "" };
+            response.add(
+                SET_COOKIE_HEADER,
+                &format!(
+                    "{}={key}; Path=/; Max-Age={}; SameSite=Lax; HttpOnly{secure}",
+                    assign.cookie, assign.max_age_s
+                ),
+            );
+        }
         if !self.headers.response {
             return;
         }
+        let Some((slot, reason)) = plan.version else {
+            return;
+        };
         let Some((rollout, version)) = self.slot_names(slot) else {
             return;
         };
@@ -150,7 +257,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::HeaderMapMut;
+    use super::ResponsePlan;
     use crate::{Config, HostInputs, VersionReason};
+
+    fn plan(slot: usize, reason: VersionReason) -> ResponsePlan {
+        ResponsePlan {
+            version: Some((slot, reason)),
+            assigned: None,
+        }
+    }
 
     fn list(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
@@ -187,7 +302,7 @@ mod tests {
     fn responses_can_go_without_the_contract_and_without_counting() {
         let on = config();
         let mut calls = Calls::default();
-        on.apply_response_contract(0, VersionReason::Guard, &mut calls);
+        on.apply_response_contract(plan(0, VersionReason::Guard), &mut calls);
         assert_eq!(calls.0.len(), 3, "{:?}", calls.0);
         assert!(on.counts_responses(0));
 
@@ -199,7 +314,7 @@ mod tests {
         )
         .unwrap();
         let mut calls = Calls::default();
-        off.apply_response_contract(0, VersionReason::Guard, &mut calls);
+        off.apply_response_contract(plan(0, VersionReason::Guard), &mut calls);
         assert_eq!(calls.0, Vec::<String>::new());
         let plain = off.slot_of("plain", "a").unwrap();
         let guarded = [off.slot_of("guarded", "a"), off.slot_of("guarded", "b")];
@@ -269,7 +384,7 @@ mod tests {
             ("x-rollout-version", "from-upstream"),
             ("server-timing", "db;dur=3"),
         ]);
-        config.apply_response_contract(0, VersionReason::Bucket, &mut response);
+        config.apply_response_contract(plan(0, VersionReason::Bucket), &mut response);
         assert_eq!(
             response,
             list(&[
@@ -280,7 +395,7 @@ mod tests {
             ])
         );
         let mut untouched = list(&[(":status", "200")]);
-        config.apply_response_contract(99, VersionReason::Guard, &mut untouched);
+        config.apply_response_contract(plan(99, VersionReason::Guard), &mut untouched);
         assert_eq!(untouched, list(&[(":status", "200")]));
     }
 

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::config::{Condition, Config, Flag, MAX_KEY_BYTES, NoKey, Op, Rollout, Serve, Source};
 use crate::hash::{KeyState, bucket, entropy_state, rendezvous};
 use crate::semver::Semver;
+use crate::token::{ClaimKind, Token, TokenStatus};
 
 /// What the core may read of a request. Hosts implement it over their own header maps;
 /// names are asked for in lowercase, and pseudo-headers use Envoy's names
@@ -63,6 +64,42 @@ pub struct Decision<'c> {
     pub rollout: Option<VersionChoice<'c>>,
     /// Every flag's value, sorted by flag name.
     pub flags: Vec<FlagChoice<'c>>,
+    /// The request's override token, if the config reads them and the request carried one.
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenStatus>,
+    /// The key given to a keyless user (`assign`): decided with, and set in a cookie on the
+    /// response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<AssignedKey>,
+}
+
+/// A key the host's entropy made for a keyless user: 16 lowercase hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssignedKey(pub u64);
+
+impl AssignedKey {
+    /// The key as text, which is how it is hashed and how the cookie carries it.
+    pub fn text(self) -> [u8; 16] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'0'; 16];
+        for (i, b) in out.iter_mut().enumerate() {
+            let nibble = (self.0 >> (60 - 4 * i)) & 15;
+            *b = HEX.get(nibble as usize).copied().unwrap_or(b'0');
+        }
+        out
+    }
+}
+
+impl core::fmt::Display for AssignedKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl Serialize for AssignedKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Where the user key came from.
@@ -77,6 +114,8 @@ pub enum KeyStatus<'c> {
     Missing,
     /// A source had a value longer than the limit; it was ignored.
     TooLong,
+    /// None was found, and the host gave the user a new key in this cookie (`assign`).
+    Assigned(&'c str),
 }
 
 /// The version chosen for the matched rollout.
@@ -109,6 +148,12 @@ pub enum VersionReason {
     Guard,
     /// The rollout is aborted (`aborted: true`): everyone gets the stable version.
     Aborted,
+    /// A valid signed token named this version.
+    Override,
+    /// The key is on the version's allow list (`allow`).
+    AllowList,
+    /// Rule number `n` (0-based) of the rollout's `rules` matched.
+    Rule(usize),
 }
 
 impl VersionReason {
@@ -151,6 +196,8 @@ pub enum FlagReason {
     Bucket,
     /// No user key, and the flag needed one to bucket: the default value.
     NoKey,
+    /// A valid signed token named this value.
+    Override,
 }
 
 /// The user key of a request, found once and shared by the rollout and every flag.
@@ -165,15 +212,77 @@ impl Config {
         facts: &F,
         mut inputs: HostInputs<'_>,
     ) -> Decision<'c> {
-        let (key, key_status) = self.find_key(facts);
+        let (mut key, mut key_status) = self.find_key(facts);
+        // A keyless user gets a key now, and is decided with it, so the first response is
+        // already what every later request (carrying the cookie) gets.
+        let mut assigned = None;
+        let assigned_text;
+        if let (KeyStatus::Missing, Some(assign), Some(entropy)) =
+            (key_status, &self.assign, inputs.entropy.as_mut())
+        {
+            let id = AssignedKey(entropy());
+            assigned_text = id.text();
+            key = Key {
+                bytes: Some(&assigned_text),
+            };
+            key_status = KeyStatus::Assigned(&assign.cookie);
+            assigned = Some(id);
+        }
+        let token = self.read_token(facts, inputs.now_ms);
+        let valid = match &token {
+            Some((TokenStatus::Valid, t)) => t.as_ref(),
+            _ => None,
+        };
         let rollout = self
             .match_rollout(facts)
-            .map(|r| r.choose(&key, &mut inputs));
-        let flags = self.flags.iter().map(|f| f.evaluate(&key, facts)).collect();
+            .map(|r| r.choose(&key, valid, facts, &mut inputs));
+        let flags = self
+            .flags
+            .iter()
+            .map(|f| f.evaluate(&key, valid, facts))
+            .collect();
         Decision {
             key: key_status,
             rollout,
             flags,
+            token: token.map(|(status, _)| status),
+            assigned,
+        }
+    }
+
+    /// Whether the request carries an override token the config reads: a host whose clock is
+    /// a host call reads it for such a request (a token's expiry needs [`HostInputs::now_ms`]).
+    pub fn carries_token<F: RequestFacts + ?Sized>(&self, facts: &F) -> bool {
+        let Some(overrides) = &self.overrides else {
+            return false;
+        };
+        overrides
+            .header
+            .as_deref()
+            .is_some_and(|h| facts.header(h).is_some())
+            || overrides.cookie.as_deref().is_some_and(|c| {
+                facts
+                    .header("cookie")
+                    .is_some_and(|h| cookie_value(h, c).is_some())
+            })
+    }
+
+    /// The override token, from the header or else the cookie the config names, with its
+    /// status. `None` when the config reads no tokens or the request carries none.
+    fn read_token<'r, F: RequestFacts + ?Sized>(
+        &self,
+        facts: &'r F,
+        now_ms: Option<u64>,
+    ) -> Option<(TokenStatus, Option<Token<'r>>)> {
+        let overrides = self.overrides.as_ref()?;
+        let from_header = overrides.header.as_deref().and_then(|h| facts.header(h));
+        let text = from_header.or_else(|| {
+            let cookie = overrides.cookie.as_deref()?;
+            facts.header("cookie").and_then(|c| cookie_value(c, cookie))
+        })?;
+        match Token::parse(text) {
+            None => Some((TokenStatus::Malformed, None)),
+            Some(token) => Some((token.verify(&overrides.keys, now_ms), Some(token))),
         }
     }
 
@@ -235,19 +344,28 @@ fn read_source<'r, F: RequestFacts + ?Sized>(facts: &'r F, source: &Source) -> O
 /// Finds `name` in a Cookie header (`a=1; b=2`). Odd input (no `=`, stray spaces, quotes)
 /// is skipped or trimmed, never an error; the first cookie of that name wins.
 pub fn cookie_value<'r>(header: &'r [u8], name: &str) -> Option<&'r [u8]> {
-    header.split(|&b| b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|&b| b == b'=')?;
-        let (k, v) = (pair.get(..eq)?, pair.get(eq + 1..)?);
-        if k.trim_ascii() != name.as_bytes() {
+    cookie_pairs(header).find_map(|(k, pair)| {
+        if k != name.as_bytes() {
             return None;
         }
-        let v = v.trim_ascii();
+        let v = pair
+            .get(pair.iter().position(|&b| b == b'=')? + 1..)?
+            .trim_ascii();
         Some(
             v.strip_prefix(b"\"")
                 .and_then(|v| v.strip_suffix(b"\""))
                 .unwrap_or(v),
         )
+    })
+}
+
+/// The `name=value` pairs of a Cookie header, each as (trimmed name, trimmed pair); a piece
+/// without `=` is skipped.
+pub(crate) fn cookie_pairs(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    header.split(|&b| b == b';').filter_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        Some((pair.get(..eq)?.trim_ascii(), pair))
     })
 }
 
@@ -291,7 +409,13 @@ impl Rollout {
         }
     }
 
-    fn choose<'c>(&'c self, key: &Key<'_>, inputs: &mut HostInputs<'_>) -> VersionChoice<'c> {
+    fn choose<'c, F: RequestFacts + ?Sized>(
+        &'c self,
+        key: &Key<'_>,
+        token: Option<&Token<'_>>,
+        facts: &F,
+        inputs: &mut HostInputs<'_>,
+    ) -> VersionChoice<'c> {
         let choice = |idx: usize, reason| {
             let idx = if idx < self.versions.len() { idx } else { 0 };
             VersionChoice {
@@ -301,8 +425,37 @@ impl Rollout {
                 slot: self.first_slot + idx,
             }
         };
+        // A signed token is a deliberate act of someone holding a key: it reaches its version
+        // even while the rollout is aborted or the version tripped, so a failure can be
+        // reproduced.
+        let claimed = token.into_iter().flat_map(Token::claims).find_map(|c| {
+            (c.kind == ClaimKind::Version && c.target == self.name)
+                .then(|| self.versions.iter().position(|v| v.name == c.value))
+                .flatten()
+        });
+        if let Some(idx) = claimed {
+            return choice(idx, VersionReason::Override);
+        }
         if self.aborted {
             return choice(self.stable_idx, VersionReason::Aborted);
+        }
+        let listed = key.bytes.and_then(|k| {
+            let at = self
+                .allow
+                .binary_search_by(|(a, _)| a.as_slice().cmp(k))
+                .ok()?;
+            self.allow.get(at).map(|(_, idx)| *idx)
+        });
+        let targeted = listed
+            .map(|idx| (idx, VersionReason::AllowList))
+            .or_else(|| {
+                self.rules
+                    .iter()
+                    .position(|r| r.when.iter().all(|c| c.holds(key, facts)))
+                    .and_then(|n| Some((self.rules.get(n)?.version, VersionReason::Rule(n))))
+            });
+        if let Some((idx, reason)) = targeted {
+            return self.unless_tripped(idx, reason, inputs.tripped, choice);
         }
         let share = self.share_at(self.halted(inputs.now_ms, inputs.tripped));
         let weights = || {
@@ -327,9 +480,20 @@ impl Rollout {
         let idx = state
             .and_then(|s| rendezvous(s, weights()))
             .unwrap_or(self.stable_idx);
-        // Only the tripped version's users move; everyone else keeps their version.
+        self.unless_tripped(idx, reason, inputs.tripped, choice)
+    }
+
+    /// Version `idx` for `reason`, or stable if that version's guard has tripped: only the
+    /// tripped version's users move; everyone else keeps their version.
+    fn unless_tripped<'c>(
+        &self,
+        idx: usize,
+        reason: VersionReason,
+        tripped: &[crate::Tripped],
+        choice: impl Fn(usize, VersionReason) -> VersionChoice<'c>,
+    ) -> VersionChoice<'c> {
         let slot = self.first_slot + idx;
-        if idx != self.stable_idx && inputs.tripped.iter().any(|t| t.slot == slot) {
+        if idx != self.stable_idx && tripped.iter().any(|t| t.slot == slot) {
             return choice(self.stable_idx, VersionReason::Guard);
         }
         choice(idx, reason)
@@ -340,6 +504,7 @@ impl Flag {
     fn evaluate<'c, F: RequestFacts + ?Sized>(
         &'c self,
         key: &Key<'_>,
+        token: Option<&Token<'_>>,
         facts: &F,
     ) -> FlagChoice<'c> {
         let choice = |value: &'c str, reason| FlagChoice {
@@ -348,6 +513,23 @@ impl Flag {
             reason,
         };
         let default = self.default_value.as_str();
+        // A token may force any value the flag has, even past its kill switch (a tester
+        // checking the feature before it is switched on).
+        let claimed = token.into_iter().flat_map(Token::claims).find_map(|c| {
+            if c.kind != ClaimKind::Flag || c.target != self.name {
+                return None;
+            }
+            if c.value == default {
+                return Some(default);
+            }
+            self.variants
+                .iter()
+                .find(|v| v.name == c.value)
+                .map(|v| v.name.as_str())
+        });
+        if let Some(value) = claimed {
+            return choice(value, FlagReason::Override);
+        }
         if !self.enabled {
             return choice(default, FlagReason::KillSwitch);
         }

@@ -29,6 +29,7 @@ mod hash;
 pub mod json;
 mod schedule;
 mod semver;
+pub mod token;
 #[cfg(any(test, feature = "vectors"))]
 pub mod vectors;
 
@@ -37,12 +38,13 @@ pub use config::{
     DEFAULT_VERSION_HEADER, HeaderNames, MAX_KEY_BYTES, OPERATOR_DEFS, OPERATORS, Operand,
     Operator, Source,
 };
-pub use contract::{ContractNames, HeaderMapMut, SERVER_TIMING_METRIC};
+pub use contract::{ContractNames, HeaderMapMut, ResponsePlan, SERVER_TIMING_METRIC};
 pub use decide::{
-    Decision, FlagChoice, FlagReason, HostInputs, KeyStatus, RequestFacts, VersionChoice,
-    VersionReason, cookie_value,
+    AssignedKey, Decision, FlagChoice, FlagReason, HostInputs, KeyStatus, RequestFacts,
+    VersionChoice, VersionReason, cookie_value,
 };
 pub use error::{ConfigError, ConfigErrors, ErrorKind};
 pub use guard::{Counts, Guard, Guarded, Latch, Trip, TripReason, Tripped, Window, Z};
 pub use hash::BUCKETS;
 pub use schedule::{ScheduleState, format_time, parse_duration, parse_time};
+pub use token::TokenStatus;

@@ -155,8 +155,9 @@ impl Config {
     }
 }
 
-/// Parses a duration: a whole number followed by `ms`, `s`, `m` or `h` (`500ms`, `30s`, `10m`,
-/// `1h`), as Envoy, Flagger and Argo Rollouts users write them. Milliseconds, or `None`.
+/// Parses a duration: a whole number followed by `ms`, `s`, `m`, `h` or `d` (`500ms`, `30s`,
+/// `10m`, `1h`, `365d`), as Envoy, Flagger and Argo Rollouts users write them. Milliseconds, or
+/// `None`.
 pub fn parse_duration(text: &str) -> Option<u64> {
     let digits = text.bytes().take_while(u8::is_ascii_digit).count();
     let (number, unit) = text.split_at_checked(digits)?;
@@ -166,6 +167,7 @@ pub fn parse_duration(text: &str) -> Option<u64> {
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         _ => return None,
     };
     n.checked_mul(scale)
@@ -320,6 +322,7 @@ mod tests {
         assert_eq!(parse_duration("30s"), Some(30_000));
         assert_eq!(parse_duration("10m"), Some(600_000));
         assert_eq!(parse_duration("2h"), Some(7_200_000));
+        assert_eq!(parse_duration("365d"), Some(31_536_000_000));
         for bad in [
             "",
             "s",
@@ -327,7 +330,7 @@ mod tests {
             "1.5s",
             "-1s",
             "10 m",
-            "1d",
+            "1w",
             "99999999999999999999h",
         ] {
             assert_eq!(parse_duration(bad), None, "{bad}");

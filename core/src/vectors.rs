@@ -208,9 +208,7 @@ impl Request {
         let mut upstream = self.headers.clone();
         config.apply_request_contract(&decision, client, &mut upstream);
         let mut response = self.response_headers.clone();
-        if let Some(choice) = decision.rollout {
-            config.apply_response_contract(choice.slot, choice.reason, &mut response);
-        }
+        config.apply_response_contract(decision.response_plan(), &mut response);
         let names = config.contract_names();
         Observed {
             decision: serde_json::to_value(&decision).unwrap_or(Value::Null),

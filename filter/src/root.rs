@@ -135,7 +135,7 @@ impl Root {
         Stream {
             root_id,
             shared: self.shared.clone(),
-            slot: None,
+            plan: None,
             started_ms: None,
         }
     }

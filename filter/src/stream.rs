@@ -6,7 +6,7 @@ use std::rc::Rc;
 use crate::host::{self, HeaderMap, HeaderPairs, LogLevel, StreamHeaders};
 use crate::metrics::{increment, record};
 use crate::{Shared, log, now_ms};
-use rollout_core::{HostInputs, VersionReason};
+use rollout_core::{HostInputs, ResponsePlan};
 
 /// One HTTP request/response pair. It keeps the config that was in force when it started,
 /// so a config update never changes a request half way.
@@ -15,9 +15,9 @@ pub(crate) struct Stream {
     /// The root context that made it (whose config and wait it follows).
     pub(crate) root_id: u32,
     pub(crate) shared: Option<Rc<Shared>>,
-    /// The decided (rollout, version) slot and reason, kept for the response when it has
-    /// work to do there (metrics or headers); `None` lets the response pass untouched.
-    pub(crate) slot: Option<(usize, VersionReason)>,
+    /// What the response needs of the decision, kept when the response has work to do
+    /// (metrics, headers, an assigned key's cookie); `None` lets the response pass untouched.
+    pub(crate) plan: Option<ResponsePlan>,
     /// When the request's headers arrived, if its response is timed.
     pub(crate) started_ms: Option<u64>,
 }
@@ -38,9 +38,9 @@ impl Stream {
         // The core asks for random bits only for a keyless request to a `no_key: random`
         // rollout, so most requests make no such host call.
         let mut entropy = host::random_u64;
-        // Read once here for a schedule, and reused for the latency below; without a
-        // schedule only a request whose response is timed reads the clock.
-        let now = shared.needs_time.then(now_ms);
+        // Read once here for a schedule or an override token's expiry, and reused for the
+        // latency below; otherwise only a request whose response is timed reads the clock.
+        let now = (shared.needs_time || shared.config.carries_token(&headers)).then(now_ms);
         let tripped = shared.tripped.borrow();
         let inputs = HostInputs {
             entropy: Some(&mut entropy),
@@ -53,6 +53,10 @@ impl Stream {
         shared
             .config
             .apply_request_contract(&decision, &headers, &mut upstream);
+        let plan = decision.response_plan();
+        if plan.assigned.is_some() {
+            self.plan = Some(plan);
+        }
         let Some(choice) = decision.rollout else {
             return;
         };
@@ -66,15 +70,16 @@ impl Stream {
             self.started_ms = Some(now.unwrap_or_else(now_ms));
         }
         if metrics.counts_responses || shared.config.header_names().response {
-            self.slot = Some((choice.slot, choice.reason));
+            self.plan = Some(plan);
         }
     }
 
     pub(crate) fn on_response_headers(&mut self) {
-        let (Some(shared), Some((slot, reason))) = (self.shared.as_ref(), self.slot) else {
+        let (Some(shared), Some(plan)) = (self.shared.as_ref(), self.plan) else {
             return;
         };
-        if let (Some(metrics), Some(started)) = (shared.metrics.get(slot), self.started_ms) {
+        let metrics = plan.version.and_then(|(slot, _)| shared.metrics.get(slot));
+        if let (Some(metrics), Some(started)) = (metrics, self.started_ms) {
             let status = host::header_value(HeaderMap::Response, ":status")
                 .ok()
                 .flatten();
@@ -83,8 +88,6 @@ impl Stream {
             record(metrics.latency_ms, latency);
         }
         let mut response = StreamHeaders(HeaderMap::Response);
-        shared
-            .config
-            .apply_response_contract(slot, reason, &mut response);
+        shared.config.apply_response_contract(plan, &mut response);
     }
 }

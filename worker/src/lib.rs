@@ -282,9 +282,7 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
     for (name, value) in response.headers().entries() {
         out_headers.append(&name, &value);
     }
-    if let Some(choice) = decision.rollout {
-        config.apply_response_contract(choice.slot, choice.reason, &mut out_headers);
-    }
+    config.apply_response_contract(decision.response_plan(), &mut out_headers);
     let out_headers = out_headers.finish()?;
     if let Some((cookie, id)) = assigned {
         out_headers.append(

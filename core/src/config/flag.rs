@@ -111,22 +111,9 @@ impl Walk {
     }
 
     fn rule(&mut self, value: &Value, flag: &Flag) -> Option<Rule> {
-        let map = self.object(value, &["when", "serve"])?;
         let errors_before = self.errors.len();
-        let mut when = Vec::new();
-        if let Some(v) = self.required(map, "when") {
-            self.at_key("when", |w| {
-                let Some(items) = w.array(v) else { return };
-                if items.is_empty() {
-                    w.error(ErrorKind::Empty);
-                }
-                for (i, item) in items.iter().enumerate() {
-                    if let Some(c) = w.at_index(i, |w| w.condition(item)) {
-                        when.push(c);
-                    }
-                }
-            });
-        }
+        let when = self.when(value, &["when", "serve"]);
+        let map = value.as_object()?;
         let serve = self.required(map, "serve").and_then(|v| {
             self.at_key("serve", |w| {
                 let name = w.string(v)?;
@@ -146,7 +133,36 @@ impl Walk {
         if self.errors.len() != errors_before {
             return None;
         }
-        serve.map(|serve| Rule { when, serve })
+        Some(Rule {
+            when: when?,
+            serve: serve?,
+        })
+    }
+
+    /// A rule's object (fields `allowed`) and its `when`: a non-empty list of conditions that
+    /// must all hold. Shared by flags' and rollouts' rules.
+    pub(super) fn when(
+        &mut self,
+        value: &Value,
+        allowed: &'static [&'static str],
+    ) -> Option<Vec<Condition>> {
+        let map = self.object(value, allowed)?;
+        let errors_before = self.errors.len();
+        let mut when = Vec::new();
+        if let Some(v) = self.required(map, "when") {
+            self.at_key("when", |w| {
+                let Some(items) = w.array(v) else { return };
+                if items.is_empty() {
+                    w.error(ErrorKind::Empty);
+                }
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(c) = w.at_index(i, |w| w.condition(item)) {
+                        when.push(c);
+                    }
+                }
+            });
+        }
+        (self.errors.len() == errors_before).then_some(when)
     }
 
     fn condition(&mut self, value: &Value) -> Option<Condition> {

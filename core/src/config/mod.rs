@@ -7,6 +7,7 @@
 //! (`rollouts.checkout.versions[1].weight: ...`). Rule operators are defined once, in
 //! `operators.rs`.
 
+mod access;
 mod flag;
 mod operators;
 mod plan;
@@ -51,6 +52,27 @@ pub struct Config {
     /// `metrics.responses`: whether hosts count and time every rollout's responses, or only
     /// a guarded one's (see [`Config::counts_responses`]).
     pub(crate) count_responses: bool,
+    /// `overrides`: where signed tester tokens are read, and the keys that sign them.
+    pub(crate) overrides: Option<Overrides>,
+    /// `assign`: the cookie a keyless user is given a key in.
+    pub(crate) assign: Option<Assign>,
+}
+
+/// Where override tokens are carried, and the keys they may be signed with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Overrides {
+    pub(crate) header: Option<String>,
+    pub(crate) cookie: Option<String>,
+    /// Key id and secret; ids are unique.
+    pub(crate) keys: Vec<(String, Vec<u8>)>,
+}
+
+/// The cookie a keyless user gets a key in, and its attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Assign {
+    pub(crate) cookie: String,
+    pub(crate) max_age_s: u64,
+    pub(crate) secure: bool,
 }
 
 /// The header names of the header contract.
@@ -113,6 +135,17 @@ pub(crate) struct Rollout {
     pub(crate) guard: Option<Guard>,
     /// See `rollout::revision`.
     pub(crate) revision: u64,
+    /// `allow`: keys sent to a version (index), sorted by key for binary search.
+    pub(crate) allow: Vec<(Vec<u8>, usize)>,
+    /// `rules`: the first whose conditions all hold sends the request to its version.
+    pub(crate) rules: Vec<Target>,
+}
+
+/// A rollout's rule: conditions, and the version (index) they send a request to.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Target {
+    pub(crate) when: Vec<Condition>,
+    pub(crate) version: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -192,7 +225,37 @@ impl Config {
             rollouts: Vec::new(),
             flags: Vec::new(),
             count_responses: true,
+            overrides: None,
+            assign: None,
         }
+    }
+
+    /// The override keys (id, secret) the config lists.
+    pub fn override_keys(&self) -> &[(String, Vec<u8>)] {
+        self.overrides.as_ref().map_or(&[], |o| o.keys.as_slice())
+    }
+
+    /// Replaces the override keys, for a host that keeps secrets apart from the config (the
+    /// Worker reads them from a secret binding, the filter may add the plugin
+    /// configuration's). Without an `overrides` section there is nothing to replace: `false`.
+    pub fn set_override_keys(&mut self, keys: Vec<(String, Vec<u8>)>) -> bool {
+        match self.overrides.as_mut() {
+            Some(o) => {
+                o.keys = keys;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the config reads override tokens at all.
+    pub fn has_overrides(&self) -> bool {
+        self.overrides.is_some()
+    }
+
+    /// The cookie keyless users get a key in (`assign.cookie`), if any.
+    pub fn assign_cookie(&self) -> Option<&str> {
+        self.assign.as_ref().map(|a| a.cookie.as_str())
     }
 
     /// Where the user key is looked for, in order.

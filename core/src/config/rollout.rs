@@ -4,7 +4,7 @@
 use crate::json::Value;
 
 use super::walk::{Walk, json_type};
-use super::{NoKey, Rollout, Version};
+use super::{NoKey, Rollout, Target, Version};
 use crate::error::ErrorKind;
 use crate::hash::SaltState;
 
@@ -14,6 +14,7 @@ impl Walk {
             value,
             &[
                 "match", "salt", "stable", "no_key", "versions", "schedule", "aborted", "guard",
+                "allow", "rules",
             ],
         )?;
         let mut rollout = Rollout {
@@ -29,6 +30,8 @@ impl Walk {
             aborted: false,
             guard: None,
             revision: revision(value),
+            allow: Vec::new(),
+            rules: Vec::new(),
         };
         let scheduled = map.contains_key("schedule");
         let mut ok = true;
@@ -95,6 +98,18 @@ impl Walk {
                 }
             });
         }
+        if let Some(v) = map.get("allow") {
+            match self.at_key("allow", |w| w.rollout_allow(v, &rollout.versions)) {
+                Some(allow) => rollout.allow = allow,
+                None => ok = false,
+            }
+        }
+        if let Some(v) = map.get("rules") {
+            match self.at_key("rules", |w| w.rollout_rules(v, &rollout.versions)) {
+                Some(rules) => rollout.rules = rules,
+                None => ok = false,
+            }
+        }
         if let Some(v) = map.get("schedule") {
             let versions = &rollout.versions;
             match self.at_key("schedule", |w| w.schedule(v, versions, rollout.stable_idx)) {
@@ -115,6 +130,76 @@ impl Walk {
             }
         }
         ok.then_some(rollout)
+    }
+
+    /// `{"v2": ["emp-1", ...]}`: keys sent to a version whatever their hash says. A key may
+    /// be listed for one version only.
+    fn rollout_allow(
+        &mut self,
+        value: &Value,
+        versions: &[Version],
+    ) -> Option<Vec<(Vec<u8>, usize)>> {
+        let Some(map) = value.as_object() else {
+            self.error(ErrorKind::WrongType {
+                expected: "an object of version name to a list of keys",
+                found: json_type(value),
+            });
+            return None;
+        };
+        let errors_before = self.errors.len();
+        let mut out: Vec<(Vec<u8>, usize)> = Vec::new();
+        for (version, keys) in map {
+            self.at_key(version, |w| {
+                let Some(idx) = versions.iter().position(|v| &v.name == version) else {
+                    if !versions.is_empty() {
+                        w.error(ErrorKind::UnknownReference {
+                            name: version.clone(),
+                            what: "version",
+                        });
+                    }
+                    return;
+                };
+                for (i, key) in w.string_list(keys).into_iter().enumerate() {
+                    if out.iter().any(|(k, _)| k == key.as_bytes()) {
+                        w.at_index(i, |w| w.error(ErrorKind::Duplicate { name: key.clone() }));
+                    } else {
+                        out.push((key.into_bytes(), idx));
+                    }
+                }
+            });
+        }
+        out.sort_unstable();
+        (self.errors.len() == errors_before).then_some(out)
+    }
+
+    /// `[{"when": [...], "serve": "v2"}]`, in order; the first that holds decides.
+    fn rollout_rules(&mut self, value: &Value, versions: &[Version]) -> Option<Vec<Target>> {
+        let items = self.array(value)?;
+        let errors_before = self.errors.len();
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            self.at_index(i, |w| {
+                let when = w.when(item, &["when", "serve"]);
+                let serve = w.required(item.as_object()?, "serve")?;
+                let idx = w.at_key("serve", |w| {
+                    let name = w.string(serve)?;
+                    let idx = versions.iter().position(|v| v.name == name);
+                    if idx.is_none() && !versions.is_empty() {
+                        w.error(ErrorKind::UnknownReference {
+                            name: name.to_owned(),
+                            what: "version",
+                        });
+                    }
+                    idx
+                })?;
+                out.push(Target {
+                    when: when?,
+                    version: idx,
+                });
+                Some(())
+            });
+        }
+        (self.errors.len() == errors_before).then_some(out)
     }
 
     fn route_match(&mut self, value: &Value, rollout: &mut Rollout) -> bool {

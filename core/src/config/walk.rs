@@ -19,7 +19,7 @@ pub(super) fn json_type(value: &Value) -> &'static str {
 }
 
 /// Names that travel in headers, metric names and paths: short, and free of separators.
-fn is_name(name: &str) -> bool {
+pub(super) fn is_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -28,7 +28,7 @@ fn is_name(name: &str) -> bool {
 }
 
 /// RFC 9110 token characters, lowercase only, since Envoy and Workers lowercase header names.
-fn is_header_name(name: &str) -> bool {
+pub(super) fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name.bytes().all(|b| {
@@ -37,7 +37,7 @@ fn is_header_name(name: &str) -> bool {
 }
 
 /// RFC 6265 cookie names are tokens; case matters.
-fn is_cookie_name(name: &str) -> bool {
+pub(super) fn is_cookie_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name
@@ -219,7 +219,15 @@ impl Walk {
         let mut config = Config::empty();
         let Some(map) = self.object(
             value,
-            &["user_key", "headers", "rollouts", "flags", "metrics"],
+            &[
+                "user_key",
+                "headers",
+                "rollouts",
+                "flags",
+                "metrics",
+                "overrides",
+                "assign",
+            ],
         ) else {
             return config;
         };
@@ -247,6 +255,12 @@ impl Walk {
                     config.count_responses = b;
                 }
             });
+        }
+        if let Some(v) = map.get("overrides") {
+            config.overrides = self.at_key("overrides", |w| w.overrides(v));
+        }
+        if let Some(v) = map.get("assign") {
+            config.assign = self.at_key("assign", |w| w.assign(v, &config.user_key));
         }
         if let Some(v) = map.get("rollouts") {
             self.at_key("rollouts", |w| {
