@@ -400,6 +400,46 @@ mod tests {
     }
 
     #[test]
+    fn a_token_never_reaches_the_upstream_and_costs_nothing_when_absent() {
+        let config = Config::from_json(
+            br#"{"overrides":{"cookie":"tok","header":"x-tok","keys":{}},
+                "rollouts":{"r":{"versions":[{"name":"a","weight":1}]}}}"#,
+        )
+        .unwrap();
+        // The cookie held only the token: the Cookie header goes, the header copies go.
+        let client = list(&[
+            (":path", "/"),
+            ("cookie", "tok=r1.x"),
+            ("x-tok", "1"),
+            ("x-tok", "2"),
+        ]);
+        assert!(config.carries_token(client.as_slice()));
+        let decision = config.decide(client.as_slice(), HostInputs::default());
+        assert_eq!(decision.token, Some(crate::TokenStatus::Malformed));
+        let mut upstream = client.clone();
+        config.apply_request_contract(&decision, client.as_slice(), &mut upstream);
+        assert_eq!(
+            upstream,
+            list(&[
+                (":path", "/"),
+                ("x-rollout-version", "a"),
+                ("x-rollout", "r")
+            ])
+        );
+        // Without a token: no removal and no cookie rewrite, so no host call for either.
+        let honest = list(&[(":path", "/"), ("cookie", "a=1; b=2")]);
+        assert!(!config.carries_token(honest.as_slice()));
+        let decision = config.decide(honest.as_slice(), HostInputs::default());
+        assert_eq!(decision.token, None);
+        let mut calls = Calls::default();
+        config.apply_request_contract(&decision, honest.as_slice(), &mut calls);
+        assert_eq!(
+            calls.0,
+            ["replace x-rollout-version=a", "replace x-rollout=r"]
+        );
+    }
+
+    #[test]
     fn flags_header_value_lists_every_flag_in_name_order() {
         let config = Config::from_json(
             br#"{"flags":{"zeta":{"enabled":false},"alpha":{"percentage":100}}}"#,
