@@ -665,6 +665,39 @@ mod tests {
     }
 
     #[test]
+    fn allow_lists_find_every_key_whatever_order_they_are_listed_in() {
+        // The walk keeps the list sorted as it inserts (no sort afterwards): keys out of
+        // order, interleaved across versions, must each still be found.
+        let config = Config::from_json(
+            br#"{"user_key":["header:u"],"rollouts":{"r":{
+                "allow":{"a":["m","z","b","y"],"b":["c","a","x","n"]},
+                "versions":[{"name":"a","weight":0},{"name":"b","weight":1}]}}}"#,
+        )
+        .unwrap();
+        for (key, want) in [
+            ("m", "a"),
+            ("z", "a"),
+            ("b", "a"),
+            ("y", "a"),
+            ("c", "b"),
+            ("a", "b"),
+            ("x", "b"),
+            ("n", "b"),
+        ] {
+            let facts = [("u", key)];
+            let r = config.decide(&facts[..], HostInputs::default()).rollout;
+            let r = r.unwrap();
+            assert_eq!(
+                (key, r.version, r.reason),
+                (key, want, VersionReason::AllowList)
+            );
+        }
+        let facts = [("u", "d")];
+        let r = config.decide(&facts[..], HostInputs::default()).rollout;
+        assert_eq!(r.unwrap().reason, VersionReason::Bucket);
+    }
+
+    #[test]
     fn cookie_parsing_tolerates_odd_input() {
         let h = b"a=1; uid=\"u-7\" ;broken; =x; uid=second";
         assert_eq!(cookie_value(h, "uid"), Some(&b"u-7"[..]));
