@@ -338,6 +338,22 @@ mod tests {
     use crate::HostInputs;
 
     #[test]
+    fn flags_come_out_sorted_by_name_whatever_order_the_config_lists_them_in() {
+        let config = Config::from_json(
+            br#"{"flags":{"zeta":{},"alpha":{},"Mid":{},"beta-2":{},"beta_1":{},"9":{}}}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = config.flag_values().map(|(name, _)| name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names.len(), 6);
+        assert_eq!(names, sorted);
+        let decided = config.decide(&[("x", "y")][..], HostInputs::default());
+        let flags: Vec<&str> = decided.flags.iter().map(|f| f.flag).collect();
+        assert_eq!(flags, sorted);
+    }
+
+    #[test]
     fn empty_is_what_an_empty_object_validates_to() {
         let parsed = Config::from_json(b"{}").unwrap();
         let empty = Config::empty();
