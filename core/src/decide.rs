@@ -610,7 +610,7 @@ impl Condition {
 
 #[cfg(test)]
 mod tests {
-    use super::{HostInputs, VersionReason, cookie_value, host_without_port};
+    use super::{FlagReason, HostInputs, VersionReason, cookie_value, host_without_port};
     use crate::Config;
 
     #[test]
@@ -695,6 +695,30 @@ mod tests {
         let facts = [("u", "d")];
         let r = config.decide(&facts[..], HostInputs::default()).rollout;
         assert_eq!(r.unwrap().reason, VersionReason::Bucket);
+    }
+
+    #[test]
+    fn a_flags_allow_and_deny_lists_find_every_key_whatever_order_they_are_listed_in() {
+        let config = Config::from_json(
+            br#"{"user_key":["header:u"],"flags":{"f":{"percentage":0,
+                "allow":["m","z","b","y"],"deny":["c","a","x","n"]}}}"#,
+        )
+        .unwrap();
+        for (key, want) in [
+            ("m", FlagReason::AllowList),
+            ("z", FlagReason::AllowList),
+            ("b", FlagReason::AllowList),
+            ("y", FlagReason::AllowList),
+            ("c", FlagReason::DenyList),
+            ("a", FlagReason::DenyList),
+            ("x", FlagReason::DenyList),
+            ("n", FlagReason::DenyList),
+            ("d", FlagReason::Bucket),
+        ] {
+            let facts = [("u", key)];
+            let d = config.decide(&facts[..], HostInputs::default());
+            assert_eq!((key, d.flags[0].reason), (key, want));
+        }
     }
 
     #[test]
