@@ -354,6 +354,30 @@ mod tests {
     }
 
     #[test]
+    fn rollouts_are_ordered_most_specific_first_and_equals_keep_name_order() {
+        let v = r#""versions":[{"name":"a","weight":1}]"#;
+        let text = format!(
+            r#"{{"rollouts":{{
+                "a":{{{v}}},
+                "b":{{"match":{{"path_prefix":"/x"}},{v}}},
+                "c":{{"match":{{"hosts":["h"]}},{v}}},
+                "d":{{"match":{{"hosts":["h"],"path_prefix":"/long"}},{v}}},
+                "e":{{"match":{{"path_prefix":"/yy"}},{v}}},
+                "f":{{"match":{{"path_prefix":"/zz"}},{v}}},
+                "g":{{"match":{{"hosts":["i"]}},{v}}}}}}}"#
+        );
+        let config = Config::from_json(text.as_bytes()).unwrap();
+        let names: Vec<&str> = config.rollout_names().collect();
+        assert_eq!(names, ["d", "c", "g", "e", "f", "b", "a"]);
+        // Slots follow the same order.
+        let slots: Vec<usize> = names
+            .iter()
+            .map(|n| config.slot_of(n, "a").unwrap())
+            .collect();
+        assert_eq!(slots, [0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
     fn empty_is_what_an_empty_object_validates_to() {
         let parsed = Config::from_json(b"{}").unwrap();
         let empty = Config::empty();

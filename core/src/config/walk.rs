@@ -4,7 +4,7 @@
 
 use crate::json::{Object, Value};
 
-use super::{Config, HeaderNames, PSEUDO_HEADERS, Source};
+use super::{Config, HeaderNames, PSEUDO_HEADERS, Rollout, Source};
 use crate::error::{ConfigError, ErrorKind};
 
 pub(super) fn json_type(value: &Value) -> &'static str {
@@ -287,10 +287,18 @@ impl Walk {
                 }
             });
         }
-        // Most specific first: a host list beats none, then the longer prefix wins.
-        config
-            .rollouts
-            .sort_by_key(|r| (r.hosts.is_empty(), core::cmp::Reverse(r.path_prefix.len())));
+        // Most specific first: a host list beats none, then the longer prefix wins; equals
+        // keep their order (name order). Each goes after every rollout at least as specific,
+        // a stable insertion sort: the standard library's stable sort would give the filter a
+        // copy of its own (~4 KB), and a config has few rollouts.
+        let specificity =
+            |r: &Rollout| (r.hosts.is_empty(), core::cmp::Reverse(r.path_prefix.len()));
+        let mut sorted: Vec<Rollout> = Vec::with_capacity(config.rollouts.len());
+        for rollout in config.rollouts.drain(..) {
+            let at = sorted.partition_point(|r| specificity(r) <= specificity(&rollout));
+            sorted.insert(at, rollout);
+        }
+        config.rollouts = sorted;
         // Flags are already sorted by name: they were pushed in the order of the object's
         // entries, which iterate sorted by key. No sort here: one would give the filter its
         // own copy of the standard library's sort (~3 KB).
