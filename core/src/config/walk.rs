@@ -62,11 +62,7 @@ impl Walk {
 
     /// Runs `f` with `.key` (or `key` at the root) appended to the path.
     pub(super) fn at_key<T>(&mut self, key: &str, f: impl FnOnce(&mut Self) -> T) -> T {
-        let len = self.path.len();
-        if !self.path.is_empty() {
-            self.path.push('.');
-        }
-        self.path.push_str(key);
+        let len = self.enter_key(key);
         let out = f(self);
         self.path.truncate(len);
         out
@@ -74,11 +70,29 @@ impl Walk {
 
     /// Runs `f` with `[idx]` appended to the path.
     pub(super) fn at_index<T>(&mut self, idx: usize, f: impl FnOnce(&mut Self) -> T) -> T {
-        let len = self.path.len();
-        self.path.push_str(&format!("[{idx}]"));
+        let len = self.enter_index(idx);
         let out = f(self);
         self.path.truncate(len);
         out
+    }
+
+    // The path steps are kept out of line: `at_key` and `at_index` are copied for every
+    // closure they run, and the filter should carry each step once.
+    #[inline(never)]
+    fn enter_key(&mut self, key: &str) -> usize {
+        let len = self.path.len();
+        if !self.path.is_empty() {
+            self.path.push('.');
+        }
+        self.path.push_str(key);
+        len
+    }
+
+    #[inline(never)]
+    fn enter_index(&mut self, idx: usize) -> usize {
+        let len = self.path.len();
+        self.path.push_str(&format!("[{idx}]"));
+        len
     }
 
     /// The value as an object whose keys are all in `allowed`; unknown keys are reported.
