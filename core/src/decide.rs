@@ -610,7 +610,7 @@ impl Condition {
 
 #[cfg(test)]
 mod tests {
-    use super::{HostInputs, VersionReason, cookie_value, host_without_port};
+    use super::{FlagReason, HostInputs, VersionReason, cookie_value, host_without_port};
     use crate::Config;
 
     #[test]
@@ -662,6 +662,63 @@ mod tests {
         );
         assert_eq!(d.rollout.unwrap().reason, VersionReason::Bucket);
         assert_eq!(calls, 0);
+    }
+
+    #[test]
+    fn allow_lists_find_every_key_whatever_order_they_are_listed_in() {
+        // The walk keeps the list sorted as it inserts (no sort afterwards): keys out of
+        // order, interleaved across versions, must each still be found.
+        let config = Config::from_json(
+            br#"{"user_key":["header:u"],"rollouts":{"r":{
+                "allow":{"a":["m","z","b","y"],"b":["c","a","x","n"]},
+                "versions":[{"name":"a","weight":0},{"name":"b","weight":1}]}}}"#,
+        )
+        .unwrap();
+        for (key, want) in [
+            ("m", "a"),
+            ("z", "a"),
+            ("b", "a"),
+            ("y", "a"),
+            ("c", "b"),
+            ("a", "b"),
+            ("x", "b"),
+            ("n", "b"),
+        ] {
+            let facts = [("u", key)];
+            let r = config.decide(&facts[..], HostInputs::default()).rollout;
+            let r = r.unwrap();
+            assert_eq!(
+                (key, r.version, r.reason),
+                (key, want, VersionReason::AllowList)
+            );
+        }
+        let facts = [("u", "d")];
+        let r = config.decide(&facts[..], HostInputs::default()).rollout;
+        assert_eq!(r.unwrap().reason, VersionReason::Bucket);
+    }
+
+    #[test]
+    fn a_flags_allow_and_deny_lists_find_every_key_whatever_order_they_are_listed_in() {
+        let config = Config::from_json(
+            br#"{"user_key":["header:u"],"flags":{"f":{"percentage":0,
+                "allow":["m","z","b","y"],"deny":["c","a","x","n"]}}}"#,
+        )
+        .unwrap();
+        for (key, want) in [
+            ("m", FlagReason::AllowList),
+            ("z", FlagReason::AllowList),
+            ("b", FlagReason::AllowList),
+            ("y", FlagReason::AllowList),
+            ("c", FlagReason::DenyList),
+            ("a", FlagReason::DenyList),
+            ("x", FlagReason::DenyList),
+            ("n", FlagReason::DenyList),
+            ("d", FlagReason::Bucket),
+        ] {
+            let facts = [("u", key)];
+            let d = config.decide(&facts[..], HostInputs::default());
+            assert_eq!((key, d.flags[0].reason), (key, want));
+        }
     }
 
     #[test]

@@ -338,6 +338,46 @@ mod tests {
     use crate::HostInputs;
 
     #[test]
+    fn flags_come_out_sorted_by_name_whatever_order_the_config_lists_them_in() {
+        let config = Config::from_json(
+            br#"{"flags":{"zeta":{},"alpha":{},"Mid":{},"beta-2":{},"beta_1":{},"9":{}}}"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = config.flag_values().map(|(name, _)| name).collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        assert_eq!(names.len(), 6);
+        assert_eq!(names, sorted);
+        let decided = config.decide(&[("x", "y")][..], HostInputs::default());
+        let flags: Vec<&str> = decided.flags.iter().map(|f| f.flag).collect();
+        assert_eq!(flags, sorted);
+    }
+
+    #[test]
+    fn rollouts_are_ordered_most_specific_first_and_equals_keep_name_order() {
+        let v = r#""versions":[{"name":"a","weight":1}]"#;
+        let text = format!(
+            r#"{{"rollouts":{{
+                "a":{{{v}}},
+                "b":{{"match":{{"path_prefix":"/x"}},{v}}},
+                "c":{{"match":{{"hosts":["h"]}},{v}}},
+                "d":{{"match":{{"hosts":["h"],"path_prefix":"/long"}},{v}}},
+                "e":{{"match":{{"path_prefix":"/yy"}},{v}}},
+                "f":{{"match":{{"path_prefix":"/zz"}},{v}}},
+                "g":{{"match":{{"hosts":["i"]}},{v}}}}}}}"#
+        );
+        let config = Config::from_json(text.as_bytes()).unwrap();
+        let names: Vec<&str> = config.rollout_names().collect();
+        assert_eq!(names, ["d", "c", "g", "e", "f", "b", "a"]);
+        // Slots follow the same order.
+        let slots: Vec<usize> = names
+            .iter()
+            .map(|n| config.slot_of(n, "a").unwrap())
+            .collect();
+        assert_eq!(slots, [0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[test]
     fn empty_is_what_an_empty_object_validates_to() {
         let parsed = Config::from_json(b"{}").unwrap();
         let empty = Config::empty();

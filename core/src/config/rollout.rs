@@ -159,16 +159,19 @@ impl Walk {
                     }
                     return;
                 };
+                // Kept sorted as it is built (a binary search finds a key listed twice and
+                // where a new one goes): a sort of this element type would cost the filter
+                // its own copy of the standard library's sort, ~3 KB.
                 for (i, key) in w.string_list(keys).into_iter().enumerate() {
-                    if out.iter().any(|(k, _)| k == key.as_bytes()) {
-                        w.at_index(i, |w| w.error(ErrorKind::Duplicate { name: key.clone() }));
-                    } else {
-                        out.push((key.into_bytes(), idx));
+                    match out.binary_search_by(|(k, _)| k.as_slice().cmp(key.as_bytes())) {
+                        Ok(_) => {
+                            w.at_index(i, |w| w.error(ErrorKind::Duplicate { name: key.clone() }))
+                        }
+                        Err(at) => out.insert(at, (key.into_bytes(), idx)),
                     }
                 }
             });
         }
-        out.sort_unstable();
         (self.errors.len() == errors_before).then_some(out)
     }
 

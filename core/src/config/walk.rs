@@ -4,7 +4,7 @@
 
 use crate::json::{Object, Value};
 
-use super::{Config, HeaderNames, PSEUDO_HEADERS, Source};
+use super::{Config, HeaderNames, PSEUDO_HEADERS, Rollout, Source};
 use crate::error::{ConfigError, ErrorKind};
 
 pub(super) fn json_type(value: &Value) -> &'static str {
@@ -62,11 +62,7 @@ impl Walk {
 
     /// Runs `f` with `.key` (or `key` at the root) appended to the path.
     pub(super) fn at_key<T>(&mut self, key: &str, f: impl FnOnce(&mut Self) -> T) -> T {
-        let len = self.path.len();
-        if !self.path.is_empty() {
-            self.path.push('.');
-        }
-        self.path.push_str(key);
+        let len = self.enter_key(key);
         let out = f(self);
         self.path.truncate(len);
         out
@@ -74,11 +70,29 @@ impl Walk {
 
     /// Runs `f` with `[idx]` appended to the path.
     pub(super) fn at_index<T>(&mut self, idx: usize, f: impl FnOnce(&mut Self) -> T) -> T {
-        let len = self.path.len();
-        self.path.push_str(&format!("[{idx}]"));
+        let len = self.enter_index(idx);
         let out = f(self);
         self.path.truncate(len);
         out
+    }
+
+    // The path steps are kept out of line: `at_key` and `at_index` are copied for every
+    // closure they run, and the filter should carry each step once.
+    #[inline(never)]
+    fn enter_key(&mut self, key: &str) -> usize {
+        let len = self.path.len();
+        if !self.path.is_empty() {
+            self.path.push('.');
+        }
+        self.path.push_str(key);
+        len
+    }
+
+    #[inline(never)]
+    fn enter_index(&mut self, idx: usize) -> usize {
+        let len = self.path.len();
+        self.path.push_str(&format!("[{idx}]"));
+        len
     }
 
     /// The value as an object whose keys are all in `allowed`; unknown keys are reported.
@@ -287,11 +301,21 @@ impl Walk {
                 }
             });
         }
-        // Most specific first: a host list beats none, then the longer prefix wins.
-        config
-            .rollouts
-            .sort_by_key(|r| (r.hosts.is_empty(), core::cmp::Reverse(r.path_prefix.len())));
-        config.flags.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        // Most specific first: a host list beats none, then the longer prefix wins; equals
+        // keep their order (name order). Each goes after every rollout at least as specific,
+        // a stable insertion sort: the standard library's stable sort would give the filter a
+        // copy of its own (~4 KB), and a config has few rollouts.
+        let specificity =
+            |r: &Rollout| (r.hosts.is_empty(), core::cmp::Reverse(r.path_prefix.len()));
+        let mut sorted: Vec<Rollout> = Vec::with_capacity(config.rollouts.len());
+        for rollout in config.rollouts.drain(..) {
+            let at = sorted.partition_point(|r| specificity(r) <= specificity(&rollout));
+            sorted.insert(at, rollout);
+        }
+        config.rollouts = sorted;
+        // Flags are already sorted by name: they were pushed in the order of the object's
+        // entries, which iterate sorted by key. No sort here: one would give the filter its
+        // own copy of the standard library's sort (~3 KB).
         let mut slot = 0;
         for rollout in &mut config.rollouts {
             rollout.first_slot = slot;
