@@ -61,12 +61,19 @@ impl Walk {
             if let Some(v) = map.get(key) {
                 // Sorted for binary search by inserting each key in its place: a sort of
                 // this element type would give the filter a copy of the standard library's
-                // sort (~3 KB). `string_list` has refused repeats already.
-                for key in self.at_key(key, |w| w.string_list(v)) {
-                    if let Err(at) = list.binary_search_by(|k| k.as_slice().cmp(key.as_bytes())) {
-                        list.insert(at, key.into_bytes());
+                // sort (~3 KB). The search finds a repeat too.
+                self.at_key(key, |w| {
+                    for (i, key) in w.strings(v) {
+                        match list.binary_search_by(|k| k.as_slice().cmp(key.as_bytes())) {
+                            Ok(_) => w.at_index(i, |w| {
+                                w.error(ErrorKind::Duplicate {
+                                    name: key.to_owned(),
+                                })
+                            }),
+                            Err(at) => list.insert(at, key.as_bytes().to_vec()),
+                        }
                     }
-                }
+                });
             }
         }
         if let Some(v) = map.get("percentage")

@@ -162,12 +162,14 @@ impl Walk {
                 // Kept sorted as it is built (a binary search finds a key listed twice and
                 // where a new one goes): a sort of this element type would cost the filter
                 // its own copy of the standard library's sort, ~3 KB.
-                for (i, key) in w.string_list(keys).into_iter().enumerate() {
+                for (i, key) in w.strings(keys) {
                     match out.binary_search_by(|(k, _)| k.as_slice().cmp(key.as_bytes())) {
-                        Ok(_) => {
-                            w.at_index(i, |w| w.error(ErrorKind::Duplicate { name: key.clone() }))
-                        }
-                        Err(at) => out.insert(at, (key.into_bytes(), idx)),
+                        Ok(_) => w.at_index(i, |w| {
+                            w.error(ErrorKind::Duplicate {
+                                name: key.to_owned(),
+                            })
+                        }),
+                        Err(at) => out.insert(at, (key.as_bytes().to_vec(), idx)),
                     }
                 }
             });
