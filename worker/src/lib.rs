@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use rollout_core::token::MIN_SECRET_BYTES;
 use rollout_core::{Config, HostInputs};
 use worker::{
     AnalyticsEngineDataPointBuilder, Context, Date, Env, Fetch, Headers, Method, Request,
@@ -25,8 +26,6 @@ const ANALYTICS_BINDING: &str = "ROLLOUT_ANALYTICS";
 const KEYS_BINDING: &str = "ROLLOUT_OVERRIDE_KEYS";
 /// The var the Worker once assigned user keys by; the config's `assign` does it now.
 const OLD_ASSIGN_VAR: &str = "ROLLOUT_ASSIGN_COOKIE";
-/// The shortest secret the core accepts for a key.
-const MIN_SECRET_BYTES: usize = 32;
 
 /// Worker settings, from vars.
 struct Settings {
@@ -91,6 +90,7 @@ fn parse_override_keys(text: &str) -> Vec<(String, Vec<u8>)> {
     };
     let mut keys = Vec::with_capacity(map.len());
     for (id, secret) in map {
+        // The rule the config applies to `overrides.keys` ids.
         let good_id = !id.is_empty()
             && id.len() <= 64
             && id
@@ -164,9 +164,9 @@ async fn config(env: &Env, settings: &Settings) -> Option<Rc<Config>> {
             Ok(Some(text)) => match Config::from_json(text.as_bytes()) {
                 Ok(mut config) => {
                     console_log!("rollout: config loaded from KV key {}", settings.kv_key);
-                    // Keys in KV are not used: anyone who may read the namespace (every
-                    // account member with KV access, every tool given its id) could then
-                    // mint tokens. Secrets are write-only once put.
+                    // Keys in KV are not used: anyone who can read the namespace (any account
+                    // member or API token with KV access) could mint tokens with them. A
+                    // Worker secret cannot be read back once put.
                     if !config.override_keys().is_empty() {
                         console_error!(
                             "rollout: config overrides.keys is ignored: secrets do not belong in \
