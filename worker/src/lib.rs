@@ -78,18 +78,19 @@ impl Settings {
 /// The keys of the [`KEYS_BINDING`] secret. A key with a bad id or a short secret is logged,
 /// naming it, and left out, so one mistake does not disable every tester's token.
 fn parse_override_keys(text: &str) -> Vec<(String, Vec<u8>)> {
-    let map = match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text) {
-        Ok(map) => map,
-        Err(e) => {
-            console_error!(
-                "rollout: secret {KEYS_BINDING} is not a JSON object of key id to secret ({e}); \
-                 no override token is valid"
-            );
-            return Vec::new();
-        }
+    // The core's JSON reader, already in the Worker for the config: serde_json's Value made
+    // the Worker 3,681 B bigger gzipped. It also refuses a key id given twice.
+    let parsed = rollout_core::json::parse(text.as_bytes());
+    let Some(map) = parsed.as_ref().ok().and_then(|v| v.as_object()) else {
+        let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
+        console_error!(
+            "rollout: secret {KEYS_BINDING} is not a JSON object of key id to secret{why}; no \
+             override token is valid"
+        );
+        return Vec::new();
     };
     let mut keys = Vec::with_capacity(map.len());
-    for (id, secret) in map {
+    for (id, secret) in map.iter() {
         // The rule the config applies to `overrides.keys` ids.
         let good_id = !id.is_empty()
             && id.len() <= 64
@@ -103,16 +104,16 @@ fn parse_override_keys(text: &str) -> Vec<(String, Vec<u8>)> {
             );
             continue;
         }
-        match secret {
-            serde_json::Value::String(s) if s.len() >= MIN_SECRET_BYTES => {
-                keys.push((id, s.into_bytes()));
+        match secret.as_str() {
+            Some(s) if s.len() >= MIN_SECRET_BYTES => {
+                keys.push((id.clone(), s.as_bytes().to_vec()));
             }
-            serde_json::Value::String(s) => console_error!(
+            Some(s) => console_error!(
                 "rollout: secret {KEYS_BINDING}: key {id} is ignored: its secret has {} bytes, \
                  at least {MIN_SECRET_BYTES} are needed",
                 s.len()
             ),
-            _ => console_error!(
+            None => console_error!(
                 "rollout: secret {KEYS_BINDING}: key {id} is ignored: its secret is not a string"
             ),
         }

@@ -514,12 +514,15 @@ test("a bad entry of the secret is logged by binding and key id and left out; th
   } finally {
     await mf.dispose();
   }
-  const broken = await worker({ config: withOverrides(), origins, overrideKeys: "{not json" });
-  try {
-    assert.equal((await send(broken.mf, [...base, ["x-rollout-override", mint("k2", SECRET_K2, "v:checkout=v2")]])).body.origin, "v1");
-    assert.ok(broken.logs.some((l) => l.level === "error" && /secret ROLLOUT_OVERRIDE_KEYS is not a JSON object/.test(l.message)), JSON.stringify(broken.logs));
-  } finally {
-    await broken.mf.dispose();
+  // A secret that is not a JSON object (or names a key twice) gives no keys at all.
+  for (const text of ["{not json", `["k2", "${SECRET_K2}"]`, `{"k2": "${SECRET_K2}", "k2": "${SECRET_K2}"}`]) {
+    const broken = await worker({ config: withOverrides(), origins, overrideKeys: text });
+    try {
+      assert.equal((await send(broken.mf, [...base, ["x-rollout-override", mint("k2", SECRET_K2, "v:checkout=v2")]])).body.origin, "v1", text);
+      assert.ok(broken.logs.some((l) => l.level === "error" && /secret ROLLOUT_OVERRIDE_KEYS is not a JSON object/.test(l.message)), JSON.stringify(broken.logs));
+    } finally {
+      await broken.mf.dispose();
+    }
   }
 });
 
