@@ -4,13 +4,15 @@
 //! contract's response headers.
 //!
 //! Settings come from Worker vars (see `wrangler.toml`); the rollout config comes from a KV
-//! namespace bound as `ROLLOUT_CONFIG`, held in the isolate for `ROLLOUT_CONFIG_TTL_MS`.
+//! namespace bound as `ROLLOUT_CONFIG`, held in the isolate for `ROLLOUT_CONFIG_TTL_MS`; the
+//! keys that sign tester override tokens come from the secret `ROLLOUT_OVERRIDE_KEYS`.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use rollout_core::{Config, HostInputs, KeyStatus, Source};
+use rollout_core::token::MIN_SECRET_BYTES;
+use rollout_core::{Config, HostInputs};
 use worker::{
     AnalyticsEngineDataPointBuilder, Context, Date, Env, Fetch, Headers, Method, Request,
     RequestInit, Response, Result, console_error, console_log, console_warn, event, js_sys,
@@ -20,6 +22,10 @@ use worker::{
 const KV_BINDING: &str = "ROLLOUT_CONFIG";
 /// The optional Analytics Engine binding that gets one data point per request.
 const ANALYTICS_BINDING: &str = "ROLLOUT_ANALYTICS";
+/// The secret binding with the override-token keys: a JSON object of key id to secret.
+const KEYS_BINDING: &str = "ROLLOUT_OVERRIDE_KEYS";
+/// The var the Worker once assigned user keys by; the config's `assign` does it now.
+const OLD_ASSIGN_VAR: &str = "ROLLOUT_ASSIGN_COOKIE";
 
 /// Worker settings, from vars.
 struct Settings {
@@ -27,8 +33,9 @@ struct Settings {
     ttl_ms: u64,
     /// `rollout/version` (or `default`) to origin base URL.
     origins: HashMap<String, String>,
-    /// Cookie to assign a user key in, for users who arrive without one.
-    assign_cookie: Option<String>,
+    /// The override-token keys (key id, secret), from [`KEYS_BINDING`]; every config parsed
+    /// gets these and no others.
+    override_keys: Vec<(String, Vec<u8>)>,
 }
 
 impl Settings {
@@ -47,15 +54,71 @@ impl Settings {
             }
             None => HashMap::new(),
         };
+        if var(OLD_ASSIGN_VAR).is_some() {
+            console_warn!(
+                "rollout: the var {OLD_ASSIGN_VAR} is ignored: the config's assign (assign.cookie) \
+                 gives keyless users a key now; remove the var"
+            );
+        }
+        let override_keys = match env.secret(KEYS_BINDING) {
+            Ok(secret) => parse_override_keys(&secret.to_string()),
+            Err(_) => Vec::new(),
+        };
         Settings {
             kv_key: var("ROLLOUT_CONFIG_KEY").unwrap_or_else(|| "rollout.json".to_owned()),
             ttl_ms: var("ROLLOUT_CONFIG_TTL_MS")
                 .and_then(|t| t.parse().ok())
                 .unwrap_or(10_000),
             origins,
-            assign_cookie: var("ROLLOUT_ASSIGN_COOKIE"),
+            override_keys,
         }
     }
+}
+
+/// The keys of the [`KEYS_BINDING`] secret. A key with a bad id or a short secret is logged,
+/// naming it, and left out, so one mistake does not disable every tester's token.
+fn parse_override_keys(text: &str) -> Vec<(String, Vec<u8>)> {
+    // The core's JSON reader, already in the Worker for the config: serde_json's Value made
+    // the Worker 3,681 B bigger gzipped. It also refuses a key id given twice.
+    let parsed = rollout_core::json::parse(text.as_bytes());
+    let Some(map) = parsed.as_ref().ok().and_then(|v| v.as_object()) else {
+        let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
+        console_error!(
+            "rollout: secret {KEYS_BINDING} is not a JSON object of key id to secret{why}; no \
+             override token is valid"
+        );
+        return Vec::new();
+    };
+    let mut keys = Vec::with_capacity(map.len());
+    for (id, secret) in map.iter() {
+        // The rule the config applies to `overrides.keys` ids.
+        let good_id = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !good_id {
+            console_error!(
+                "rollout: secret {KEYS_BINDING}: key id {id:?} is ignored: an id is 1 to 64 of \
+                 A-Z a-z 0-9 _ -"
+            );
+            continue;
+        }
+        match secret.as_str() {
+            Some(s) if s.len() >= MIN_SECRET_BYTES => {
+                keys.push((id.clone(), s.as_bytes().to_vec()));
+            }
+            Some(s) => console_error!(
+                "rollout: secret {KEYS_BINDING}: key {id} is ignored: its secret has {} bytes, \
+                 at least {MIN_SECRET_BYTES} are needed",
+                s.len()
+            ),
+            None => console_error!(
+                "rollout: secret {KEYS_BINDING}: key {id} is ignored: its secret is not a string"
+            ),
+        }
+    }
+    keys
 }
 
 /// The config in force in this isolate, and when KV was last read.
@@ -100,8 +163,26 @@ async fn config(env: &Env, settings: &Settings) -> Option<Rc<Config>> {
         match read {
             Ok(Some(text)) if c.text.as_deref() == Some(text.as_str()) => {}
             Ok(Some(text)) => match Config::from_json(text.as_bytes()) {
-                Ok(config) => {
+                Ok(mut config) => {
                     console_log!("rollout: config loaded from KV key {}", settings.kv_key);
+                    // Keys in KV are not used: anyone who can read the namespace (any account
+                    // member or API token with KV access) could mint tokens with them. A
+                    // Worker secret cannot be read back once put.
+                    if !config.override_keys().is_empty() {
+                        console_error!(
+                            "rollout: config overrides.keys is ignored: secrets do not belong in \
+                             KV, where anyone who can read the namespace reads them; put them in \
+                             the secret {KEYS_BINDING} (wrangler secret put {KEYS_BINDING})"
+                        );
+                    }
+                    if config.set_override_keys(settings.override_keys.clone())
+                        && settings.override_keys.is_empty()
+                    {
+                        console_warn!(
+                            "rollout: config overrides reads tokens but the secret {KEYS_BINDING} \
+                             holds no usable key: no override token is valid"
+                        );
+                    }
                     c.config = Some(Rc::new(config));
                     c.text = Some(text);
                 }
@@ -183,42 +264,18 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
     };
     let url = req.inner().url();
     let (authority, path) = authority_and_path(&url);
-    let mut facts = facts(&req, authority, path);
-    // Schedules read the time; the Worker has no guard yet, so nothing is tripped.
-    let now_ms = Some(Date::now().as_millis());
-    let mut decision = config.decide(
+    let facts = facts(&req, authority, path);
+    // Schedules and token expiry read the time; the Worker has no guard yet, so nothing is
+    // tripped. A keyless user is given a key (the config's `assign`) by the core, with this
+    // entropy.
+    let decision = config.decide(
         facts.as_slice(),
         HostInputs {
             entropy: Some(&mut random_u64),
-            now_ms,
+            now_ms: Some(Date::now().as_millis()),
             tripped: &[],
         },
     );
-    // Users without a key get one in a cookie, so they stay on one version from now on.
-    let mut assigned: Option<(String, String)> = None;
-    if let (KeyStatus::Missing, Some(cookie)) = (decision.key, &settings.assign_cookie)
-        && config
-            .key_sources()
-            .contains(&Source::Cookie(cookie.clone()))
-    {
-        let id = format!("{:016x}", random_u64());
-        match facts.iter_mut().find(|(k, _)| k == "cookie") {
-            Some((_, value)) => *value = format!("{value}; {cookie}={id}"),
-            None => facts.push(("cookie".to_owned(), format!("{cookie}={id}"))),
-        }
-        assigned = Some((cookie.clone(), id));
-    }
-    if assigned.is_some() {
-        decision = config.decide(
-            facts.as_slice(),
-            HostInputs {
-                entropy: Some(&mut random_u64),
-                now_ms,
-                tripped: &[],
-            },
-        );
-    }
-
     let target = decision
         .rollout
         .map(|r| format!("{}/{}", r.rollout, r.version));
@@ -284,12 +341,6 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
     }
     config.apply_response_contract(decision.response_plan(), &mut out_headers);
     let out_headers = out_headers.finish()?;
-    if let Some((cookie, id)) = assigned {
-        out_headers.append(
-            "set-cookie",
-            &format!("{cookie}={id}; Path=/; Max-Age=31536000; SameSite=Lax; HttpOnly"),
-        )?;
-    }
     let (_, body) = response.into_parts();
     Ok(Response::builder()
         .with_status(status)
@@ -343,7 +394,9 @@ impl rollout_core::HeaderMapMut for WorkerHeaders {
 }
 
 /// One Analytics Engine data point per request, if the binding exists: indexed by rollout,
-/// with rollout, version, flags and status as blobs and status and latency as doubles.
+/// with rollout, version, flags, status and the override token's status (`valid`, `expired`,
+/// ...; empty without a token) as blobs, and status and latency as doubles. New blobs go at
+/// the end so that queries on the earlier positions keep working.
 fn record(
     env: &Env,
     decision: &rollout_core::Decision<'_>,
@@ -364,6 +417,7 @@ fn record(
             version.to_owned(),
             flags.to_owned(),
             status.to_string(),
+            decision.token.map_or("", |t| t.as_str()).to_owned(),
         ])
         .doubles([f64::from(status), latency_ms as f64])
         .build();

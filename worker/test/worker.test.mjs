@@ -1,10 +1,12 @@
 // The rollout Worker in real workerd (through Miniflare) with a real local KV namespace and
 // real local origins: golden vectors, KV updates after the hold time, invalid and deleted
-// config, origin down, spoofed headers, the user-key cookie. Build first: worker-build --release.
+// config, origin down, spoofed headers, the assigned user-key cookie, override tokens with keys
+// from the secret binding (and never from KV). Build first: worker-build --release.
 
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
+import { createHmac } from "node:crypto";
 import { readFileSync, readdirSync } from "node:fs";
 import { Miniflare } from "miniflare";
 
@@ -49,9 +51,16 @@ const RECORDER = `export default function (env) {
   return { writeDataPoint(point) { env.SINK.fetch("http://sink/", { method: "POST", body: JSON.stringify(point) }); } };
 }`;
 
-async function worker({ config, origins, ttlMs = 0, assignCookie = "" }) {
+/** A Worker in Miniflare with the config put in KV. `overrideKeys` (an object, or any text)
+ * becomes the ROLLOUT_OVERRIDE_KEYS secret; `vars` adds bindings. The Worker's console lines
+ * are collected in `logs` ({level, message}). */
+async function worker({ config, origins, ttlMs = 0, overrideKeys, vars = {} }) {
   const points = [];
+  const logs = [];
+  const secrets = overrideKeys === undefined ? {}
+    : { ROLLOUT_OVERRIDE_KEYS: typeof overrideKeys === "string" ? overrideKeys : JSON.stringify(overrideKeys) };
   const mf = new Miniflare({
+    handleStructuredLogs: (entry) => { logs.push({ level: entry.level, message: entry.message }); },
     workers: [
       {
         name: "rollout",
@@ -65,7 +74,8 @@ async function worker({ config, origins, ttlMs = 0, assignCookie = "" }) {
           ROLLOUT_CONFIG_KEY: "rollout.json",
           ROLLOUT_CONFIG_TTL_MS: String(ttlMs),
           ROLLOUT_ORIGINS: JSON.stringify(origins),
-          ROLLOUT_ASSIGN_COOKIE: assignCookie,
+          ...secrets,
+          ...vars,
         },
       },
       {
@@ -78,7 +88,43 @@ async function worker({ config, origins, ttlMs = 0, assignCookie = "" }) {
   });
   const kv = await mf.getKVNamespace("ROLLOUT_CONFIG", "rollout");
   if (config !== undefined) await kv.put("rollout.json", typeof config === "string" ? config : JSON.stringify(config));
-  return { mf, kv, points };
+  return { mf, kv, points, logs };
+}
+
+/** A tester's token, as rollout_core::token::sign makes it: r1.<key id>.<expires>.<claims>.<sig>,
+ * sig the unpadded base64url HMAC-SHA-256 of everything before it. */
+function mint(keyId, secret, claims, expiresS = Math.floor(Date.now() / 1000) + 3600) {
+  const body = `r1.${keyId}.${expiresS}.${claims}`;
+  return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
+}
+
+/** The config without `overrides.keys`: what goes to KV, the keys going to the secret. */
+function withoutKeys(config) {
+  if (!config.overrides?.keys) return config;
+  const out = structuredClone(config);
+  delete out.overrides.keys;
+  return out;
+}
+
+/** Whether a request carries a user key from one of the config's sources. */
+function hasKey(config, pairs) {
+  const header = (name) => pairs.find(([k]) => k === name)?.[1];
+  return (config.user_key ?? []).some((source) => {
+    const [kind, name] = source.split(":");
+    if (kind === "header") return Boolean(header(name));
+    if (kind === "cookie") return (header("cookie") ?? "").split(";").some((p) => {
+      const [k, ...v] = p.trim().split("=");
+      return k === name && v.join("=") !== "";
+    });
+    return false;
+  });
+}
+
+/** The cookie header of `pairs` with `name=value` in place of any pair of that name. */
+function withCookie(pairs, name, value) {
+  const old = pairs.find(([k]) => k === "cookie")?.[1] ?? "";
+  const kept = old.split(";").map((p) => p.trim()).filter((p) => p && !p.startsWith(`${name}=`));
+  return [...pairs.filter(([k]) => k !== "cookie"), ["cookie", [...kept, `${name}=${value}`].join("; ")]];
 }
 
 /** Sends a vector-style request (pseudo-headers included) through the Worker. */
@@ -134,7 +180,7 @@ test("shiftTimes moves schedule times only", () => {
 test("every golden vector gives the same headers in the Worker", async () => {
   const failures = [];
   const skipped = new Set();
-  let ran = 0, timed = 0, tripped = 0, untimed = 0;
+  let ran = 0, timed = 0, tripped = 0, untimed = 0, random = 0, randomVersions = 0, withToken = 0;
   const echo = await origin("echo");
   for (const file of readdirSync(`${ROOT}testdata/vectors`).filter((f) => f.endsWith(".json")).sort()) {
     const vector = JSON.parse(readFileSync(`${ROOT}testdata/vectors/${file}`, "utf8"));
@@ -142,7 +188,8 @@ test("every golden vector gives the same headers in the Worker", async () => {
     // The contract's header names, as the core resolved them for this config.
     const requestNames = new Set(vector.contract.request);
     const responseNames = new Set(vector.contract.response);
-    const [versionHeader] = vector.contract.request;
+    const [versionHeader, rolloutHeader] = vector.contract.request;
+    const overrideHeader = vector.config.overrides?.header;
     // The isolate's clock cannot be set: each distinct time runs on a config shifted by the
     // difference, put in KV just before its cases (read again on every request, TTL 0).
     const groups = new Map();
@@ -163,11 +210,14 @@ test("every golden vector gives the same headers in the Worker", async () => {
         groups.get(c.request.now).push(c);
       }
     }
-    const { mf, kv } = await worker({ config: vector.config, origins: { default: echo } });
+    // The vector's override keys reach the Worker as the secret, never through KV.
+    const kvConfig = withoutKeys(vector.config);
+    const overrideKeys = vector.config.overrides?.keys;
+    const { mf, kv } = await worker({ config: kvConfig, origins: { default: echo }, overrideKeys });
     try {
       for (const [now, cases] of groups) {
         const anchor = Date.now();
-        const config = now === undefined ? vector.config : shiftTimes(vector.config, anchor - Date.parse(now));
+        const config = now === undefined ? kvConfig : shiftTimes(kvConfig, anchor - Date.parse(now));
         await kv.put("rollout.json", JSON.stringify(config));
         for (const c of cases) {
           const where = `${file} / ${c.description}`;
@@ -176,22 +226,47 @@ test("every golden vector gives the same headers in the Worker", async () => {
           const res = await send(mf, pairs);
           ran++;
           if (now !== undefined) timed++;
+          if (overrideHeader && pairs.some(([k, v]) => k === overrideHeader || (k === "cookie" && v.includes(`${vector.config.overrides.cookie}=`)))) withToken++;
           if (res.status !== 200) { failures.push(`${where}: status ${res.status} ${JSON.stringify(res.body)}`); continue; }
           const upstream = contractView(res.body.headers, requestNames);
           const client = contractView(res.headers, responseNames);
+          let expected = { request: c.expected.request_headers, response: c.expected.response_headers };
           if ("entropy" in c.request) {
-            // The isolate's randomness cannot be fixed from outside: the choice must be valid.
-            const versions = new Set(Object.values(vector.config.rollouts).flatMap((r) => r.versions.map((v) => v.name)));
-            if (!versions.has(upstream[versionHeader]) || client[versionHeader] !== upstream[versionHeader]) {
-              failures.push(`${where}: version ${upstream[versionHeader]}`);
+            // The isolate's randomness cannot be fixed from outside. An assigned key is the one
+            // the Worker's Set-Cookie names; the version may come from the entropy only for a
+            // keyless request to a rollout with more than one version in use: there any
+            // version of the rollout passes, and (with a key assigned) a request carrying the
+            // key must get it again. Everything else must be as the vector says.
+            random++;
+            const cookieName = vector.config.assign?.cookie;
+            const wanted = /^[^=]+=([0-9a-f]{16});/.exec(expected.response["set-cookie"] ?? "")?.[1];
+            const got = /^[^=]+=([0-9a-f]{16});/.exec(client["set-cookie"] ?? "")?.[1];
+            if (wanted && !got) { failures.push(`${where}: no key assigned: ${JSON.stringify(client)}`); continue; }
+            if (wanted) expected = JSON.parse(JSON.stringify(expected).replaceAll(wanted, got));
+            const name = expected.request[rolloutHeader];
+            const inUse = (vector.config.rollouts[name]?.versions ?? []).filter((v) => (v.weight ?? 1) > 0);
+            if (!hasKey(vector.config, pairs) && inUse.length > 1) {
+              randomVersions++;
+              const version = upstream[versionHeader];
+              const before = expected.request[versionHeader];
+              if (!inUse.some((v) => v.name === version)) { failures.push(`${where}: version ${version}`); continue; }
+              expected.request[versionHeader] = version;
+              expected.response[versionHeader] = version;
+              expected.response["server-timing"] = expected.response["server-timing"].replace(`/${before}"`, `/${version}"`);
+              if (got) {
+                const again = await send(mf, withCookie(pairs, cookieName, got));
+                const kept = contractView(again.headers, responseNames);
+                if (kept[versionHeader] !== version || "set-cookie" in kept) {
+                  failures.push(`${where}: with the assigned key ${got}: ${JSON.stringify(kept)}`);
+                }
+              }
             }
-            continue;
           }
           try {
-            assert.deepEqual(upstream, c.expected.request_headers);
-            assert.deepEqual(client, c.expected.response_headers);
+            assert.deepEqual(upstream, expected.request);
+            assert.deepEqual(client, expected.response);
           } catch (e) {
-            failures.push(`${where}: upstream ${JSON.stringify(upstream)} client ${JSON.stringify(client)}; expected ${JSON.stringify(c.expected.request_headers)} ${JSON.stringify(c.expected.response_headers)}`);
+            failures.push(`${where}: upstream ${JSON.stringify(upstream)} client ${JSON.stringify(client)}; expected ${JSON.stringify(expected.request)} ${JSON.stringify(expected.response)}`);
           }
         }
         // A case may sit a second before a step begins: its requests must not run later.
@@ -203,8 +278,14 @@ test("every golden vector gives the same headers in the Worker", async () => {
   }
   assert.deepEqual(failures, []);
   assert.deepEqual([...skipped].sort(), [...INEXPRESSIBLE].sort());
-  assert.deepEqual({ tripped, untimed }, { tripped: 7, untimed: 1 });
-  assert.ok(ran >= 40 && timed >= 20, `only ${ran} cases ran, ${timed} of them timed`);
+  // schedule.json's 7 tripped cases and targeting.json's one; schedule.json's untimed case.
+  assert.deepEqual({ tripped, untimed }, { tripped: 8, untimed: 1 });
+  // no-key-random.json's 5 and overrides.json's 4 cases with entropy; of these, no-key-random's 4
+  // keyless ones and overrides.json's 2 keyless ones on the 50/50 search rollout.
+  assert.deepEqual({ random, randomVersions }, { random: 9, randomVersions: 6 });
+  assert.ok(withToken >= 12, `only ${withToken} cases carried a token`);
+  assert.ok(ran >= 70 && timed >= 35, `only ${ran} cases ran, ${timed} of them timed`);
+  console.log(`vectors: ${ran} cases ran (${timed} timed, ${random} with entropy, ${withToken} with a token); ${tripped} tripped, ${untimed} untimed, ${skipped.size} inexpressible`);
 });
 
 test("versions go to their own origins; the split over 10,000 users matches the weights", async () => {
@@ -303,25 +384,149 @@ test("spoofed contract headers never change the decision or reach the origin", a
   }
 });
 
-test("a user without a key is given one in a cookie and stays on one version", async () => {
+test("a keyless user is given the config's cookie and stays on one version; the old var only warns", async () => {
   const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2") };
-  const { mf } = await worker({ config: rollout(50, 50), origins, assignCookie: "uid" });
+  const config = { ...rollout(50, 50), assign: { cookie: "uid", max_age: "30d", secure: true } };
+  const { mf, logs } = await worker({ config, origins, vars: { ROLLOUT_ASSIGN_COOKIE: "uid" } });
   try {
-    const first = await send(mf, [[":path", "/"], [":authority", "a"]]);
-    const setCookie = first.headers.find(([k]) => k === "set-cookie")?.[1] || "";
-    const id = /uid=([0-9a-f]{16})/.exec(setCookie)?.[1];
-    assert.ok(id, setCookie);
-    for (let i = 0; i < 20; i++) {
-      const again = await send(mf, [[":path", "/"], [":authority", "a"], ["cookie", `uid=${id}`]]);
-      assert.equal(again.body.origin, first.body.origin);
-      assert.ok(!again.headers.some(([k]) => k === "set-cookie"), "a known user gets no new cookie");
+    const seen = { v1: 0, v2: 0 };
+    for (let user = 0; user < 40; user++) {
+      const first = await send(mf, [[":path", "/"], [":authority", "a"], ["cookie", "theme=dark"]]);
+      const setCookies = first.headers.filter(([k]) => k === "set-cookie").map(([, v]) => v);
+      assert.equal(setCookies.length, 1, JSON.stringify(setCookies));
+      const id = /^uid=([0-9a-f]{16}); Path=\/; Max-Age=2592000; SameSite=Lax; HttpOnly; Secure$/.exec(setCookies[0])?.[1];
+      assert.ok(id, setCookies[0]);
+      // The origin already sees the key the user will carry from now on.
+      assert.equal(Object.fromEntries(first.body.headers).cookie, `theme=dark; uid=${id}`);
+      seen[first.body.origin]++;
+      for (let i = 0; i < 5; i++) {
+        const again = await send(mf, [[":path", "/"], [":authority", "a"], ["cookie", `theme=dark; uid=${id}`]]);
+        assert.equal(again.body.origin, first.body.origin, `user ${id}`);
+        assert.ok(!again.headers.some(([k]) => k === "set-cookie"), "a known user gets no new cookie");
+        assert.equal(Object.fromEntries(again.body.headers).cookie, `theme=dark; uid=${id}`);
+      }
     }
+    // New keys are random: 40 users all on one side of a 50/50 split would be 2 in 2^40.
+    assert.ok(seen.v1 > 0 && seen.v2 > 0, JSON.stringify(seen));
+    const warnings = logs.filter((l) => l.message.includes("ROLLOUT_ASSIGN_COOKIE"));
+    assert.equal(warnings.length, 1, JSON.stringify(logs));
+    assert.equal(warnings[0].level, "warn");
+    assert.match(warnings[0].message, /assign/);
   } finally {
     await mf.dispose();
   }
 });
 
-test("every request writes one analytics data point: rollout, version, flags, status, latency", async () => {
+const SECRET_K1 = "tester-secret-k1-0123456789abcdef";
+const SECRET_K2 = "tester-secret-k2-fedcba9876543210";
+const withOverrides = (keys) => ({
+  ...rollout(100, 0),
+  flags: { "new-cart": { percentage: 0 } },
+  overrides: { header: "x-rollout-override", cookie: "rollout_override", ...(keys ? { keys } : {}) },
+});
+
+test("a tester's token reaches a 0% version and never the origin; forged, expired and unknown-key ones do not", async () => {
+  const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2") };
+  const { mf, points, logs } = await worker({ config: withOverrides(), origins, overrideKeys: { k1: SECRET_K1, k2: SECRET_K2 } });
+  const base = [[":path", "/"], [":authority", "a"], ["x-user-id", "user-1"]];
+  const origin_ = (res) => Object.fromEntries(res.body.headers);
+  try {
+    const valid = mint("k1", SECRET_K1, "v:checkout=v2&f:new-cart=on");
+    const viaHeader = await send(mf, [...base, ["x-rollout-override", valid]]);
+    assert.equal(viaHeader.body.origin, "v2");
+    assert.equal(origin_(viaHeader)["x-rollout-flags"], "new-cart=on");
+    assert.ok(!("x-rollout-override" in origin_(viaHeader)), JSON.stringify(viaHeader.body.headers));
+
+    const viaCookie = await send(mf, [...base, ["cookie", `a=1; rollout_override=${mint("k2", SECRET_K2, "v:checkout=v2")}; b=2`]]);
+    assert.equal(viaCookie.body.origin, "v2");
+    assert.equal(origin_(viaCookie).cookie, "a=1; b=2", "the token cookie is stripped, the others stay");
+
+    const forged = mint("k1", "someone-elses-secret-0123456789abcdef", "v:checkout=v2");
+    const expired = mint("k1", SECRET_K1, "v:checkout=v2", Math.floor(Date.now() / 1000) - 60);
+    const unknown = mint("k9", SECRET_K1, "v:checkout=v2");
+    const tampered = valid.replace("v:checkout=v2", "v:checkout=v1");
+    for (const token of [forged, expired, unknown, tampered, "v2 please"]) {
+      const res = await send(mf, [...base, ["x-rollout-override", token]]);
+      assert.equal(res.body.origin, "v1", token);
+      assert.equal(origin_(res)["x-rollout-flags"], "new-cart=off", token);
+      assert.ok(!("x-rollout-override" in origin_(res)), "an invalid token is stripped too");
+    }
+    const plain = await send(mf, base);
+    assert.equal(plain.body.origin, "v1");
+
+    // The data points count token statuses in the last blob; the earlier blobs stay put.
+    for (let i = 0; i < 50 && points.length < 8; i++) await new Promise((r) => setTimeout(r, 20));
+    // (Points arrive through a service binding: compared in sorted order.)
+    assert.deepEqual(points.map((p) => `${p.blobs[1]} ${p.blobs[4]}`).sort(), [
+      "v1 ", "v1 bad_signature", "v1 bad_signature", "v1 expired", "v1 malformed", "v1 unknown_key",
+      "v2 valid", "v2 valid",
+    ]);
+    assert.deepEqual(logs.filter((l) => l.level === "error"), []);
+  } finally {
+    await mf.dispose();
+  }
+});
+
+test("keys in the KV config are not honoured: only the secret's keys sign tokens", async () => {
+  const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2") };
+  const base = [[":path", "/"], [":authority", "a"], ["x-user-id", "user-1"]];
+  // KV holds k1, the secret holds k2.
+  const { mf, logs } = await worker({ config: withOverrides({ k1: SECRET_K1 }), origins, overrideKeys: { k2: SECRET_K2 } });
+  try {
+    const kvSigned = await send(mf, [...base, ["x-rollout-override", mint("k1", SECRET_K1, "v:checkout=v2")]]);
+    assert.equal(kvSigned.body.origin, "v1", "a token signed with a key from KV");
+    const secretSigned = await send(mf, [...base, ["x-rollout-override", mint("k2", SECRET_K2, "v:checkout=v2")]]);
+    assert.equal(secretSigned.body.origin, "v2", "a token signed with the secret's key");
+    const errors = logs.filter((l) => l.level === "error" && l.message.includes("overrides.keys"));
+    assert.equal(errors.length, 1, JSON.stringify(logs));
+    assert.match(errors[0].message, /secrets do not belong in KV/);
+    assert.match(errors[0].message, /ROLLOUT_OVERRIDE_KEYS/);
+  } finally {
+    await mf.dispose();
+  }
+  // Without a secret at all, the KV keys still sign nothing, and the Worker says why.
+  const bare = await worker({ config: withOverrides({ k1: SECRET_K1 }), origins });
+  try {
+    const res = await send(bare.mf, [...base, ["x-rollout-override", mint("k1", SECRET_K1, "v:checkout=v2")]]);
+    assert.equal(res.body.origin, "v1");
+    assert.ok(bare.logs.some((l) => l.level === "warn" && /ROLLOUT_OVERRIDE_KEYS holds no usable key/.test(l.message)), JSON.stringify(bare.logs));
+  } finally {
+    await bare.mf.dispose();
+  }
+});
+
+test("a bad entry of the secret is logged by binding and key id and left out; the good ones work", async () => {
+  const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2") };
+  const base = [[":path", "/"], [":authority", "a"], ["x-user-id", "user-1"]];
+  const overrideKeys = { k1: "too-short", "bad id": SECRET_K1, k3: 42, k2: SECRET_K2 };
+  const { mf, logs } = await worker({ config: withOverrides(), origins, overrideKeys });
+  try {
+    assert.equal((await send(mf, [...base, ["x-rollout-override", mint("k2", SECRET_K2, "v:checkout=v2")]])).body.origin, "v2");
+    assert.equal((await send(mf, [...base, ["x-rollout-override", mint("k1", "too-short", "v:checkout=v2")]])).body.origin, "v1");
+    assert.equal((await send(mf, [...base, ["x-rollout-override", mint("bad id", SECRET_K1, "v:checkout=v2")]])).body.origin, "v1");
+    const errors = logs.filter((l) => l.level === "error").map((l) => l.message);
+    for (const [id, why] of [["k1", /9 bytes, at least 32/], ["\"bad id\"", /key id/], ["k3", /not a string/]]) {
+      const line = errors.find((m) => m.includes(`ROLLOUT_OVERRIDE_KEYS: key ${id} `) || m.includes(`ROLLOUT_OVERRIDE_KEYS: key id ${id} `));
+      assert.ok(line, `no error for ${id}: ${JSON.stringify(errors)}`);
+      assert.match(line, why);
+    }
+    assert.equal(errors.length, 3, JSON.stringify(errors));
+  } finally {
+    await mf.dispose();
+  }
+  // A secret that is not a JSON object (or names a key twice) gives no keys at all.
+  for (const text of ["{not json", `["k2", "${SECRET_K2}"]`, `{"k2": "${SECRET_K2}", "k2": "${SECRET_K2}"}`]) {
+    const broken = await worker({ config: withOverrides(), origins, overrideKeys: text });
+    try {
+      assert.equal((await send(broken.mf, [...base, ["x-rollout-override", mint("k2", SECRET_K2, "v:checkout=v2")]])).body.origin, "v1", text);
+      assert.ok(broken.logs.some((l) => l.level === "error" && /secret ROLLOUT_OVERRIDE_KEYS is not a JSON object/.test(l.message)), JSON.stringify(broken.logs));
+    } finally {
+      await broken.mf.dispose();
+    }
+  }
+});
+
+test("every request writes one analytics data point: rollout, version, flags, status, token, latency", async () => {
   const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2") };
   const config = { ...rollout(50, 50), flags: { "new-cart": { percentage: 50 } } };
   const { mf, points } = await worker({ config, origins });
@@ -340,6 +545,8 @@ test("every request writes one analytics data point: rollout, version, flags, st
     for (const p of points) {
       assert.deepEqual(p.indexes, ["checkout"]);
       assert.equal(p.blobs[0], "checkout");
+      assert.equal(p.blobs[4], "", "no token: an empty token status");
+      assert.equal(p.blobs.length, 5);
       assert.equal(p.doubles[0], Number(p.blobs[3]));
       assert.ok(p.doubles[1] >= 0 && p.doubles[1] < 10000, `latency ${p.doubles[1]}`);
     }
