@@ -126,7 +126,22 @@ fn each_request_with_a_token_is_counted_once_by_its_status() {
         [Some(3), Some(1), Some(2), Some(1), Some(2)]
     );
 
-    // A new config that still reads tokens keeps the same series.
+    // A config that reads no tokens counts none; the series stay as they were (Envoy keeps
+    // a defined metric), and a later config that reads tokens again counts on in them.
+    assert!(vm.configure(config(None).as_bytes()).unwrap());
+    let junk = Exchange {
+        request_headers: headers(&[
+            (":path", "/checkout"),
+            (":authority", "a"),
+            ("x-rollout-override", "junk"),
+        ]),
+        ..Exchange::default()
+    };
+    vm.exchange(&junk).unwrap();
+    assert_eq!(
+        counts(&module),
+        [Some(3), Some(1), Some(2), Some(1), Some(2)]
+    );
     assert!(vm.configure(config(Some(&keys)).as_bytes()).unwrap());
     version(&mut vm, "/checkout", Some("junk"));
     assert_eq!(
