@@ -178,7 +178,10 @@ def test_golden_vectors_give_the_same_headers_in_real_envoy(start_envoy, tmp_pat
                 # has a clock, never gives.
                 n_untimed += 1
             else:
-                groups.setdefault(request.get("now"), []).append(case)
+                # Only a schedule needs Envoy at the case's time. A token's expiry is checked
+                # on Envoy's own clock: the vectors' tokens expire in 2023 or 2100, on the
+                # same side of it as of their time.
+                groups.setdefault(request.get("now") if scheduled else None, []).append(case)
         for now, cases in groups.items():
             if now is None:
                 envoy = start_envoy(set_plugin_configuration(load(STATIC_CONFIG), json.dumps(config)))
