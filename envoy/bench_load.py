@@ -20,10 +20,12 @@ shipped config with `headers.response` and `metrics.responses` off (the response
 untouched); "unmatched" moves the rollout to another path and drops the flags, so the filter
 reads the headers and has nothing to do. "rollout filter + header_mutation"
 (only when named in --variants) does the scrub with the header_mutation HTTP filter first in
-the chain instead. Its upstream is a second Envoy answering with a direct response, so the
-upstream is never the bottleneck. Load: wrk -t2 -c50 with a distinct x-user-id per request.
-CPU is the proxy process's user+system time from /proc, divided by the requests wrk
-completed."""
+the chain instead. "token" (only when named) is the shipped config reading override tokens,
+with every request carrying a valid one in `x-rollout-override` (what a tester's request costs:
+the clock read, HMAC-SHA-256, the header removed). Its upstream is a second Envoy answering
+with a direct response, so the upstream is never the bottleneck. Load: wrk -t2 -c50 with a
+distinct x-user-id per request. CPU is the proxy process's user+system time from /proc,
+divided by the requests wrk completed."""
 
 import argparse
 import json
@@ -39,6 +41,7 @@ from harness import (
     connection_managers,
     http_filters,
     load,
+    override_token,
     plugin_configuration,
     set_plugin_configuration,
 )
@@ -68,9 +71,21 @@ LUA_USER_IDS = """
 counter = 0
 request = function()
   counter = counter + 1
-  return wrk.format("GET", "/checkout", {["x-user-id"] = "user-" .. counter})
+  return wrk.format("GET", "/checkout", {["x-user-id"] = "user-" .. counter%s})
 end
 """
+
+TOKEN_KEY = ("bench", "bench-secret-0123456789abcdef0123")
+# Valid until 2100: a benchmark run never sees it expire.
+TOKEN = override_token(*TOKEN_KEY, 4102444800, "v:checkout=v2")
+# Headers every request of a variant carries besides its user id.
+EXTRA_HEADERS = {"token": {"x-rollout-override": TOKEN}}
+
+
+def wrk_script(headers):
+    """The wrk script: a distinct x-user-id per request, and these headers on each."""
+    extra = "".join(f', ["{k}"] = "{v}"' for k, v in headers.items())
+    return LUA_USER_IDS % extra
 
 LUA_SPLIT = {
     "name": "envoy.filters.http.lua",
@@ -180,6 +195,13 @@ def unmatched(doc):
     return set_plugin_configuration(doc, json.dumps(config))
 
 
+def with_tokens(doc):
+    """The shipped config reading override tokens in the default header, with the bench key."""
+    config = plugin_configuration(doc)
+    config["overrides"] = {"keys": dict([TOKEN_KEY])}
+    return set_plugin_configuration(doc, json.dumps(config))
+
+
 VARIANTS = {
     "no filter": without_filter,
     "weighted_clusters": weighted_clusters,
@@ -191,8 +213,9 @@ VARIANTS = {
     "lean": lean,
     "unmatched": unmatched,
     "rollout filter + header_mutation": scrub_as_http_filter,
+    "token": with_tokens,
 }
-DEFAULT_VARIANTS = [name for name in VARIANTS if name != "rollout filter + header_mutation"]
+DEFAULT_VARIANTS = [name for name in VARIANTS if name not in ("rollout filter + header_mutation", "token")]
 
 
 def cpu_seconds(pid):
@@ -220,8 +243,10 @@ def run_wrk(port, seconds, script):
 def main(rounds, seconds, names, json_path=None):
     """Runs the variants `names` in `rounds` interleaved rounds and prints the medians."""
     tmp = pathlib.Path(tempfile.mkdtemp())
-    script = tmp / "user_ids.lua"
-    script.write_text(LUA_USER_IDS)
+    scripts = {}
+    for name in names:
+        scripts[name] = tmp / f"user_ids_{len(scripts)}.lua"
+        scripts[name].write_text(wrk_script(EXTRA_HEADERS.get(name, {})))
     upstream = Envoy(UPSTREAM, tmp, {})
     variants = {name: VARIANTS[name](load(STATIC_CONFIG)) for name in names}
     results = {name: [] for name in variants}
@@ -230,9 +255,10 @@ def main(rounds, seconds, names, json_path=None):
             for name, doc in variants.items():
                 envoy = Envoy(doc, tmp, {8081: upstream.port, 8082: upstream.port}, concurrency=1)
                 try:
-                    run_wrk(envoy.port, 2, str(script))  # warm up
+                    script = str(scripts[name])
+                    run_wrk(envoy.port, 2, script)  # warm up
                     before = cpu_seconds(envoy.process.pid)
-                    requests, rps, p50, p99, errors = run_wrk(envoy.port, seconds, str(script))
+                    requests, rps, p50, p99, errors = run_wrk(envoy.port, seconds, script)
                     cpu = cpu_seconds(envoy.process.pid) - before
                     results[name].append((rps, p50, p99, cpu / requests * 1e6, errors))
                 finally:
@@ -274,7 +300,7 @@ if __name__ == "__main__":
     parser.add_argument("rounds", type=int, nargs="?", default=3, help="interleaved rounds (default 3)")
     parser.add_argument("seconds", type=int, nargs="?", default=10, help="seconds of load per variant and round")
     parser.add_argument("--variants", type=variant_names, default=DEFAULT_VARIANTS,
-                        help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all but the last)")
+                        help=f"comma-separated, from: {', '.join(VARIANTS)} (default: all but the last two)")
     parser.add_argument("--json", metavar="PATH", help="also write the medians as JSON")
     args = parser.parse_args()
     main(args.rounds, args.seconds, args.variants, args.json)

@@ -6,6 +6,9 @@ config (ports, the .wasm file, the plugin configuration), done on the parsed YAM
 Tests import it through the `pythonpath` setting in pyproject.toml; the benchmarks beside it
 (envoy/bench_*.py) import it as scripts in the same folder."""
 
+import base64
+import hashlib
+import hmac
 import http.client
 import itertools
 import json
@@ -400,6 +403,15 @@ class Traffic:
             t.join(120)
         assert not self._failures, f"a client failed: {self._failures[0]!r}"
         return sorted(self.replies, key=lambda r: r.received)
+
+
+def override_token(key_id, secret, expires_s, claims):
+    """An override token minted here rather than by the core, so a test that uses it also
+    checks the format: `r1.<key id>.<expires, Unix s>.<claims>.<sig>`, sig the unpadded
+    base64url of HMAC-SHA-256(secret, everything before it)."""
+    signed = f"r1.{key_id}.{expires_s}.{claims}"
+    mac = hmac.new(secret.encode(), signed.encode(), hashlib.sha256).digest()
+    return f"{signed}.{base64.urlsafe_b64encode(mac).decode().rstrip('=')}"
 
 
 # --- checks shared by test modules --------------------------------------------------------

@@ -28,7 +28,7 @@ use std::rc::Rc;
 use host::LogLevel;
 use rollout_core::Config;
 
-use metrics::VersionMetrics;
+use metrics::{TokenMetrics, VersionMetrics};
 
 /// How often every VM checks shared data for a config another VM published: the bound on
 /// how long a worker lags behind the one that fetched it.
@@ -51,6 +51,8 @@ struct Shared {
     config: Config,
     /// Per slot (see `rollout_core::VersionChoice::slot`).
     metrics: Vec<VersionMetrics>,
+    /// Per token status, when the config reads override tokens.
+    tokens: Option<TokenMetrics>,
     /// Slots the guard holds tripped, as of the root's last tick.
     tripped: RefCell<Vec<rollout_core::Tripped>>,
     /// Whether deciding needs the time (a rollout has a schedule).
@@ -61,9 +63,11 @@ impl Shared {
     fn new(config: Config) -> Rc<Shared> {
         let metrics = VersionMetrics::define_all(&config);
         let needs_time = config.needs_time();
+        let tokens = TokenMetrics::define(&config);
         Rc::new(Shared {
             config,
             metrics,
+            tokens,
             tripped: RefCell::new(Vec::new()),
             needs_time,
         })

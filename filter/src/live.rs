@@ -6,7 +6,7 @@
 use crate::host::{self, BufferType, HeaderMap, LogLevel};
 use crate::metrics::increment;
 use crate::root::Root;
-use crate::source::{LiveSource, SharedKeys};
+use crate::source::{LiveSource, OverrideKeys, SharedKeys};
 use crate::{MAX_CONFIG_BYTES, log};
 use rollout_core::Config;
 
@@ -14,6 +14,8 @@ use rollout_core::Config;
 pub(crate) struct Live {
     pub(crate) source: LiveSource,
     pub(crate) keys: SharedKeys,
+    /// The plugin configuration's `override_keys`, merged into every config installed.
+    pub(crate) override_keys: OverrideKeys,
     /// Identifies this VM in the polling lease.
     pub(crate) token: u64,
     /// Generation of the config in force here (0: the fallback).

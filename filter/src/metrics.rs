@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 
-use rollout_core::{Config, Counts};
+use rollout_core::{Config, Counts, TokenStatus};
 
 use crate::host::{self, LogLevel, MetricType};
 use crate::log;
@@ -180,6 +180,32 @@ fn status_class(status: Option<&[u8]>) -> usize {
     }
 }
 
+/// `rollout_overrides_total{result}`: one counter per [`TokenStatus`], in the order of
+/// `TokenStatus::ALL`, defined only for a config that reads override tokens (so a config
+/// without them shows no series of zeros). Envoy returns the same id for a name defined
+/// again, so a config update keeps the counts.
+pub(crate) struct TokenMetrics([Option<u32>; 5]);
+
+impl TokenMetrics {
+    /// The counters, if the config reads tokens.
+    pub(crate) fn define(config: &Config) -> Option<TokenMetrics> {
+        config.has_overrides().then(|| {
+            TokenMetrics(TokenStatus::ALL.map(|status| {
+                define(
+                    MetricType::Counter,
+                    &metric_name("rollout_overrides_total", &[("result", status.as_str())]),
+                )
+            }))
+        })
+    }
+
+    /// Counts one request's token by what it turned out to be.
+    pub(crate) fn count(&self, status: TokenStatus) {
+        let slot = TokenStatus::ALL.iter().position(|s| *s == status);
+        increment(slot.and_then(|i| self.0.get(i)).copied().flatten());
+    }
+}
+
 /// Counters of the config's life: updates taken, configs refused, fetches that failed.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct ConfigMetrics {
@@ -224,6 +250,10 @@ mod tests {
                 &[("rollout", "checkout"), ("version", "v2")]
             ),
             "rollout_requests_total.rollout=.=checkout;.;.version=.=v2;.;"
+        );
+        assert_eq!(
+            metric_name("rollout_overrides_total", &[("result", "bad_signature")]),
+            "rollout_overrides_total.result=.=bad_signature;.;"
         );
     }
 }

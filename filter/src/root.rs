@@ -5,7 +5,7 @@ use crate::guard::{Guarding, JUDGE_EVERY_MS};
 use crate::host::{self, BufferType, LogLevel};
 use crate::live::Live;
 use crate::metrics::{ConfigMetrics, increment};
-use crate::source::{PluginConfig, SharedKeys, parse_plugin_config};
+use crate::source::{PluginConfig, SharedKeys, merge_override_keys, parse_plugin_config};
 use crate::stream::Stream;
 use crate::{Shared, TICK_MS, log, now_ms};
 use rollout_core::Config;
@@ -22,7 +22,19 @@ pub(crate) struct Root {
 }
 
 impl Root {
-    pub(crate) fn install(&mut self, config: Config) {
+    /// Puts a config in force: the live source's plugin keys merged in, its trips read back.
+    pub(crate) fn install(&mut self, mut config: Config) {
+        if let Some(live) = &self.live {
+            merge_override_keys(&mut config, &live.override_keys);
+        }
+        if config.has_overrides() && config.override_keys().is_empty() {
+            // Not an error: a host may add keys later. Until then every token is unknown_key.
+            log(
+                LogLevel::Warn,
+                "rollout: the config reads override tokens but lists no keys (neither it nor \
+                 the plugin configuration's override_keys); every token counts as unknown_key",
+            );
+        }
         self.guarding = Guarding::new(&config);
         self.shared = Some(Shared::new(config));
         // Sets the weight gauges of every config, and reads back trips latched for the same
@@ -60,8 +72,8 @@ impl Root {
             }
             Ok(PluginConfig::Static(config)) => {
                 log(LogLevel::Info, "rollout: static config loaded");
-                self.install(config);
                 self.live = None;
+                self.install(config);
                 if self.guarding.needs_ticks()
                     && let Err(status) = host::set_tick_period_ms(JUDGE_EVERY_MS as u32)
                 {
@@ -75,7 +87,11 @@ impl Root {
                 }
                 true
             }
-            Ok(PluginConfig::Live { source, fallback }) => {
+            Ok(PluginConfig::Live {
+                source,
+                fallback,
+                override_keys,
+            }) => {
                 log(
                     LogLevel::Info,
                     &format!(
@@ -83,12 +99,13 @@ impl Root {
                         source.cluster, source.path, source.poll_interval_ms
                     ),
                 );
-                self.install(fallback);
                 let keys = SharedKeys::new(&source);
                 let wait_until_ms = now_ms() + Live::wait_bound_ms(&source);
+                // Before the fallback is installed, so that it gets this configuration's keys.
                 self.live = Some(Live {
                     source,
                     keys,
+                    override_keys,
                     token: host::random_u64(),
                     generation: 0,
                     seen_etag: None,
@@ -98,6 +115,7 @@ impl Root {
                     settled: false,
                     wait_until_ms,
                 });
+                self.install(fallback);
                 // Another VM may have fetched already: start from what it published, and
                 // do not wait if the source has answered before.
                 self.follow();

@@ -3,11 +3,14 @@
 //! other VM of the process through shared data.
 //!
 //! The plugin configuration is either a rollout config (static), or
-//! `{"config_source": {...}, "fallback": {rollout config}}` (live). The fallback is in force
-//! until the first good config arrives from the source.
+//! `{"config_source": {...}, "fallback": {rollout config}, "override_keys": {id: secret}}`
+//! (live). The fallback is in force until the first good config arrives from the source.
+//! `override_keys` are merged into every config installed, so that token secrets need not
+//! travel through the config source.
 
-use rollout_core::Config;
 use rollout_core::json::{self, Value};
+use rollout_core::token::MIN_SECRET_BYTES;
+use rollout_core::{Config, ErrorKind};
 
 use crate::host;
 
@@ -20,6 +23,12 @@ const SOURCE_FIELDS: &[&str] = &[
     "timeout_ms",
     "long_poll_s",
 ];
+
+/// The fields of the live form of the plugin configuration.
+const LIVE_FIELDS: &[&str] = &["config_source", "fallback", "override_keys"];
+
+/// Override-token keys: (key id, secret).
+pub(crate) type OverrideKeys = Vec<(String, Vec<u8>)>;
 
 /// The longest `long_poll_s`: five minutes. Longer holds save next to nothing more and only
 /// delay noticing a source that stopped answering.
@@ -47,6 +56,9 @@ pub(crate) enum PluginConfig {
     Live {
         source: LiveSource,
         fallback: Config,
+        /// Keys merged into every config installed, the fallback included (see
+        /// [`merge_override_keys`]).
+        override_keys: OverrideKeys,
     },
 }
 
@@ -73,13 +85,18 @@ pub(crate) fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, Vec<Stri
     };
     let mut errors = Vec::new();
     for key in map.keys() {
-        if key != "config_source" && key != "fallback" {
+        if !LIVE_FIELDS.contains(&key.as_str()) {
             errors.push(format!(
-                "{key}: unknown field, expected one of: config_source, fallback"
+                "{key}: unknown field, expected one of: {}",
+                LIVE_FIELDS.join(", ")
             ));
         }
     }
     let source = live_source(map.get("config_source"), &mut errors);
+    let override_keys = map
+        .get("override_keys")
+        .map(|v| plugin_keys(v, &mut errors))
+        .unwrap_or_default();
     let fallback = match map.get("fallback") {
         Some(v) => Config::from_value(v)
             .map_err(|e| errors.extend(lines(e, "fallback")))
@@ -87,10 +104,82 @@ pub(crate) fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, Vec<Stri
         None => Some(Config::empty()),
     };
     match (source, fallback) {
-        (Some(source), Some(fallback)) if errors.is_empty() => {
-            Ok(PluginConfig::Live { source, fallback })
-        }
+        (Some(source), Some(fallback)) if errors.is_empty() => Ok(PluginConfig::Live {
+            source,
+            fallback,
+            override_keys,
+        }),
         _ => Err(errors),
+    }
+}
+
+/// Reads `override_keys`: key id (a name, as in the config's `overrides.keys`) to a secret of
+/// at least [`MIN_SECRET_BYTES`] bytes, with the config's own error wording.
+fn plugin_keys(value: &Value, errors: &mut Vec<String>) -> OverrideKeys {
+    let Some(map) = value.as_object() else {
+        let kind = ErrorKind::WrongType {
+            expected: "an object of key id to secret",
+            found: json_type(value),
+        };
+        errors.push(format!("override_keys: {kind}"));
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for (id, secret) in map {
+        let kind = match secret {
+            _ if !is_name(id) => ErrorKind::BadName { name: id.clone() },
+            Value::String(s) if s.len() >= MIN_SECRET_BYTES => {
+                keys.push((id.clone(), s.as_bytes().to_vec()));
+                continue;
+            }
+            Value::String(s) => ErrorKind::OutOfRange {
+                expected: "a secret of at least 32 bytes",
+                found: format!("{} bytes", s.len()),
+            },
+            other => ErrorKind::WrongType {
+                expected: "a string",
+                found: json_type(other),
+            },
+        };
+        errors.push(format!("override_keys.{id}: {kind}"));
+    }
+    keys
+}
+
+/// Puts the plugin configuration's keys into a config that reads tokens: a plugin key replaces
+/// the config's key of the same id, the config's other keys stay. A config without
+/// `overrides` is left alone (it reads no tokens).
+pub(crate) fn merge_override_keys(config: &mut Config, plugin: &[(String, Vec<u8>)]) {
+    if plugin.is_empty() || !config.has_overrides() {
+        return;
+    }
+    let mut keys: OverrideKeys = config
+        .override_keys()
+        .iter()
+        .filter(|(id, _)| !plugin.iter().any(|(p, _)| p == id))
+        .cloned()
+        .collect();
+    keys.extend(plugin.iter().cloned());
+    config.set_override_keys(keys);
+}
+
+/// A key id as the config accepts one: 1 to 64 of `A-Z a-z 0-9 _ -`.
+fn is_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// The JSON type of a value, as error messages name it.
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 
@@ -269,7 +358,11 @@ fn decode_lease(bytes: &[u8]) -> (Option<u64>, u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{PluginConfig, parse_plugin_config};
+    use super::{PluginConfig, merge_override_keys, parse_plugin_config};
+    use rollout_core::Config;
+
+    const SECRET_A: &str = "plugin-secret-a-0123456789abcdef0";
+    const SECRET_B: &str = "plugin-secret-b-0123456789abcdef0";
 
     fn errors(json: &str) -> Vec<String> {
         match parse_plugin_config(json.as_bytes()) {
@@ -286,8 +379,9 @@ mod tests {
 
     #[test]
     fn a_config_source_gets_defaults_and_an_empty_fallback() {
-        let Ok(PluginConfig::Live { source, fallback }) =
-            parse_plugin_config(br#"{"config_source":{"cluster":"cfg","path":"/r.json"}}"#)
+        let Ok(PluginConfig::Live {
+            source, fallback, ..
+        }) = parse_plugin_config(br#"{"config_source":{"cluster":"cfg","path":"/r.json"}}"#)
         else {
             panic!("refused");
         };
@@ -318,7 +412,7 @@ mod tests {
                    "fallback":{"rollouts":{"r":{"versions":[]}}},"other":1}"#
             ),
             [
-                "other: unknown field, expected one of: config_source, fallback",
+                "other: unknown field, expected one of: config_source, fallback, override_keys",
                 "config_source.extra: unknown field, expected one of: cluster, path, authority, poll_interval_ms, timeout_ms, long_poll_s",
                 "config_source.cluster: missing required field",
                 "config_source.poll_interval_ms: expected an integer from 10 to 3600000, found 5",
@@ -346,5 +440,69 @@ mod tests {
         let syntax = errors("{nope");
         assert_eq!(syntax.len(), 1);
         assert!(syntax[0].contains("line 1"), "{syntax:?}");
+    }
+
+    #[test]
+    fn override_keys_are_read_from_the_live_form() {
+        let plugin = format!(
+            r#"{{"config_source":{{"cluster":"c","path":"/r"}},"override_keys":{{"k1":"{SECRET_A}"}}}}"#
+        );
+        let Ok(PluginConfig::Live { override_keys, .. }) = parse_plugin_config(plugin.as_bytes())
+        else {
+            panic!("refused");
+        };
+        assert_eq!(
+            override_keys,
+            [("k1".to_owned(), SECRET_A.as_bytes().to_vec())]
+        );
+    }
+
+    #[test]
+    fn every_bad_override_key_is_named_with_its_path() {
+        assert_eq!(
+            errors(
+                r#"{"config_source":{"cluster":"c","path":"/r"},
+                   "override_keys":{"short":"too short","bad id":"0123456789abcdef0123456789abcdef","n":3}}"#
+            ),
+            [
+                "override_keys.bad id: name \"bad id\" must be 1 to 64 characters of A-Z, a-z, 0-9, '_' and '-'",
+                "override_keys.n: expected a string, found a number",
+                "override_keys.short: expected a secret of at least 32 bytes, found 9 bytes",
+            ]
+        );
+        assert_eq!(
+            errors(r#"{"config_source":{"cluster":"c","path":"/r"},"override_keys":["k"]}"#),
+            ["override_keys: expected an object of key id to secret, found an array"]
+        );
+    }
+
+    #[test]
+    fn plugin_keys_replace_same_id_keys_and_keep_the_others() {
+        let source = format!(
+            r#"{{"overrides":{{"keys":{{"k1":"{SECRET_B}","k2":"{SECRET_B}"}}}},"rollouts":{{}}}}"#
+        );
+        let mut config = Config::from_json(source.as_bytes()).unwrap();
+        merge_override_keys(
+            &mut config,
+            &[
+                ("k1".to_owned(), SECRET_A.as_bytes().to_vec()),
+                ("k3".to_owned(), SECRET_A.as_bytes().to_vec()),
+            ],
+        );
+        let mut keys = config.override_keys().to_vec();
+        keys.sort();
+        let key = |id: &str, s: &str| (id.to_owned(), s.as_bytes().to_vec());
+        assert_eq!(
+            keys,
+            [
+                key("k1", SECRET_A),
+                key("k2", SECRET_B),
+                key("k3", SECRET_A)
+            ]
+        );
+        // A config that reads no tokens gets no keys.
+        let mut plain = Config::from_json(br#"{"rollouts":{}}"#).unwrap();
+        merge_override_keys(&mut plain, &[key("k1", SECRET_A)]);
+        assert!(!plain.has_overrides() && plain.override_keys().is_empty());
     }
 }

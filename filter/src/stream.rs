@@ -53,6 +53,11 @@ impl Stream {
         shared
             .config
             .apply_request_contract(&decision, &headers, &mut upstream);
+        // Counted whatever the request matched: a token is a tester's, and a tester whose
+        // token fails wants to see why on /stats.
+        if let (Some(status), Some(tokens)) = (decision.token, shared.tokens.as_ref()) {
+            tokens.count(status);
+        }
         let plan = decision.response_plan();
         if plan.assigned.is_some() {
             self.plan = Some(plan);
