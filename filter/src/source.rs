@@ -8,9 +8,8 @@
 //! `override_keys` are merged into every config installed, so that token secrets need not
 //! travel through the config source.
 
+use rollout_core::Config;
 use rollout_core::json::{self, Value};
-use rollout_core::token::MIN_SECRET_BYTES;
-use rollout_core::{Config, ErrorKind};
 
 use crate::host;
 
@@ -113,36 +112,10 @@ pub(crate) fn parse_plugin_config(bytes: &[u8]) -> Result<PluginConfig, Vec<Stri
     }
 }
 
-/// Reads `override_keys`: key id (a name, as in the config's `overrides.keys`) to a secret of
-/// at least [`MIN_SECRET_BYTES`] bytes, with the config's own error wording.
+/// Reads `override_keys` with the checks and wording of the config's `overrides.keys`.
 fn plugin_keys(value: &Value, errors: &mut Vec<String>) -> OverrideKeys {
-    let Some(map) = value.as_object() else {
-        let kind = ErrorKind::WrongType {
-            expected: "an object of key id to secret",
-            found: json_type(value),
-        };
-        errors.push(format!("override_keys: {kind}"));
-        return Vec::new();
-    };
-    let mut keys = Vec::new();
-    for (id, secret) in map {
-        let kind = match secret {
-            _ if !is_name(id) => ErrorKind::BadName { name: id.clone() },
-            Value::String(s) if s.len() >= MIN_SECRET_BYTES => {
-                keys.push((id.clone(), s.as_bytes().to_vec()));
-                continue;
-            }
-            Value::String(s) => ErrorKind::OutOfRange {
-                expected: "a secret of at least 32 bytes",
-                found: format!("{} bytes", s.len()),
-            },
-            other => ErrorKind::WrongType {
-                expected: "a string",
-                found: json_type(other),
-            },
-        };
-        errors.push(format!("override_keys.{id}: {kind}"));
-    }
+    let (keys, bad) = Config::read_override_keys(value, "override_keys");
+    errors.extend(bad.iter().map(ToString::to_string));
     keys
 }
 
@@ -161,26 +134,6 @@ pub(crate) fn merge_override_keys(config: &mut Config, plugin: &[(String, Vec<u8
         .collect();
     keys.extend(plugin.iter().cloned());
     config.set_override_keys(keys);
-}
-
-/// A key id as the config accepts one: 1 to 64 of `A-Z a-z 0-9 _ -`.
-fn is_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// The JSON type of a value, as error messages name it.
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 fn live_source(value: Option<&Value>, errors: &mut Vec<String>) -> Option<LiveSource> {

@@ -11,7 +11,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use rollout_core::token::MIN_SECRET_BYTES;
 use rollout_core::{Config, HostInputs};
 use worker::{
     AnalyticsEngineDataPointBuilder, Context, Date, Env, Fetch, Headers, Method, Request,
@@ -81,42 +80,21 @@ fn parse_override_keys(text: &str) -> Vec<(String, Vec<u8>)> {
     // The core's JSON reader, already in the Worker for the config: serde_json's Value made
     // the Worker 3,681 B bigger gzipped. It also refuses a key id given twice.
     let parsed = rollout_core::json::parse(text.as_bytes());
-    let Some(map) = parsed.as_ref().ok().and_then(|v| v.as_object()) else {
-        let why = parsed.err().map(|e| format!(" ({e})")).unwrap_or_default();
-        console_error!(
-            "rollout: secret {KEYS_BINDING} is not a JSON object of key id to secret{why}; no \
-             override token is valid"
-        );
-        return Vec::new();
-    };
-    let mut keys = Vec::with_capacity(map.len());
-    for (id, secret) in map.iter() {
-        // The rule the config applies to `overrides.keys` ids.
-        let good_id = !id.is_empty()
-            && id.len() <= 64
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-        if !good_id {
+    let value = match parsed {
+        Ok(value) if value.as_object().is_some() => value,
+        other => {
+            let why = other.err().map(|e| format!(" ({e})")).unwrap_or_default();
             console_error!(
-                "rollout: secret {KEYS_BINDING}: key id {id:?} is ignored: an id is 1 to 64 of \
-                 A-Z a-z 0-9 _ -"
+                "rollout: secret {KEYS_BINDING} is not a JSON object of key id to secret{why}; \
+                 no override token is valid"
             );
-            continue;
+            return Vec::new();
         }
-        match secret.as_str() {
-            Some(s) if s.len() >= MIN_SECRET_BYTES => {
-                keys.push((id.clone(), s.as_bytes().to_vec()));
-            }
-            Some(s) => console_error!(
-                "rollout: secret {KEYS_BINDING}: key {id} is ignored: its secret has {} bytes, \
-                 at least {MIN_SECRET_BYTES} are needed",
-                s.len()
-            ),
-            None => console_error!(
-                "rollout: secret {KEYS_BINDING}: key {id} is ignored: its secret is not a string"
-            ),
-        }
+    };
+    // The checks and wording of the config's `overrides.keys`, each error under the binding.
+    let (keys, errors) = Config::read_override_keys(&value, KEYS_BINDING);
+    for error in errors {
+        console_error!("rollout: secret {error}; that key is left out");
     }
     keys
 }

@@ -53,36 +53,41 @@ impl Walk {
             out.header = Some(DEFAULT_OVERRIDE_HEADER.to_owned());
         }
         if let Some(v) = map.get("keys") {
-            self.at_key("keys", |w| {
-                let Some(keys) = v.as_object() else {
-                    w.error(ErrorKind::WrongType {
-                        expected: "an object of key id to secret",
-                        found: json_type(v),
-                    });
-                    return;
-                };
-                for (id, secret) in keys {
-                    w.at_key(id, |w| {
-                        if !is_name(id) {
-                            w.error(ErrorKind::BadName { name: id.clone() });
-                            return;
-                        }
-                        let Some(secret) = w.string(secret) else {
-                            return;
-                        };
-                        if secret.len() < MIN_SECRET_BYTES {
-                            w.error(ErrorKind::OutOfRange {
-                                expected: "a secret of at least 32 bytes",
-                                found: format!("{} bytes", secret.len()),
-                            });
-                            return;
-                        }
-                        out.keys.push((id.clone(), secret.as_bytes().to_vec()));
-                    });
-                }
-            });
+            out.keys = self.at_key("keys", |w| w.key_map(v));
         }
         (self.errors.len() == errors_before).then_some(out)
+    }
+
+    /// Key id -> secret: every good entry, each bad one reported by its id.
+    pub(super) fn key_map(&mut self, value: &Value) -> Vec<(String, Vec<u8>)> {
+        let mut keys = Vec::new();
+        let Some(map) = value.as_object() else {
+            self.error(ErrorKind::WrongType {
+                expected: "an object of key id to secret",
+                found: json_type(value),
+            });
+            return keys;
+        };
+        for (id, secret) in map {
+            self.at_key(id, |w| {
+                if !is_name(id) {
+                    w.error(ErrorKind::BadName { name: id.clone() });
+                    return;
+                }
+                let Some(secret) = w.string(secret) else {
+                    return;
+                };
+                if secret.len() < MIN_SECRET_BYTES {
+                    w.error(ErrorKind::OutOfRange {
+                        expected: "a secret of at least 32 bytes",
+                        found: format!("{} bytes", secret.len()),
+                    });
+                    return;
+                }
+                keys.push((id.clone(), secret.as_bytes().to_vec()));
+            });
+        }
+        keys
     }
 
     pub(super) fn assign(&mut self, value: &Value, user_key: &[Source]) -> Option<Assign> {

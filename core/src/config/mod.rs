@@ -248,6 +248,18 @@ impl Config {
         }
     }
 
+    /// Reads an object of key id -> secret for a host that keeps keys apart from the config
+    /// (the filter's `override_keys`, the Worker's secret), with the config's checks and
+    /// wording, each error under `path`: the good keys, and an error per bad one.
+    pub fn read_override_keys(
+        value: &Value,
+        path: &str,
+    ) -> (Vec<(String, Vec<u8>)>, Vec<crate::ConfigError>) {
+        let mut walk = Walk::default();
+        let keys = walk.at_key(path, |w| w.key_map(value));
+        (keys, walk.errors)
+    }
+
     /// Whether the config reads override tokens at all.
     pub fn has_overrides(&self) -> bool {
         self.overrides.is_some()
