@@ -1,5 +1,5 @@
-//! Cost of a decision in the core (native), of config parse+validate, and of one request
-//! through the built filter .wasm in the wasmtime harness. Run with `cargo bench -p
+//! Cost of a decision in the core (native), of config parse+validate, of checking a signed
+//! override token, and of one request through the built filter .wasm in the wasmtime harness. Run with `cargo bench -p
 //! rollout-benches`; the harness group needs the filter built for wasm32-wasip1
 //! (`--profile wasm`).
 
@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use criterion::{Criterion, criterion_group, criterion_main};
 use host_test::testing::filter_wasm_path;
 use host_test::{Exchange, FilterModule, VmOptions, headers};
-use rollout_core::{Config, HeaderMapMut, HostInputs};
+use rollout_core::token::{Claim, ClaimKind};
+use rollout_core::{Config, HeaderMapMut, HostInputs, TokenStatus, VersionReason};
 use unleash_yggdrasil::{ClientFeatures, Context, EngineState, UpdateMessage};
 
 /// Counts heap allocations, so the profile can say how many a decision makes.
@@ -195,6 +196,140 @@ fn harness_request(c: &mut Criterion) {
     group.finish();
 }
 
+/// The shape of examples/checkout.json cut to 2 versions, with a few flags (one with lists and
+/// a rule), and `overrides` when `overrides` is given.
+fn checkout_config(overrides: bool) -> Config {
+    let overrides = if overrides {
+        format!(
+            r#""overrides": {{"header": "x-rollout-override", "cookie": "rollout_override",
+                             "keys": {{"k1": "{OVERRIDE_SECRET}"}}}},"#
+        )
+    } else {
+        String::new()
+    };
+    let json = format!(
+        r#"{{"user_key": ["header:x-user-id", "cookie:uid"], {overrides}
+            "rollouts": {{"checkout": {{"versions": [{{"name": "v1", "weight": 9000}},
+                                                     {{"name": "v2", "weight": 1000}}]}}}},
+            "flags": {{"new-cart": {{"percentage": 25}},
+                       "theme": {{"default": "classic", "percentage": 50,
+                                  "variants": [{{"name": "dark", "weight": 1}}, {{"name": "light", "weight": 1}}]}},
+                       "payments-v2": {{"percentage": 10, "allow": ["qa-1"], "deny": ["vip-42"],
+                                        "rules": [{{"when": [{{"attribute": "header:x-app-version", "op": "semver_lt", "value": "3.0.0"}}],
+                                                    "serve": "off"}}]}}}}}}"#
+    );
+    Config::from_json(json.as_bytes()).unwrap()
+}
+
+const OVERRIDE_SECRET: &str = "a bench secret of at least 32 bytes.....";
+/// The request time: the token below expires an hour later.
+const NOW_MS: u64 = 1_795_435_200_000;
+
+/// A valid token for v2 and one flag value, as a tester would send it.
+fn override_token() -> String {
+    let claims = [
+        Claim {
+            kind: ClaimKind::Version,
+            target: "checkout",
+            value: "v2",
+        },
+        Claim {
+            kind: ClaimKind::Flag,
+            target: "new-cart",
+            value: "on",
+        },
+    ];
+    rollout_core::token::sign(
+        "k1",
+        OVERRIDE_SECRET.as_bytes(),
+        NOW_MS / 1000 + 3600,
+        &claims,
+    )
+    .unwrap()
+}
+
+/// What a signed token adds to a request: the same config shape and request without
+/// `overrides`, with them but no token, and with a token valid in the header, valid in the
+/// cookie, badly signed, and malformed. Each iteration is a decision and its request contract
+/// (which strips the token header and rewrites the cookie without it), as `core decide` times.
+fn override_tokens(c: &mut Criterion) {
+    let plain = checkout_config(false);
+    let with_overrides = checkout_config(true);
+    let token = override_token();
+    let forged = token.replace("checkout=v2", "checkout=v1");
+    let base_cookie = "theme=dark; uid=user-123456; other=1";
+    let token_cookie = format!("theme=dark; uid=user-123456; rollout_override={token}; other=1");
+    let request = |cookie: &str, token: Option<&str>| -> Vec<(String, String)> {
+        let mut facts: Vec<(String, String)> = request()
+            .into_iter()
+            .filter(|(k, _)| *k != "cookie")
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        facts.push(("cookie".to_owned(), cookie.to_owned()));
+        if let Some(token) = token {
+            facts.push(("x-rollout-override".to_owned(), token.to_owned()));
+        }
+        facts
+    };
+    let cases = [
+        (
+            "no overrides in the config",
+            &plain,
+            request(base_cookie, None),
+            None,
+        ),
+        (
+            "overrides, no token",
+            &with_overrides,
+            request(base_cookie, None),
+            None,
+        ),
+        (
+            "valid token in the header",
+            &with_overrides,
+            request(base_cookie, Some(&token)),
+            Some(TokenStatus::Valid),
+        ),
+        (
+            "valid token in the cookie",
+            &with_overrides,
+            request(&token_cookie, None),
+            Some(TokenStatus::Valid),
+        ),
+        (
+            "bad signature",
+            &with_overrides,
+            request(base_cookie, Some(&forged)),
+            Some(TokenStatus::BadSignature),
+        ),
+        (
+            "malformed token",
+            &with_overrides,
+            request(base_cookie, Some("r1.k1.not-a-token")),
+            Some(TokenStatus::Malformed),
+        ),
+    ];
+    let inputs = || HostInputs {
+        now_ms: Some(NOW_MS),
+        ..HostInputs::default()
+    };
+    let mut group = c.benchmark_group("override tokens (decide + request contract)");
+    for (name, config, facts, status) in &cases {
+        // Time only what the name says: the token is read as the case expects.
+        let decision = config.decide(&facts[..], inputs());
+        assert_eq!(decision.token, *status, "{name}");
+        let overridden = decision.rollout.map(|r| r.reason) == Some(VersionReason::Override);
+        assert_eq!(overridden, *status == Some(TokenStatus::Valid), "{name}");
+        group.bench_function(*name, |b| {
+            b.iter(|| {
+                let decision = config.decide(black_box(&facts[..]), inputs());
+                config.apply_request_contract(&decision, &facts[..], &mut Discard);
+            })
+        });
+    }
+    group.finish();
+}
+
 /// Flags per iteration in the flag comparison: enough that a request's fixed cost (finding
 /// the key, choosing the version) is a small share of ours.
 const GRADUAL_FLAGS: usize = 100;
@@ -315,6 +450,7 @@ criterion_group!(
     benches,
     profile,
     core_decide,
+    override_tokens,
     flag_comparison,
     core_parse,
     harness_request

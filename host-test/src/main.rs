@@ -1,6 +1,8 @@
 //! `rollout`: validate a rollout config, explain one request's decision, and simulate users
-//! through the very filter .wasm that Envoy loads, at a chosen time or along a schedule.
+//! through the very filter .wasm that Envoy loads, at a chosen time or along a schedule; mint
+//! signed override tokens for testers.
 
+mod sign;
 mod timeline;
 
 use std::collections::BTreeMap;
@@ -74,6 +76,12 @@ enum Command {
         #[command(flatten)]
         request: RequestArgs,
     },
+    /// Mint a signed override token: stdout gets the token alone, stderr its expiry and how
+    /// to send it. The secret comes from --secret-file, $ROLLOUT_OVERRIDE_SECRET or the
+    /// config's overrides.keys, never from the command line.
+    Sign(sign::SignArgs),
+    /// Print a fresh secret for overrides.keys: 32 random bytes as base64url.
+    Keygen,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -208,6 +216,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 simulate(&config, &bytes, users, ids, &request, now_ms)
             }
         }
+        Command::Sign(args) => sign::sign(&args, at_or_now(args.at.as_deref())?),
+        Command::Keygen => sign::keygen(),
     }
 }
 
@@ -275,6 +285,7 @@ fn explain(
         ..HostInputs::default()
     };
     let decision = config.decide(headers.as_slice(), inputs);
+    let token = sign::token_view(config, bytes, &headers, &decision);
     let schedules = timeline::scheduled_rollouts(config, now_ms);
     let module = request.filter()?;
     let mut vm = configured_vm(&module, bytes, now_ms)?;
@@ -312,6 +323,7 @@ fn explain(
             "now": format_time(now_ms),
             "schedules": schedules,
             "decision": decision,
+            "override_token": token,
             "filter": report,
             "filter_agrees_with_core": agree,
         });
@@ -343,6 +355,9 @@ fn explain(
                 words(serde_json::to_value(f.reason)?)
             );
         }
+        if let Some(token) = &token {
+            print_token(token, now_ms);
+        }
         println!("filter .wasm set on the upstream request:");
         for (k, v) in &report.request_headers_set {
             println!("  {k}: {v}");
@@ -361,6 +376,42 @@ fn explain(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The override token of `explain`'s request, in words.
+fn print_token(token: &sign::TokenView, now_ms: u64) {
+    print!(
+        "override token ({}): {}",
+        token.carrier,
+        token.status.as_str().replace('_', " ")
+    );
+    if let Some(key_id) = &token.key_id {
+        print!(", key {key_id}");
+    }
+    if let Some(expires) = &token.expires {
+        let when = parse_time(expires).map(|at| {
+            if at > now_ms {
+                format!("in {}", sign::span_words(at - now_ms))
+            } else {
+                format!("{} ago", sign::span_words(now_ms - at))
+            }
+        });
+        print!(", expires {expires}");
+        if let Some(when) = when {
+            print!(" ({when})");
+        }
+    }
+    println!();
+    for c in &token.claims {
+        let kind = match c.kind {
+            rollout_core::token::ClaimKind::Version => "version",
+            rollout_core::token::ClaimKind::Flag => "flag",
+        };
+        match &c.ignored {
+            None => println!("  {kind} {}={}: applied", c.target, c.value),
+            Some(why) => println!("  {kind} {}={}: ignored ({why})", c.target, c.value),
+        }
+    }
 }
 
 /// A user id of the requested shape.

@@ -342,3 +342,373 @@ fn timeline_refuses_a_rollout_without_schedule() {
         text(&out.stderr)
     );
 }
+
+/// A checkout config with a version no user gets by the hash (v2 at 0%), read tokens in a
+/// header and a cookie, and key `k1`.
+const OVERRIDE_CONFIG: &str = r#"{
+  "user_key": ["header:x-user-id", "cookie:uid"],
+  "overrides": {"header": "x-tester", "cookie": "tester",
+                "keys": {"k1": "0123456789abcdef0123456789abcdef-k1"}},
+  "rollouts": {"checkout": {"versions": [{"name": "v1", "weight": 100}, {"name": "v2", "weight": 0}]}},
+  "flags": {"new-cart": {"percentage": 0},
+            "theme": {"default": "classic", "variants": [{"name": "dark", "weight": 1}]}}
+}"#;
+const K1_SECRET: &str = "0123456789abcdef0123456789abcdef-k1";
+
+/// A scratch directory for one test, with the override config in it.
+fn override_dir(test: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("rollout-cli-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("overrides.json");
+    std::fs::write(&config, OVERRIDE_CONFIG).unwrap();
+    let config = config.to_str().unwrap().to_owned();
+    (dir, config)
+}
+
+/// Runs `rollout` with the secret variable set to `secret`, or unset.
+fn rollout_secret(args: &[&str], secret: Option<&str>) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_rollout"));
+    command.args(args).current_dir(workspace_root());
+    match secret {
+        Some(s) => command.env("ROLLOUT_OVERRIDE_SECRET", s),
+        None => command.env_remove("ROLLOUT_OVERRIDE_SECRET"),
+    };
+    command.output().unwrap()
+}
+
+/// `rollout sign` that must succeed: the token, alone on stdout.
+fn sign_ok(args: &[&str], secret: Option<&str>) -> String {
+    let out = rollout_secret(&[&["sign"], args].concat(), secret);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let token = stdout.trim_end_matches('\n');
+    assert!(
+        !token.contains('\n') && token.starts_with("r1.k1."),
+        "{stdout:?}"
+    );
+    token.to_owned()
+}
+
+/// `rollout explain --json` of `config` for one request.
+fn explain_json(config: &str, at: &str, headers: &[&str]) -> serde_json::Value {
+    let mut args = vec!["explain", config, "--json", "--at", at];
+    for h in headers {
+        args.extend(["-H", h]);
+    }
+    let out = rollout_secret(&args, None);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["filter_agrees_with_core"], true, "{stdout}");
+    json
+}
+
+/// The values the filter sent upstream for `name`.
+fn upstream(json: &serde_json::Value, name: &str) -> Vec<String> {
+    json["filter"]["upstream_request_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == name)
+        .map(|h| h[1].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_signed_token_reaches_a_version_at_0_percent_in_header_and_cookie() {
+    let (dir, config) = override_dir("sign-explain");
+    let out = rollout_secret(
+        &[
+            "sign",
+            "--config",
+            &config,
+            "--version",
+            "checkout=v2",
+            "--flag",
+            "new-cart=on",
+            "--at",
+            "2026-11-23T10:00:00Z",
+            "--ttl",
+            "2h",
+        ],
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let token = text(&out.stdout).trim_end().to_owned();
+    assert!(
+        token.starts_with("r1.k1.1795435200.v:checkout=v2&f:new-cart=on."),
+        "{token}"
+    );
+    assert!(stderr.contains("expires 2026-11-23T12:00:00Z"), "{stderr}");
+    assert!(
+        stderr.contains("`x-tester: <token>`") && stderr.contains("`tester=<token>`"),
+        "{stderr}"
+    );
+
+    let header = format!("x-tester: {token}");
+    let cookie = format!("cookie: a=1; tester={token}; uid=7");
+    for carrier in [header.as_str(), cookie.as_str()] {
+        let json = explain_json(
+            &config,
+            "2026-11-23T11:59:59Z",
+            &["x-user-id: user-1", carrier],
+        );
+        let decision = &json["decision"];
+        assert_eq!(decision["override"], "valid", "{carrier}: {decision}");
+        assert_eq!(decision["rollout"]["version"], "v2", "{decision}");
+        assert_eq!(decision["rollout"]["reason"], "override", "{decision}");
+        let cart = decision["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["flag"] == "new-cart")
+            .unwrap();
+        assert_eq!(
+            (&cart["value"], &cart["reason"]),
+            (&"on".into(), &"override".into())
+        );
+        let view = &json["override_token"];
+        assert_eq!(view["status"], "valid", "{view}");
+        assert_eq!(view["key_id"], "k1", "{view}");
+        assert_eq!(view["expires"], "2026-11-23T12:00:00Z", "{view}");
+        let claims = view["claims"].as_array().unwrap();
+        assert_eq!(claims.len(), 2, "{view}");
+        assert!(claims.iter().all(|c| c["applied"] == true), "{view}");
+        assert_eq!(upstream(&json, "x-rollout-version"), vec!["v2"]);
+        // The token never reaches the upstream, in either carrier.
+        assert!(upstream(&json, "x-tester").is_empty(), "{json}");
+        let sent = upstream(&json, "cookie").concat();
+        assert!(!sent.contains("tester="), "{sent}");
+        if carrier.starts_with("cookie") {
+            assert_eq!(view["carrier"], "cookie tester", "{view}");
+            assert_eq!(sent, "a=1; uid=7");
+        } else {
+            assert_eq!(view["carrier"], "header x-tester", "{view}");
+        }
+    }
+
+    // Without the token the same user is on v1: the token, not the user, reached v2.
+    let json = explain_json(&config, "2026-11-23T11:59:59Z", &["x-user-id: user-1"]);
+    assert_eq!(json["decision"]["rollout"]["version"], "v1");
+    assert!(json["override_token"].is_null(), "{json}");
+
+    // Text output names the token and what each claim did.
+    let out = rollout_secret(
+        &[
+            "explain",
+            &config,
+            "--at",
+            "2026-11-23T11:00:00Z",
+            "-H",
+            &header,
+        ],
+        None,
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    for line in [
+        "rollout checkout: version v2 (override)",
+        "override token (header x-tester): valid, key k1, expires 2026-11-23T12:00:00Z (in 1h)",
+        "  version checkout=v2: applied",
+        "  flag new-cart=on: applied",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "{line:?} missing:\n{stdout}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn sign_with_a_config_refuses_what_the_config_does_not_have() {
+    let (dir, config) = override_dir("sign-refuses");
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--version", "checkout=v9"],
+            "rollouts.checkout.versions has no \"v9\"",
+        ),
+        (&["--version", "cart=v2"], "has no rollouts.cart"),
+        (
+            &["--flag", "theme=blue"],
+            "flags.theme has no value \"blue\"",
+        ),
+        (&["--flag", "nope=on"], "has no flags.nope"),
+        (
+            &["--version", "checkout=v2", "--key-id", "k2"],
+            "has no overrides.keys.k2",
+        ),
+    ];
+    for (claims, message) in cases {
+        let out = rollout_secret(&[&["sign", "--config", &config], claims].concat(), None);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{claims:?}: {stderr}");
+        assert!(
+            stderr.contains(message),
+            "{claims:?}: {message:?} missing: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{claims:?}: {}", text(&out.stdout));
+    }
+    // Nothing to claim, a ttl past the cap, or a secret that is not the config's key.
+    let out = rollout_secret(&["sign", "--config", &config], None);
+    assert!(text(&out.stderr).contains("at least one --version"));
+    let out = rollout_secret(
+        &[
+            "sign",
+            "--config",
+            &config,
+            "--version",
+            "checkout=v2",
+            "--ttl",
+            "31d",
+        ],
+        None,
+    );
+    assert!(
+        text(&out.stderr).contains("longer than 30d"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = rollout_secret(
+        &["sign", "--config", &config, "--version", "checkout=v2"],
+        Some("another secret that is long enough!!"),
+    );
+    assert!(
+        text(&out.stderr).contains("is not overrides.keys.k1"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_token_signed_in_the_past_is_explained_as_expired() {
+    let (dir, config) = override_dir("sign-expired");
+    let token = sign_ok(
+        &[
+            "--config",
+            &config,
+            "--version",
+            "checkout=v2",
+            "--at",
+            "2020-01-01T00:00:00Z",
+            "--ttl",
+            "1h",
+        ],
+        None,
+    );
+    let header = format!("x-tester: {token}");
+    let valid = explain_json(&config, "2020-01-01T00:59:59Z", &[&header]);
+    assert_eq!(valid["decision"]["override"], "valid");
+    let expired = explain_json(&config, "2020-01-01T01:00:00Z", &[&header]);
+    assert_eq!(expired["decision"]["override"], "expired");
+    assert_eq!(expired["decision"]["rollout"]["version"], "v1");
+    let view = &expired["override_token"];
+    assert_eq!(view["status"], "expired", "{view}");
+    assert_eq!(view["expires"], "2020-01-01T01:00:00Z", "{view}");
+    assert_eq!(view["claims"][0]["applied"], false, "{view}");
+    assert_eq!(
+        view["claims"][0]["ignored"], "the token is expired",
+        "{view}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_changed_token_is_explained_as_bad_signature() {
+    let (dir, config) = override_dir("sign-changed");
+    let token = sign_ok(
+        &[
+            "--config",
+            &config,
+            "--version",
+            "checkout=v1",
+            "--at",
+            "2026-11-23T09:00:00Z",
+        ],
+        None,
+    );
+    // The claim rewritten to the version nobody gets: the signature no longer matches.
+    let forged = token.replace("checkout=v1", "checkout=v2");
+    assert_ne!(forged, token);
+    let json = explain_json(
+        &config,
+        "2026-11-23T09:30:00Z",
+        &["x-user-id: user-1", &format!("cookie: tester={forged}")],
+    );
+    assert_eq!(json["decision"]["override"], "bad_signature", "{json}");
+    assert_eq!(json["decision"]["rollout"]["version"], "v1");
+    assert_eq!(json["decision"]["rollout"]["reason"], "bucket");
+    assert_eq!(json["override_token"]["status"], "bad_signature");
+    assert_eq!(json["override_token"]["key_id"], "k1");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_secret_comes_from_the_environment_a_file_or_the_config() {
+    let (dir, config) = override_dir("sign-secret");
+    let claims = ["--version", "checkout=v2", "--at", "2026-11-23T10:00:00Z"];
+    let from_config = sign_ok(
+        &[&["--config", config.as_str()], &claims[..]].concat(),
+        None,
+    );
+    let from_env = sign_ok(
+        &[&["--key-id", "k1"], &claims[..]].concat(),
+        Some(K1_SECRET),
+    );
+    // A file as `echo` writes it: the trailing newline is no part of the secret.
+    let file = dir.join("k1.secret");
+    std::fs::write(&file, format!("{K1_SECRET}\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let from_file = sign_ok(
+        &[&["--key-id", "k1", "--secret-file", file], &claims[..]].concat(),
+        None,
+    );
+    assert_eq!(from_env, from_config);
+    assert_eq!(from_file, from_config);
+    // A different secret makes a different signature over the same claims.
+    let other = sign_ok(
+        &[&["--key-id", "k1"], &claims[..]].concat(),
+        Some("another secret that is long enough!!"),
+    );
+    assert_ne!(other, from_config);
+    assert_eq!(
+        other.rsplit_once('.').unwrap().0,
+        from_config.rsplit_once('.').unwrap().0
+    );
+
+    let none = rollout_secret(&[&["sign", "--key-id", "k1"], &claims[..]].concat(), None);
+    assert_eq!(none.status.code(), Some(2));
+    let stderr = text(&none.stderr);
+    assert!(
+        stderr.contains("--secret-file") && stderr.contains("$ROLLOUT_OVERRIDE_SECRET"),
+        "{stderr}"
+    );
+    let short = rollout_secret(
+        &[&["sign", "--key-id", "k1"], &claims[..]].concat(),
+        Some("short"),
+    );
+    assert!(
+        text(&short.stderr).contains("at least 32 bytes (secret from $ROLLOUT_OVERRIDE_SECRET)"),
+        "{}",
+        text(&short.stderr)
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn keygen_prints_fresh_secrets_that_sign_accepts() {
+    let a = text(&rollout(&["keygen"]).stdout).trim_end().to_owned();
+    let b = text(&rollout(&["keygen"]).stdout).trim_end().to_owned();
+    assert_ne!(a, b);
+    for key in [&a, &b] {
+        assert_eq!(key.len(), 43, "{key}");
+        assert!(
+            key.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'),
+            "{key}"
+        );
+    }
+    sign_ok(&["--key-id", "k1", "--version", "checkout=v2"], Some(&a));
+}
