@@ -34,9 +34,9 @@ pub mod token;
 pub mod vectors;
 
 pub use config::{
-    Config, DEFAULT_FLAGS_HEADER, DEFAULT_REASON_HEADER, DEFAULT_ROLLOUT_HEADER,
-    DEFAULT_VERSION_HEADER, HeaderNames, MAX_KEY_BYTES, OPERATOR_DEFS, OPERATORS, Operand,
-    Operator, Source,
+    Config, DEFAULT_FLAGS_HEADER, DEFAULT_OVERRIDE_HEADER, DEFAULT_REASON_HEADER,
+    DEFAULT_ROLLOUT_HEADER, DEFAULT_VERSION_HEADER, HeaderNames, MAX_KEY_BYTES, OPERATOR_DEFS,
+    OPERATORS, Operand, Operator, Source,
 };
 pub use contract::{ContractNames, HeaderMapMut, ResponsePlan, SERVER_TIMING_METRIC};
 pub use decide::{

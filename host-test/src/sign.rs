@@ -7,15 +7,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use rollout_core::token::{Claim, ClaimKind, Token};
 use rollout_core::{
-    Config, Decision, FlagReason, TokenStatus, VersionReason, cookie_value, format_time,
-    parse_duration,
+    Config, DEFAULT_OVERRIDE_HEADER, Decision, FlagReason, TokenStatus, VersionReason,
+    cookie_value, format_time, parse_duration,
 };
 
 /// The environment variable `sign` reads the secret from when no `--secret-file` is given.
 pub(crate) const SECRET_ENV: &str = "ROLLOUT_OVERRIDE_SECRET";
-/// The override header a config's hosts read when `overrides` names neither header nor cookie
-/// (the core's default; the core does not export it).
-const DEFAULT_OVERRIDE_HEADER: &str = "x-rollout-override";
 /// The longest `--ttl`: a token is a bearer credential that cannot be revoked alone (only by
 /// removing its key, which revokes every token of that key), so a leaked one must not outlive
 /// a test cycle by much.
@@ -60,26 +57,15 @@ pub(crate) struct Carriers {
 }
 
 impl Carriers {
-    /// The carriers a config names; `None` when it has no `overrides` (hosts read no tokens).
-    /// Read from the JSON because the validated config keeps them private; `bytes` has
-    /// already been validated, so the shapes are right.
+    /// The carriers a config names; `None` when it has no `overrides` (hosts read no tokens)
+    /// or does not validate.
     pub(crate) fn of(bytes: &[u8]) -> Option<Carriers> {
-        let json: serde_json::Value = serde_json::from_slice(bytes).ok()?;
-        let overrides = json.get("overrides")?;
-        let name = |field: &str| {
-            overrides
-                .get(field)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
-        let (header, cookie) = (name("header"), name("cookie"));
-        if header.is_none() && cookie.is_none() {
-            return Some(Carriers {
-                header: Some(DEFAULT_OVERRIDE_HEADER.to_owned()),
-                cookie: None,
-            });
-        }
-        Some(Carriers { header, cookie })
+        let config = rollout_core::Config::from_json(bytes).ok()?;
+        let (header, cookie) = config.override_carriers()?;
+        Some(Carriers {
+            header: header.map(str::to_owned),
+            cookie: cookie.map(str::to_owned),
+        })
     }
 
     /// How to send a token, in words.

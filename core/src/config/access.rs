@@ -10,7 +10,7 @@ use crate::error::ErrorKind;
 use crate::token::MIN_SECRET_BYTES;
 
 /// The override header when the config names neither a header nor a cookie.
-pub(crate) const DEFAULT_OVERRIDE_HEADER: &str = "x-rollout-override";
+pub const DEFAULT_OVERRIDE_HEADER: &str = "x-rollout-override";
 /// A year: the assigned cookie's default lifetime.
 const DEFAULT_MAX_AGE_S: u64 = 365 * 86_400;
 

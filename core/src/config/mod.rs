@@ -20,6 +20,7 @@ use crate::hash::SaltState;
 use crate::json::{self, Value};
 use crate::schedule::Schedule;
 
+pub use access::DEFAULT_OVERRIDE_HEADER;
 pub(crate) use operators::Op;
 pub use operators::{OPERATOR_DEFS, OPERATORS, Operand, Operator};
 use walk::Walk;
@@ -258,6 +259,12 @@ impl Config {
         let mut walk = Walk::default();
         let keys = walk.at_key(path, |w| w.key_map(value));
         (keys, walk.errors)
+    }
+
+    /// Where the config reads override tokens: (header, cookie); `None` without `overrides`.
+    pub fn override_carriers(&self) -> Option<(Option<&str>, Option<&str>)> {
+        let o = self.overrides.as_ref()?;
+        Some((o.header.as_deref(), o.cookie.as_deref()))
     }
 
     /// Whether the config reads override tokens at all.
