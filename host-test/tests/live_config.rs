@@ -477,7 +477,7 @@ fn bad_live_plugin_configurations_are_refused_with_their_paths() {
         (
             r#"{"config_source": {"path": "rollout.json", "poll_interval_ms": 1}, "extra": 1}"#,
             &[
-                "extra: unknown field, expected one of: config_source, fallback",
+                "extra: unknown field, expected one of: config_source, fallback, override_keys",
                 "config_source.cluster: missing required field",
                 "config_source.poll_interval_ms: expected an integer from 10 to 3600000, found 1",
                 "config_source.path: expected a path starting with '/', found \"rollout.json\"",
