@@ -89,6 +89,13 @@ def test_issue15_goals_and_the_live_source_section(tmp_path):
     # 16,896 / 17,600 = 0.96.
     assert goal(body, "Envoy throughput with the rollout filter (response").endswith("| 0.96 | met |")
     assert goal(body, "config propagation with long-polling").endswith("| 19 ms | met |")
+    # Faster than the empty filter is noise, never a goal met.
+    load["variants"]["lean"] = dict(load["variants"]["rollout filter"], rps=18_128)
+    body = report.render(report.criterion_means(crit), load, None, report.wasm_sizes(tmp_path / "filter.wasm"),
+                         report.wasm_sizes(tmp_path / "worker.wasm"), [("CPU", "test")], poll=poll)
+    assert goal(body, "Envoy throughput with the rollout filter (response").endswith(
+        "| 1.03 (the empty filter ran slower: noise) | **inconclusive** |")
+    assert "An inconclusive goal is one this run's noise decided" in body
     assert "| propagation to every worker, 40 flips | p50 45 ms, p99 102 ms | p50 12 ms, p99 19 ms |" in body
     assert "| 1,428 (20,000) | 100 (100, `Prefer: wait=10`) |" in body
     assert "| 127 % | 5 % |" in body
