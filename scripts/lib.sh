@@ -39,6 +39,7 @@ build_filters() {
 # exactly the version in Cargo.lock and take the second from the binaryen npm package.
 ensure_worker_tools() {
     local worker_build_version=0.8.7 wasm_bindgen_version
+    [ -f Cargo.lock ] || cargo generate-lockfile
     wasm_bindgen_version=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"$/\1/p')
     if [ "$(worker-build --version 2>/dev/null | awk '{print $NF}')" != "$worker_build_version" ]; then
         cargo install worker-build --version "$worker_build_version" --locked
