@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::decide::{AssignedKey, cookie_pairs};
+use crate::decide::{AssignedKey, cookie_headers, cookie_pairs};
 use crate::{Config, Decision, RequestFacts, VersionReason};
 
 /// A header map the core can write to. Names come in lowercase.
@@ -181,16 +181,18 @@ impl Config {
     {
         let token_cookie = self.overrides.as_ref().and_then(|o| o.cookie.as_deref());
         let assigned = self.assign.as_ref().zip(decision.assigned);
-        let header = client.header(COOKIE_HEADER).unwrap_or_default();
+        let headers = cookie_headers(client);
+        let pairs = || headers.iter().flat_map(|h| cookie_pairs(h));
         let drop = |name: &[u8]| {
             token_cookie.is_some_and(|t| t.as_bytes() == name)
                 || assigned.is_some_and(|(a, _)| a.cookie.as_bytes() == name)
         };
-        if assigned.is_none() && !cookie_pairs(header).any(|(name, _)| drop(name)) {
+        if assigned.is_none() && !pairs().any(|(name, _)| drop(name)) {
             return;
         }
-        let mut out = String::with_capacity(header.len() + 32);
-        for (name, pair) in cookie_pairs(header) {
+        let mut out =
+            String::with_capacity(headers.iter().map(|h| h.len() + 2).sum::<usize>() + 32);
+        for (name, pair) in pairs() {
             if drop(name) {
                 continue;
             }
@@ -205,9 +207,12 @@ impl Config {
             }
             out.push_str(&format!("{}={key}", assign.cookie));
         }
-        if out.is_empty() {
+        // Several Cookie headers become one, as HTTP/2 joins them; a host's replace may touch
+        // only the first, so the others are removed first.
+        if out.is_empty() || headers.len() > 1 {
             upstream.remove(COOKIE_HEADER);
-        } else {
+        }
+        if !out.is_empty() {
             upstream.replace(COOKIE_HEADER, &out);
         }
     }
@@ -436,6 +441,57 @@ mod tests {
         assert_eq!(
             calls.0,
             ["replace x-rollout-version=a", "replace x-rollout=r"]
+        );
+    }
+
+    #[test]
+    fn a_token_in_any_of_several_cookie_headers_is_read_and_stripped() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let config = Config::from_json(
+            format!(
+                r#"{{"overrides":{{"cookie":"tok","keys":{{"k1":"{secret}"}}}},
+                "rollouts":{{"r":{{"versions":[{{"name":"a","weight":1}},{{"name":"b","weight":0}}]}}}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let claims = [crate::token::Claim {
+            kind: crate::token::ClaimKind::Version,
+            target: "r",
+            value: "b",
+        }];
+        let token = crate::token::sign("k1", secret.as_bytes(), 4_102_444_800, &claims).unwrap();
+        let client = list(&[
+            (":path", "/"),
+            ("cookie", "a=1"),
+            ("cookie", &format!("tok={token}; b=2")),
+        ]);
+        assert!(config.carries_token(client.as_slice()));
+        let decision = config.decide(
+            client.as_slice(),
+            HostInputs {
+                now_ms: Some(0),
+                ..HostInputs::default()
+            },
+        );
+        assert_eq!(decision.rollout.map(|r| r.version), Some("b"));
+        let mut upstream = client.clone();
+        config.apply_request_contract(&decision, client.as_slice(), &mut upstream);
+        let cookies: Vec<&str> = upstream
+            .iter()
+            .filter(|(k, _)| k == "cookie")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(cookies, ["a=1; b=2"]);
+        // Several Cookie headers without a token are left as they came: no call at all.
+        let honest = list(&[(":path", "/"), ("cookie", "a=1"), ("cookie", "b=2")]);
+        let decision = config.decide(honest.as_slice(), HostInputs::default());
+        let mut calls = Calls::default();
+        config.apply_request_contract(&decision, honest.as_slice(), &mut calls);
+        assert!(
+            calls.0.iter().all(|c| !c.contains("cookie")),
+            "{:?}",
+            calls.0
         );
     }
 

@@ -26,6 +26,30 @@ pub trait RequestFacts {
             0
         }
     }
+
+    /// Every value of a header, in order. Asked for only when [`RequestFacts::count`] says
+    /// there are several (a client may send `Cookie` more than once); the default has the
+    /// first value only.
+    fn values(&self, name: &str) -> Vec<&[u8]> {
+        self.header(name).into_iter().collect()
+    }
+}
+
+/// The values of the request's Cookie header(s): HTTP/2 lets a client split it into several
+/// fields, and an HTTP/1.1 client may send several; both are one list of cookies.
+pub(crate) fn cookie_headers<F: RequestFacts + ?Sized>(facts: &F) -> Vec<&[u8]> {
+    if facts.count("cookie") > 1 {
+        facts.values("cookie")
+    } else {
+        facts.header("cookie").into_iter().collect()
+    }
+}
+
+/// The first cookie `name` in any of the request's Cookie headers.
+fn find_cookie<'r, F: RequestFacts + ?Sized>(facts: &'r F, name: &str) -> Option<&'r [u8]> {
+    cookie_headers(facts)
+        .into_iter()
+        .find_map(|h| cookie_value(h, name))
 }
 
 impl<K: AsRef<str>, V: AsRef<[u8]>> RequestFacts for [(K, V)] {
@@ -39,6 +63,13 @@ impl<K: AsRef<str>, V: AsRef<[u8]>> RequestFacts for [(K, V)] {
         self.iter()
             .filter(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
             .count()
+    }
+
+    fn values(&self, name: &str) -> Vec<&[u8]> {
+        self.iter()
+            .filter(|(k, _)| k.as_ref().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_ref())
+            .collect()
     }
 }
 
@@ -260,11 +291,10 @@ impl Config {
             .header
             .as_deref()
             .is_some_and(|h| facts.header(h).is_some())
-            || overrides.cookie.as_deref().is_some_and(|c| {
-                facts
-                    .header("cookie")
-                    .is_some_and(|h| cookie_value(h, c).is_some())
-            })
+            || overrides
+                .cookie
+                .as_deref()
+                .is_some_and(|c| find_cookie(facts, c).is_some())
     }
 
     /// The override token, from the header or else the cookie the config names, with its
@@ -278,7 +308,7 @@ impl Config {
         let from_header = overrides.header.as_deref().and_then(|h| facts.header(h));
         let text = from_header.or_else(|| {
             let cookie = overrides.cookie.as_deref()?;
-            facts.header("cookie").and_then(|c| cookie_value(c, cookie))
+            find_cookie(facts, cookie)
         })?;
         match Token::parse(text) {
             None => Some((TokenStatus::Malformed, None)),

@@ -209,3 +209,22 @@ def test_no_shipped_scrub_removes_what_the_filter_reads_tokens_and_keys_from():
         assert removed, f"{path}: no scrub found"
         assert not removed & read_by_filter, f"{path} drops {removed & read_by_filter}"
         assert removed == {"x-rollout-version", "x-rollout", "x-rollout-flags", "x-rollout-reason"}, path
+
+
+@pytest.mark.parametrize("protocol", ["--http2-prior-knowledge", "--http1.1"])
+def test_a_token_in_a_second_cookie_field_is_read_and_stripped(start_envoy, protocol):
+    """HTTP/2 lets a client split Cookie into several fields (RFC 9113 8.2.3), and an HTTP/1.1
+    client may send several Cookie headers: the token is found in any of them, and the upstream
+    gets one Cookie header without it. curl sends each -H as its own field."""
+    config = checkout((100, 0), overrides=overrides({"k1": SECRET}))
+    envoy = start_envoy(set_plugin_configuration(load(STATIC_CONFIG), json.dumps(config)))
+    token = mint("k1", SECRET, FAR, "v:checkout=v2")
+    out = subprocess.run(
+        ["curl", "-sS", protocol, f"http://127.0.0.1:{envoy.port}/",
+         "-H", "x-user-id: user-1", "-H", "cookie: a=1", "-H", f"cookie: rollout_override={token}",
+         "-H", "cookie: b=2"],
+        capture_output=True, text=True, check=True, timeout=30).stdout
+    echoed = json.loads(out)
+    assert echoed["upstream"] == "v2", echoed
+    cookies = [v for k, v in echoed["headers"] if k == "cookie"]
+    assert cookies == ["a=1; b=2"], cookies

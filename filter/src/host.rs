@@ -258,6 +258,13 @@ impl rollout_core::RequestFacts for HeaderPairs {
             .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
             .count()
     }
+
+    fn values(&self, name: &str) -> Vec<&[u8]> {
+        self.iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v)
+            .collect()
+    }
 }
 
 /// A header map of the current stream, written through host calls for the core's header
