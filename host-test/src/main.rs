@@ -618,13 +618,15 @@ fn print_flags(config: &Config, tally: &Tally, users: u64) {
     }
 }
 
-/// A serialized reason or key status in words: `"bucket"` -> `bucket`, `{"rule":0}` -> `rule 0`.
+/// A serialized reason or key status as text: `"no_key_stable"` -> `no_key_stable`,
+/// `{"rule":0}` -> `rule 0`. Names stay as the docs and `--json` spell them, so a user can
+/// look up what they read.
 fn words(value: serde_json::Value) -> String {
     match value {
-        serde_json::Value::String(s) => s.replace('_', " "),
+        serde_json::Value::String(s) => s,
         serde_json::Value::Object(map) => map
             .into_iter()
-            .map(|(k, v)| format!("{} {}", k.replace('_', " "), words(v)))
+            .map(|(k, v)| format!("{k} {}", words(v)))
             .collect::<Vec<_>>()
             .join(", "),
         other => other.to_string(),

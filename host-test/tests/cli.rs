@@ -213,6 +213,18 @@ fn explain_names_the_aborted_reason_and_the_filter_sets_its_header() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn explain_text_spells_reasons_as_the_docs_and_json_do() {
+    // The built-in example, a request without a user key: the rollout's reason and the key
+    // status read as docs/config.md lists them, underscores included.
+    let out = rollout(&["explain", "--path", "/checkout"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("(no_key_stable)"), "{stdout}");
+    assert!(stdout.contains("key: missing"), "{stdout}");
+    assert!(!stdout.contains("no key stable"), "{stdout}");
+}
+
 /// One row of the timeline table: step, start, configured %, v1 %, v2 %, moved to v2,
 /// moved back.
 struct Row {
