@@ -47,15 +47,20 @@ impl Walk {
         {
             flag.salt = SaltState::new("flag", salt);
         }
-        if let Some(v) = map.get("default")
-            && let Some(default) = self.at_key("default", |w| w.name(v))
-        {
-            flag.default_value = default;
+        // Whether the values a rule may serve are known: if `default` or `variants` is wrong,
+        // a rule naming a value would be reported as naming an unknown one, which it may not.
+        let mut values_known = true;
+        if let Some(v) = map.get("default") {
+            match self.at_key("default", |w| w.name(v)) {
+                Some(default) => flag.default_value = default,
+                None => values_known = false,
+            }
         }
-        if let Some(v) = map.get("variants")
-            && let Some(variants) = self.at_key("variants", |w| w.weighted_list(v, true))
-        {
-            flag.variants = variants;
+        if let Some(v) = map.get("variants") {
+            match self.at_key("variants", |w| w.weighted_list(v, true)) {
+                Some(variants) => flag.variants = variants,
+                None => values_known = false,
+            }
         }
         for (key, list) in [("allow", &mut flag.allow), ("deny", &mut flag.deny)] {
             if let Some(v) = map.get(key) {
@@ -85,7 +90,7 @@ impl Walk {
             self.at_key("rules", |w| {
                 let Some(items) = w.array(v) else { return };
                 for (i, item) in items.iter().enumerate() {
-                    if let Some(rule) = w.at_index(i, |w| w.rule(item, &flag)) {
+                    if let Some(rule) = w.at_index(i, |w| w.rule(item, &flag, values_known)) {
                         flag.rules.push(rule);
                     }
                 }
@@ -122,7 +127,7 @@ impl Walk {
         }
     }
 
-    fn rule(&mut self, value: &Value, flag: &Flag) -> Option<Rule> {
+    fn rule(&mut self, value: &Value, flag: &Flag, values_known: bool) -> Option<Rule> {
         let errors_before = self.errors.len();
         let when = self.when(value, &["when", "serve"]);
         let map = value.as_object()?;
@@ -134,10 +139,12 @@ impl Walk {
                 } else if name == flag.default_value {
                     Some(Serve::Default)
                 } else {
-                    w.error(ErrorKind::UnknownReference {
-                        name: name.to_owned(),
-                        what: "variant or default value",
-                    });
+                    if values_known {
+                        w.error(ErrorKind::UnknownReference {
+                            name: name.to_owned(),
+                            what: "variant or default value",
+                        });
+                    }
                     None
                 }
             })

@@ -47,6 +47,8 @@ impl Walk {
                         None
                     }
                     Some(i) => Some(i),
+                    // The versions have errors of their own: the name may be right.
+                    None if versions.is_empty() => None,
                     None => {
                         w.error(ErrorKind::UnknownReference {
                             name: name.to_owned(),
