@@ -157,7 +157,13 @@ impl Config {
                 upstream.replace(name, value);
             }
         }
-        // A token is for this proxy, not the upstream: every copy goes, valid or not.
+        // The decision has a token status exactly when the request carried a token (in the
+        // header or the cookie): only then is there one to strip, so a request without one
+        // pays no second look at its headers. A token is for this proxy, not the upstream:
+        // every copy goes, valid or not.
+        if decision.token.is_none() && decision.assigned.is_none() {
+            return;
+        }
         if let Some(header) = self.overrides.as_ref().and_then(|o| o.header.as_deref())
             && client.count(header) > 0
         {
