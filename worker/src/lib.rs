@@ -7,181 +7,26 @@
 //! namespace bound as `ROLLOUT_CONFIG`, held in the isolate for `ROLLOUT_CONFIG_TTL_MS`; the
 //! keys that sign tester override tokens come from the secret `ROLLOUT_OVERRIDE_KEYS`.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
+mod analytics;
+mod headers;
+mod settings;
+mod source;
+
 use std::rc::Rc;
 
 use rollout_core::{Config, HostInputs};
 use worker::{
-    AnalyticsEngineDataPointBuilder, Context, Date, Env, Fetch, Headers, Method, Request,
-    RequestInit, Response, Result, console_error, console_log, console_warn, event, js_sys,
+    Context, Date, Env, Fetch, Method, Request, RequestInit, Response, Result, console_error,
+    event, js_sys,
 };
 
-/// The KV namespace binding that holds the rollout config.
-const KV_BINDING: &str = "ROLLOUT_CONFIG";
-/// The optional Analytics Engine binding that gets one data point per request.
-const ANALYTICS_BINDING: &str = "ROLLOUT_ANALYTICS";
-/// The secret binding with the override-token keys: a JSON object of key id to secret.
-const KEYS_BINDING: &str = "ROLLOUT_OVERRIDE_KEYS";
-/// The var the Worker once assigned user keys by; the config's `assign` does it now.
-const OLD_ASSIGN_VAR: &str = "ROLLOUT_ASSIGN_COOKIE";
-
-/// Worker settings, from vars.
-struct Settings {
-    kv_key: String,
-    ttl_ms: u64,
-    /// `rollout/version` (or `default`) to origin base URL.
-    origins: HashMap<String, String>,
-    /// The override-token keys (key id, secret), from [`KEYS_BINDING`]; every config parsed
-    /// gets these and no others.
-    override_keys: Vec<(String, Vec<u8>)>,
-}
-
-impl Settings {
-    fn from_env(env: &Env) -> Settings {
-        let var = |name: &str| {
-            env.var(name)
-                .ok()
-                .map(|v| v.to_string())
-                .filter(|v| !v.is_empty())
-        };
-        let origins = match var("ROLLOUT_ORIGINS").map(|o| serde_json::from_str(&o)) {
-            Some(Ok(map)) => map,
-            Some(Err(e)) => {
-                console_error!("rollout: ROLLOUT_ORIGINS is not a JSON object of strings: {e}");
-                HashMap::new()
-            }
-            None => HashMap::new(),
-        };
-        if var(OLD_ASSIGN_VAR).is_some() {
-            console_warn!(
-                "rollout: the var {OLD_ASSIGN_VAR} is ignored: the config's assign (assign.cookie) \
-                 gives keyless users a key now; remove the var"
-            );
-        }
-        let override_keys = match env.secret(KEYS_BINDING) {
-            Ok(secret) => parse_override_keys(&secret.to_string()),
-            Err(_) => Vec::new(),
-        };
-        Settings {
-            kv_key: var("ROLLOUT_CONFIG_KEY").unwrap_or_else(|| "rollout.json".to_owned()),
-            ttl_ms: var("ROLLOUT_CONFIG_TTL_MS")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(10_000),
-            origins,
-            override_keys,
-        }
-    }
-}
-
-/// The keys of the [`KEYS_BINDING`] secret. A key with a bad id or a short secret is logged,
-/// naming it, and left out, so one mistake does not disable every tester's token.
-fn parse_override_keys(text: &str) -> Vec<(String, Vec<u8>)> {
-    // The core's JSON reader, already in the Worker for the config: serde_json's Value made
-    // the Worker 3,681 B bigger gzipped. It also refuses a key id given twice.
-    let parsed = rollout_core::json::parse(text.as_bytes());
-    let value = match parsed {
-        Ok(value) if value.as_object().is_some() => value,
-        other => {
-            let why = other.err().map(|e| format!(" ({e})")).unwrap_or_default();
-            console_error!(
-                "rollout: secret {KEYS_BINDING} is not a JSON object of key id to secret{why}; \
-                 no override token is valid"
-            );
-            return Vec::new();
-        }
-    };
-    // The checks and wording of the config's `overrides.keys`, each error under the binding.
-    let (keys, errors) = Config::read_override_keys(&value, KEYS_BINDING);
-    for error in errors {
-        console_error!("rollout: secret {error}; that key is left out");
-    }
-    keys
-}
-
-/// The config in force in this isolate, and when KV was last read.
-#[derive(Default)]
-struct Cache {
-    config: Option<Rc<Config>>,
-    /// The KV text the config was parsed from, so an unchanged value is not parsed again.
-    text: Option<String>,
-    read_at_ms: Option<u64>,
-}
+use crate::analytics::record;
+use crate::headers::WorkerHeaders;
+use crate::settings::Settings;
 
 thread_local! {
-    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
     /// Vars do not change within an isolate: parse them (ROLLOUT_ORIGINS is JSON) once.
     static SETTINGS: std::cell::OnceCell<Rc<Settings>> = const { std::cell::OnceCell::new() };
-}
-
-/// The config in force, reading KV if the held one is older than the TTL. A value that fails
-/// validation is logged with every error path and never replaces the config in force; a
-/// missing key or a KV error keeps it too.
-async fn config(env: &Env, settings: &Settings) -> Option<Rc<Config>> {
-    let now = Date::now().as_millis();
-    let fresh = CACHE.with(|c| {
-        let c = c.borrow();
-        c.read_at_ms
-            .is_some_and(|at| now.saturating_sub(at) < settings.ttl_ms)
-    });
-    if fresh {
-        return CACHE.with(|c| c.borrow().config.clone());
-    }
-    let read = match env.kv(KV_BINDING) {
-        Ok(kv) => kv
-            .get(&settings.kv_key)
-            .text()
-            .await
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    };
-    CACHE.with(|c| {
-        let mut c = c.borrow_mut();
-        c.read_at_ms = Some(now);
-        match read {
-            Ok(Some(text)) if c.text.as_deref() == Some(text.as_str()) => {}
-            Ok(Some(text)) => match Config::from_json(text.as_bytes()) {
-                Ok(mut config) => {
-                    console_log!("rollout: config loaded from KV key {}", settings.kv_key);
-                    // Keys in KV are not used: anyone who can read the namespace (any account
-                    // member or API token with KV access) could mint tokens with them. A
-                    // Worker secret cannot be read back once put.
-                    if !config.override_keys().is_empty() {
-                        console_error!(
-                            "rollout: config overrides.keys is ignored: secrets do not belong in \
-                             KV, where anyone who can read the namespace reads them; put them in \
-                             the secret {KEYS_BINDING} (wrangler secret put {KEYS_BINDING})"
-                        );
-                    }
-                    if config.set_override_keys(settings.override_keys.clone())
-                        && settings.override_keys.is_empty()
-                    {
-                        console_warn!(
-                            "rollout: config overrides reads tokens but the secret {KEYS_BINDING} \
-                             holds no usable key: no override token is valid"
-                        );
-                    }
-                    c.config = Some(Rc::new(config));
-                    c.text = Some(text);
-                }
-                Err(errors) => {
-                    for line in errors.lines("rollout: config rejected: ") {
-                        console_error!("{line}");
-                    }
-                    console_error!(
-                        "rollout: config rejected with {} error(s); keeping the one in force",
-                        errors.len()
-                    );
-                }
-            },
-            Ok(None) => console_warn!(
-                "rollout: KV key {} is missing; keeping the config in force",
-                settings.kv_key
-            ),
-            Err(e) => console_warn!("rollout: cannot read KV ({e}); keeping the config in force"),
-        }
-        c.config.clone()
-    })
 }
 
 /// Random bits from the isolate's generator, for keyless `no_key: random` requests and new
@@ -234,7 +79,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
 
 async fn handle(req: Request, env: &Env) -> Result<Response> {
     let settings = SETTINGS.with(|s| s.get_or_init(|| Rc::new(Settings::from_env(env))).clone());
-    let config = match config(env, &settings).await {
+    let config = match source::config(env, &settings).await {
         Some(config) => config,
         // No config was ever loaded: decide with an empty one, which still removes client
         // copies of the contract headers, and send everything to the default origin.
@@ -324,82 +169,4 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
         .with_status(status)
         .with_headers(out_headers)
         .body(body))
-}
-
-/// A `Headers` object the core's header contract writes to. The trait's calls cannot fail,
-/// so the first error (an invalid name or value) is kept and returned by [`Self::finish`].
-#[derive(Default)]
-struct WorkerHeaders {
-    headers: Headers,
-    error: Option<worker::Error>,
-}
-
-impl WorkerHeaders {
-    fn keep(&mut self, result: Result<()>) {
-        if let (Err(e), None) = (result, &self.error) {
-            self.error = Some(e);
-        }
-    }
-
-    fn append(&mut self, name: &str, value: &str) {
-        let result = self.headers.append(name, value);
-        self.keep(result);
-    }
-
-    fn finish(mut self) -> Result<Headers> {
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => Ok(self.headers),
-        }
-    }
-}
-
-impl rollout_core::HeaderMapMut for WorkerHeaders {
-    fn replace(&mut self, name: &str, value: &str) {
-        // `set` replaces every value, as the contract asks.
-        let result = self.headers.set(name, value);
-        self.keep(result);
-    }
-
-    fn add(&mut self, name: &str, value: &str) {
-        self.append(name, value);
-    }
-
-    fn remove(&mut self, name: &str) {
-        let result = self.headers.delete(name);
-        self.keep(result);
-    }
-}
-
-/// One Analytics Engine data point per request, if the binding exists: indexed by rollout,
-/// with rollout, version, flags, status and the override token's status (`valid`, `expired`,
-/// ...; empty without a token) as blobs, and status and latency as doubles. New blobs go at
-/// the end so that queries on the earlier positions keep working.
-fn record(
-    env: &Env,
-    decision: &rollout_core::Decision<'_>,
-    flags: &str,
-    status: u16,
-    latency_ms: u64,
-) {
-    let Ok(dataset) = env.analytics_engine(ANALYTICS_BINDING) else {
-        return;
-    };
-    let (rollout, version) = decision
-        .rollout
-        .map_or(("", ""), |r| (r.rollout, r.version));
-    let point = AnalyticsEngineDataPointBuilder::new()
-        .indexes([rollout])
-        .blobs([
-            rollout.to_owned(),
-            version.to_owned(),
-            flags.to_owned(),
-            status.to_string(),
-            decision.token.map_or("", |t| t.as_str()).to_owned(),
-        ])
-        .doubles([f64::from(status), latency_ms as f64])
-        .build();
-    if let Err(e) = dataset.write_data_point(&point) {
-        console_warn!("rollout: analytics data point not written: {e}");
-    }
 }

@@ -1,0 +1,48 @@
+//! Headers the core's header contract writes to, in a Worker.
+
+use worker::{Headers, Result};
+
+/// A `Headers` object the core's header contract writes to. The trait's calls cannot fail,
+/// so the first error (an invalid name or value) is kept and returned by [`Self::finish`].
+#[derive(Default)]
+pub(crate) struct WorkerHeaders {
+    headers: Headers,
+    error: Option<worker::Error>,
+}
+
+impl WorkerHeaders {
+    fn keep(&mut self, result: Result<()>) {
+        if let (Err(e), None) = (result, &self.error) {
+            self.error = Some(e);
+        }
+    }
+
+    pub(crate) fn append(&mut self, name: &str, value: &str) {
+        let result = self.headers.append(name, value);
+        self.keep(result);
+    }
+
+    pub(crate) fn finish(mut self) -> Result<Headers> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(self.headers),
+        }
+    }
+}
+
+impl rollout_core::HeaderMapMut for WorkerHeaders {
+    fn replace(&mut self, name: &str, value: &str) {
+        // `set` replaces every value, as the contract asks.
+        let result = self.headers.set(name, value);
+        self.keep(result);
+    }
+
+    fn add(&mut self, name: &str, value: &str) {
+        self.append(name, value);
+    }
+
+    fn remove(&mut self, name: &str) {
+        let result = self.headers.delete(name);
+        self.keep(result);
+    }
+}
