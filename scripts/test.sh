@@ -70,4 +70,4 @@ echo "Worker wasm, gzip -9: $worker_gzip bytes"
 (cd worker && npx wrangler deploy --dry-run --outdir ../target/worker-dry-run)
 
 step "Worker tests in real workerd (Miniflare, local KV, local origins)"
-(cd worker && node --test test/worker.test.mjs)
+(cd worker && node --test test/*.test.mjs)
