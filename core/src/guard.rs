@@ -13,6 +13,7 @@
 use serde::Serialize;
 
 use crate::Config;
+use crate::schedule::format_time;
 
 /// Standard errors above the limit before a version trips.
 pub const Z: f64 = 4.0;
@@ -325,6 +326,40 @@ impl Latch {
         )
     }
 
+    /// The one log line of a trip, with the numbers that tripped it: every host logs this.
+    pub fn log_line(
+        &self,
+        rollout: &str,
+        stable: &str,
+        trip: &Trip,
+        window_ms: u64,
+        now: u64,
+    ) -> String {
+        let (what, bad, stable_bad) = match trip.reason {
+            TripReason::Errors | TripReason::ErrorsOverStable => {
+                ("5xx", trip.version.errors, trip.stable.errors)
+            }
+            TripReason::Latency | TripReason::LatencyOverStable => {
+                ("slow", trip.version.slow, trip.stable.slow)
+            }
+        };
+        format!(
+            "rollout: guard tripped rollout={rollout} version={} reason={} at {}: {bad} of {} \
+             responses {what} ({}) in the last {window_ms} ms, limit {}; stable {stable}: \
+             {stable_bad} of {} ({}); revision {:016x}; its users go to {stable} until the rollout \
+             is changed",
+            self.version,
+            trip.reason.as_str(),
+            format_time(now),
+            trip.version.responses,
+            percent(bad, trip.version.responses),
+            percent_of_ratio(trip.limit),
+            trip.stable.responses,
+            percent(stable_bad, trip.stable.responses),
+            self.revision,
+        )
+    }
+
     /// A stored latch; `None` for anything else (an empty value is "not tripped").
     pub fn decode(bytes: &[u8]) -> Option<Latch> {
         let text = core::str::from_utf8(bytes).ok()?;
@@ -340,6 +375,17 @@ impl Latch {
             at_ms,
         })
     }
+}
+
+/// `bad` of `n` as a percent with one decimal, in integers: float formatting would add
+/// kilobytes to the filter for one log line.
+fn percent(bad: u64, n: u64) -> String {
+    let tenths = (bad.saturating_mul(1_000)).checked_div(n).unwrap_or(0);
+    format!("{}.{}%", tenths / 10, tenths % 10)
+}
+
+fn percent_of_ratio(ratio: f64) -> String {
+    percent((ratio * 1_000_000.0) as u64, 1_000_000)
 }
 
 /// A sliding window over cumulative counts: each push is a sample of every tracked version's
@@ -398,6 +444,26 @@ mod tests {
             errors,
             slow,
         }
+    }
+
+    #[test]
+    fn a_trip_is_logged_with_the_numbers_behind_it() {
+        let trip = Guard::default()
+            .judge(counts(200, 100, 0), counts(1_000, 10, 0))
+            .unwrap();
+        let latch = Latch {
+            revision: 0xab,
+            version: "v2".to_owned(),
+            reason: trip.reason,
+            at_ms: 1_795_000_000_000,
+        };
+        assert_eq!(
+            latch.log_line("checkout", "v1", &trip, 30_000, latch.at_ms),
+            "rollout: guard tripped rollout=checkout version=v2 reason=errors at \
+             2026-11-18T11:06:40Z: 100 of 200 responses 5xx (50.0%) in the last 30000 ms, limit \
+             5.0%; stable v1: 10 of 1000 (1.0%); revision 00000000000000ab; its users go to v1 \
+             until the rollout is changed"
+        );
     }
 
     #[test]

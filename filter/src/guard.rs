@@ -4,7 +4,7 @@
 //! every VM of the process takes it up on its next tick. A latch names the rollout's revision:
 //! it holds until the rollout is changed, never lifting by itself.
 
-use rollout_core::{Config, Counts, Guard, Latch, Trip, TripReason, Tripped, Window, format_time};
+use rollout_core::{Config, Counts, Guard, Latch, Trip, Tripped, Window};
 
 use crate::host::{self, LogLevel, MetricType};
 use crate::metrics::{Gauge, define, increment, metric_name};
@@ -233,7 +233,7 @@ impl Watch {
             .map_or("", |(_, v)| v);
         log(
             LogLevel::Warn,
-            &trip_line(&self.rollout, latch, stable, trip, window_ms, now),
+            &latch.log_line(&self.rollout, stable, trip, window_ms, now),
         );
     }
 
@@ -245,49 +245,4 @@ impl Watch {
             at_ms: latch.at_ms,
         })
     }
-}
-
-/// The one log line of a trip, with the numbers that tripped it.
-fn trip_line(
-    rollout: &str,
-    latch: &Latch,
-    stable: &str,
-    trip: &Trip,
-    window_ms: u64,
-    now: u64,
-) -> String {
-    let (what, bad, stable_bad) = match trip.reason {
-        TripReason::Errors | TripReason::ErrorsOverStable => {
-            ("5xx", trip.version.errors, trip.stable.errors)
-        }
-        TripReason::Latency | TripReason::LatencyOverStable => {
-            ("slow", trip.version.slow, trip.stable.slow)
-        }
-    };
-    format!(
-        "rollout: guard tripped rollout={rollout} version={} reason={} at {}: {bad} of {} \
-         responses {what} ({}) in the last {window_ms} ms, limit {}; stable {stable}: \
-         {stable_bad} of {} ({}); revision {:016x}; its users go to {stable} until the rollout \
-         is changed",
-        latch.version,
-        trip.reason.as_str(),
-        format_time(now),
-        trip.version.responses,
-        percent(bad, trip.version.responses),
-        percent_of_ratio(trip.limit),
-        trip.stable.responses,
-        percent(stable_bad, trip.stable.responses),
-        latch.revision,
-    )
-}
-
-/// `bad` of `n` as a percent with one decimal, in integers: float formatting would add
-/// kilobytes to the filter for one log line.
-fn percent(bad: u64, n: u64) -> String {
-    let tenths = (bad.saturating_mul(1_000)).checked_div(n).unwrap_or(0);
-    format!("{}.{}%", tenths / 10, tenths % 10)
-}
-
-fn percent_of_ratio(ratio: f64) -> String {
-    percent((ratio * 1_000_000.0) as u64, 1_000_000)
 }
