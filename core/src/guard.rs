@@ -76,6 +76,26 @@ impl Counts {
             slow: self.slow.saturating_sub(earlier.slow),
         }
     }
+
+    /// One response counted: `status` 5xx is an error; slower than `bound_ms` (if the guard
+    /// judges latency) is slow, the rule the filter counts by too.
+    pub fn count(&mut self, status: u16, latency_ms: u64, bound_ms: Option<u64>) {
+        *self += Counts {
+            responses: 1,
+            errors: u64::from((500..600).contains(&status)),
+            slow: u64::from(bound_ms.is_some_and(|bound| latency_ms > bound)),
+        };
+    }
+}
+
+/// Saturating: a host that gathers counts from several processes (the Worker's isolates) adds
+/// them up.
+impl core::ops::AddAssign for Counts {
+    fn add_assign(&mut self, more: Counts) {
+        self.responses = self.responses.saturating_add(more.responses);
+        self.errors = self.errors.saturating_add(more.errors);
+        self.slow = self.slow.saturating_add(more.slow);
+    }
 }
 
 /// Which limit a version broke.
