@@ -7,10 +7,19 @@
 //! namespace bound as `ROLLOUT_CONFIG`, held in the isolate for `ROLLOUT_CONFIG_TTL_MS`; the
 //! keys that sign tester override tokens come from the secret `ROLLOUT_OVERRIDE_KEYS`.
 
+mod admin;
 mod analytics;
+mod guard;
 mod headers;
 mod settings;
 mod source;
+#[allow(
+    missing_docs,
+    reason = "the durable_object macro generates the class's constructor and methods"
+)]
+mod state;
+
+pub use state::RolloutState;
 
 use std::rc::Rc;
 
@@ -67,8 +76,8 @@ fn facts(req: &Request, authority: &str, path: &str) -> Vec<(String, String)> {
 }
 
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
-    match handle(req, &env).await {
+async fn fetch(req: Request, env: Env, ctx: Context) -> Result<Response> {
+    match handle(req, &env, &ctx).await {
         Ok(response) => Ok(response),
         Err(e) => {
             console_error!("rollout: {e}");
@@ -77,28 +86,34 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     }
 }
 
-async fn handle(req: Request, env: &Env) -> Result<Response> {
+async fn handle(req: Request, env: &Env, ctx: &Context) -> Result<Response> {
     let settings = SETTINGS.with(|s| s.get_or_init(|| Rc::new(Settings::from_env(env))).clone());
+    let url = req.inner().url();
+    let (authority, path) = authority_and_path(&url);
+    if admin::is_admin(&settings, path) {
+        let config = source::config(env, &settings).await;
+        return admin::serve(req, env, &settings, path, config).await;
+    }
     let config = match source::config(env, &settings).await {
         Some(config) => config,
         // No config was ever loaded: decide with an empty one, which still removes client
         // copies of the contract headers, and send everything to the default origin.
         None => Rc::new(Config::empty()),
     };
-    let url = req.inner().url();
-    let (authority, path) = authority_and_path(&url);
     let facts = facts(&req, authority, path);
-    // Schedules and token expiry read the time; the Worker has no guard yet, so nothing is
-    // tripped. A keyless user is given a key (the config's `assign`) by the core, with this
-    // entropy.
+    // Schedules and token expiry read the time; the guard's trips come from the rollouts'
+    // Durable Objects. A keyless user is given a key (the config's `assign`) by the core, with
+    // this entropy.
+    let tripped = guard::tripped(env, ctx, &settings, &config).await;
     let decision = config.decide(
         facts.as_slice(),
         HostInputs {
             entropy: Some(&mut random_u64),
             now_ms: Some(Date::now().as_millis()),
-            tripped: &[],
+            tripped: &tripped,
         },
     );
+    let slot = decision.rollout.map(|r| r.slot);
     let target = decision
         .rollout
         .map(|r| format!("{}/{}", r.rollout, r.version));
@@ -140,13 +155,11 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
         Ok(response) => response,
         Err(e) => {
             console_error!("rollout: origin {origin} for {origin_key} failed: {e}");
-            record(
-                env,
-                &decision,
-                &flags,
-                502,
-                Date::now().as_millis().saturating_sub(started),
-            );
+            let latency_ms = Date::now().as_millis().saturating_sub(started);
+            if let Some(slot) = slot {
+                guard::count(&config, slot, 502, latency_ms);
+            }
+            record(env, &decision, &flags, 502, latency_ms);
             return Response::error(
                 format!("rollout worker: origin for {origin_key} is unreachable"),
                 502,
@@ -154,6 +167,9 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
         }
     };
     let latency_ms = Date::now().as_millis().saturating_sub(started);
+    if let Some(slot) = slot {
+        guard::count(&config, slot, response.status_code(), latency_ms);
+    }
     record(env, &decision, &flags, response.status_code(), latency_ms);
 
     // Fetched responses have immutable headers: build the client's response on a copy.

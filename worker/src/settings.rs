@@ -6,8 +6,12 @@ use std::collections::HashMap;
 use rollout_core::Config;
 use worker::{Env, console_error, console_warn};
 
+use crate::guard::STATE_BINDING;
+
 /// The secret binding with the override-token keys: a JSON object of key id to secret.
 pub(crate) const KEYS_BINDING: &str = "ROLLOUT_OVERRIDE_KEYS";
+/// The secret with the bearer token of the admin endpoints.
+pub(crate) const ADMIN_TOKEN_BINDING: &str = "ROLLOUT_ADMIN_TOKEN";
 /// The var the Worker once assigned user keys by; the config's `assign` does it now.
 const OLD_ASSIGN_VAR: &str = "ROLLOUT_ASSIGN_COOKIE";
 
@@ -20,7 +24,25 @@ pub(crate) struct Settings {
     /// The override-token keys (key id, secret), from [`KEYS_BINDING`]; every config parsed
     /// gets these and no others.
     pub(crate) override_keys: Vec<(String, Vec<u8>)>,
+    /// Whether the Durable Object binding [`STATE_BINDING`] exists: without it no guard is
+    /// judged (warned once) and the config can only come from KV.
+    pub(crate) has_state: bool,
+    /// Where the config comes from: KV, or the Durable Object (`ROLLOUT_CONFIG_SOURCE`).
+    pub(crate) config_from_state: bool,
+    /// How often an isolate sends its guard counts (`ROLLOUT_GUARD_SYNC_MS`), at least
+    /// [`MIN_GUARD_SYNC_MS`] so that no isolate calls the object per request.
+    pub(crate) guard_sync_ms: u64,
+    /// How long a request may wait for the Durable Object (`ROLLOUT_STATE_WAIT_MS`).
+    pub(crate) state_wait_ms: u64,
+    /// The bearer token of the admin endpoints (secret `ROLLOUT_ADMIN_TOKEN`); none: no
+    /// admin endpoint, every path goes to the origins.
+    pub(crate) admin_token: Option<String>,
+    /// Where the admin endpoints are (`ROLLOUT_ADMIN_PATH`).
+    pub(crate) admin_path: String,
 }
+
+/// The shortest interval between two guard batches of one isolate.
+pub(crate) const MIN_GUARD_SYNC_MS: u64 = 100;
 
 impl Settings {
     pub(crate) fn from_env(env: &Env) -> Settings {
@@ -48,13 +70,50 @@ impl Settings {
             Ok(secret) => parse_override_keys(&secret.to_string()),
             Err(_) => Vec::new(),
         };
+        let number = |name: &str, default: u64| match var(name).map(|v| v.parse::<u64>()) {
+            Some(Ok(n)) => n,
+            Some(Err(_)) => {
+                console_error!("rollout: var {name} is not a whole number; using {default}");
+                default
+            }
+            None => default,
+        };
+        let has_state = env.durable_object(STATE_BINDING).is_ok();
+        let config_from_state = match var("ROLLOUT_CONFIG_SOURCE").as_deref() {
+            None | Some("kv") => false,
+            Some("durable_object") if has_state => true,
+            Some("durable_object") => {
+                console_error!(
+                    "rollout: ROLLOUT_CONFIG_SOURCE is durable_object but the binding \
+                     {STATE_BINDING} is missing; reading the config from KV"
+                );
+                false
+            }
+            Some(other) => {
+                console_error!(
+                    "rollout: ROLLOUT_CONFIG_SOURCE {other:?} is neither kv nor durable_object; \
+                     reading the config from KV"
+                );
+                false
+            }
+        };
+        let admin_token = env
+            .secret(ADMIN_TOKEN_BINDING)
+            .ok()
+            .map(|s| s.to_string())
+            .filter(|t| !t.is_empty());
+        let admin_path = var("ROLLOUT_ADMIN_PATH").unwrap_or_else(|| "/__rollout".to_owned());
         Settings {
             kv_key: var("ROLLOUT_CONFIG_KEY").unwrap_or_else(|| "rollout.json".to_owned()),
-            ttl_ms: var("ROLLOUT_CONFIG_TTL_MS")
-                .and_then(|t| t.parse().ok())
-                .unwrap_or(10_000),
+            ttl_ms: number("ROLLOUT_CONFIG_TTL_MS", 10_000),
             origins,
             override_keys,
+            has_state,
+            config_from_state,
+            guard_sync_ms: number("ROLLOUT_GUARD_SYNC_MS", 1_000).max(MIN_GUARD_SYNC_MS),
+            state_wait_ms: number("ROLLOUT_STATE_WAIT_MS", 100),
+            admin_token,
+            admin_path: admin_path.trim_end_matches('/').to_owned(),
         }
     }
 }
