@@ -43,38 +43,48 @@ export const RECORDER = `export default function (env) {
 }`;
 
 /** A Worker in Miniflare with the config put in KV. `overrideKeys` (an object, or any text)
- * becomes the ROLLOUT_OVERRIDE_KEYS secret; `vars` adds bindings. The Worker's console lines
- * are collected in `logs` ({level, message}). */
-export async function worker({ config, origins, ttlMs = 0, overrideKeys, vars = {} }) {
+ * becomes the ROLLOUT_OVERRIDE_KEYS secret; `vars` adds bindings. The Durable Object binding
+ * ROLLOUT_STATE is the Worker's own class unless `durableObjects` says otherwise; `twin` adds a
+ * second Worker of the same script, "rollout-b" (its own isolate), sharing the KV namespace and
+ * the first one's Durable Objects; `extraWorkers` are added as they are. The Workers' console
+ * lines are collected in `logs` ({level, message}). */
+export async function worker({
+  config, origins, ttlMs = 0, overrideKeys, vars = {},
+  durableObjects = { ROLLOUT_STATE: "RolloutState" }, twin = false, extraWorkers = [],
+}) {
   const points = [];
   const logs = [];
   const secrets = overrideKeys === undefined ? {}
     : { ROLLOUT_OVERRIDE_KEYS: typeof overrideKeys === "string" ? overrideKeys : JSON.stringify(overrideKeys) };
+  const rolloutWorker = (name, objects) => ({
+    name,
+    modules: true,
+    scriptPath: SCRIPT,
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    compatibilityDate: "2026-04-01",
+    kvNamespaces: ["ROLLOUT_CONFIG"],
+    durableObjects: objects,
+    wrappedBindings: { ROLLOUT_ANALYTICS: { scriptName: "analytics-recorder" } },
+    bindings: {
+      ROLLOUT_CONFIG_KEY: "rollout.json",
+      ROLLOUT_CONFIG_TTL_MS: String(ttlMs),
+      ROLLOUT_ORIGINS: JSON.stringify(origins),
+      ...secrets,
+      ...vars,
+    },
+  });
   const mf = new Miniflare({
     handleStructuredLogs: (entry) => { logs.push({ level: entry.level, message: entry.message }); },
     workers: [
-      {
-        name: "rollout",
-        modules: true,
-        scriptPath: SCRIPT,
-        modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
-        compatibilityDate: "2026-04-01",
-        kvNamespaces: ["ROLLOUT_CONFIG"],
-        wrappedBindings: { ROLLOUT_ANALYTICS: { scriptName: "analytics-recorder" } },
-        bindings: {
-          ROLLOUT_CONFIG_KEY: "rollout.json",
-          ROLLOUT_CONFIG_TTL_MS: String(ttlMs),
-          ROLLOUT_ORIGINS: JSON.stringify(origins),
-          ...secrets,
-          ...vars,
-        },
-      },
+      rolloutWorker("rollout", durableObjects),
+      ...(twin ? [rolloutWorker("rollout-b", { ROLLOUT_STATE: { className: "RolloutState", scriptName: "rollout" } })] : []),
       {
         name: "analytics-recorder",
         modules: true,
         script: RECORDER,
         serviceBindings: { SINK: async (request) => { points.push(await request.json()); return new Response("ok"); } },
       },
+      ...extraWorkers,
     ],
   });
   const kv = await mf.getKVNamespace("ROLLOUT_CONFIG", "rollout");
@@ -118,13 +128,15 @@ export function withCookie(pairs, name, value) {
   return [...pairs.filter(([k]) => k !== "cookie"), ["cookie", [...kept, `${name}=${value}`].join("; ")]];
 }
 
-/** Sends a vector-style request (pseudo-headers included) through the Worker. */
+/** Sends a vector-style request (pseudo-headers included) through the Worker: `mf`, or a
+ * Worker of it (mf.getWorker(name)). */
 export async function send(mf, pairs) {
   const pseudo = Object.fromEntries(pairs.filter(([k]) => k.startsWith(":")));
   const headers = new Headers();
   for (const [k, v] of pairs) if (!k.startsWith(":")) headers.append(k, v);
   const url = `http://${pseudo[":authority"] || "localhost"}${pseudo[":path"] || "/"}`;
-  const res = await mf.dispatchFetch(url, { method: pseudo[":method"] || "GET", headers });
+  const init = { method: pseudo[":method"] || "GET", headers };
+  const res = await (mf instanceof Miniflare ? mf.dispatchFetch(url, init) : mf.fetch(url, init));
   const text = await res.text();
   let body = null;
   try { body = JSON.parse(text); } catch { body = text; }
