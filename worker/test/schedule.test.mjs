@@ -19,7 +19,8 @@ const CONCURRENCY = 50; // requests in flight at once
 // somewhere between the two.
 const MARGIN_MS = 100;
 
-/** The rollout `checkout` (v1 stable, v2 new) on a schedule starting at `startMs`. */
+/** The rollout `checkout` (v1 stable, v2 new) on a schedule starting at `startMs`; `extra`
+ * adds or replaces fields of the schedule. */
 function scheduled(startMs, extra = {}) {
   return {
     user_key: ["header:x-user-id"],
@@ -126,6 +127,22 @@ function versionsInside(replies, begin, end, what) {
   return versions;
 }
 
+/** Every reply is a 200 whose origin, upstream version header and response version header
+ * agree, with rollout `checkout` and no reason upstream; sorted by send time, no user who
+ * reached v2 goes back to v1 (a user's requests never overlap: one per round). */
+function checkReplies(replies, start) {
+  const seen = new Map();
+  for (const r of [...replies].sort((a, b) => a.sent - b.sent)) {
+    assert.equal(r.status, 200, JSON.stringify(r));
+    assert.deepEqual(r.upstreamVersion, [r.origin], JSON.stringify(r));
+    assert.deepEqual(r.responseVersion, [r.origin], JSON.stringify(r));
+    assert.deepEqual(r.upstreamRollout, ["checkout"], JSON.stringify(r));
+    assert.deepEqual(r.upstreamReason, [], JSON.stringify(r));
+    assert.ok(!(seen.get(r.user) === "v2" && r.origin === "v1"), `${r.user} went back to v1 at ${r.sent - start} ms`);
+    seen.set(r.user, r.origin);
+  }
+}
+
 test("a step schedule moves users 10%, 50%, 100% by the clock, and nobody goes back", async () => {
   const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2") };
   // The config goes to KV once Miniflare is up and before any request, so the time it takes
@@ -136,24 +153,8 @@ test("a step schedule moves users 10%, 50%, 100% by the clock, and nobody goes b
     await kv.put("rollout.json", JSON.stringify(scheduled(start)));
     const end = start + 3 * HOLD_MS; // the last step is held as long as the others for the check
     const { replies, rounds } = await traffic(url, end);
-    replies.sort((a, b) => a.sent - b.sent);
 
-    for (const r of replies) {
-      assert.equal(r.status, 200, JSON.stringify(r));
-      // The origin that answered, the version the upstream request names and the one the
-      // client is told are one and the same.
-      assert.deepEqual(r.upstreamVersion, [r.origin], JSON.stringify(r));
-      assert.deepEqual(r.responseVersion, [r.origin], JSON.stringify(r));
-      assert.deepEqual(r.upstreamRollout, ["checkout"], JSON.stringify(r));
-      assert.deepEqual(r.upstreamReason, [], JSON.stringify(r));
-    }
-
-    // A user's requests never overlap (one per round), so sorted by send time they are in order.
-    const seen = new Map();
-    for (const r of replies) {
-      assert.ok(!(seen.get(r.user) === "v2" && r.origin === "v1"), `${r.user} went back to v1 at ${r.sent - start} ms`);
-      seen.set(r.user, r.origin);
-    }
+    checkReplies(replies, start);
 
     const before = versionsInside(replies, 0, start, "before the start");
     assert.ok(before.size >= 100, `only ${before.size} users before the start`);
@@ -170,6 +171,32 @@ test("a step schedule moves users 10%, 50%, 100% by the clock, and nobody goes b
       else checkBinomial(`the ${step.percent}% step`, onV2, got.size, step.percent / 100);
     }
     console.log(`schedule: ${replies.length} requests in ${rounds} rounds of ${USERS.length} users; before the start ${before.size} on v1; on v2 in step ${shares.join(", ")}`);
+  } finally {
+    await mf.dispose();
+  }
+});
+
+test("a schedule paused in its first step stays there past the times of the next steps", async () => {
+  const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2") };
+  const { mf, url, kv } = await scheduleWorker(origins);
+  try {
+    // Short holds: unpaused, the 50% step would begin 1.5 s after the start and the 100% step
+    // at 3 s; the pause, 0.5 s after the start, holds the 10% step through both.
+    const start = Date.now() + 1500;
+    const steps = [{ percent: 10, hold: "1500ms" }, { percent: 50, hold: "1500ms" }, { percent: 100 }];
+    await kv.put("rollout.json", JSON.stringify(scheduled(start, { steps, paused_at: new Date(start + 500).toISOString() })));
+    const end = start + 5000;
+    const { replies, rounds } = await traffic(url, end);
+    checkReplies(replies, start);
+
+    const before = versionsInside(replies, 0, start, "before the start");
+    assert.deepEqual([...new Set(before.values())], ["v1"], "before the start everyone is on v1");
+    // From the start on, every user keeps one version, and a tenth of them are on v2.
+    const got = versionsInside(replies, start, end, "while paused");
+    assert.equal(got.size, USERS.length, `only ${got.size} users after the start`);
+    const onV2 = [...got.values()].filter((v) => v === "v2").length;
+    checkBinomial("the paused 10% step", onV2, got.size, 0.1);
+    console.log(`paused: ${replies.length} requests in ${rounds} rounds; before the start ${before.size} on v1; from the start ${onV2} of ${got.size} on v2`);
   } finally {
     await mf.dispose();
   }
