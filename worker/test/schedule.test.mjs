@@ -1,7 +1,8 @@
 // A step schedule with short holds in the Worker, in real workerd (through Miniflare): the
-// schedule moves users by the isolate's clock, not by KV, so a population of 1,200 users is
-// sent through it while its steps run, and each step's share of users on the new version is
-// checked, as envoy/tests/test_guard.py does in Envoy. Build first: worker-build --release.
+// schedule moves users by the isolate's clock, not by KV, so a population of 1,000 users is
+// sent through it round after round while its steps run, and each step's share of users on the
+// new version is checked, as envoy/tests/test_guard.py does in Envoy; and a paused schedule
+// holds its step. Build first: worker-build --release.
 
 import { test } from "node:test";
 import assert from "node:assert/strict";
