@@ -50,7 +50,8 @@ test("every golden vector gives the same headers in the Worker", async () => {
       if (!present.has(":path") || !present.has(":authority")) {
         skipped.add(where);
       } else if (c.request.tripped?.length) {
-        // The Worker has no guard yet (issue 12): nothing can trip in it.
+        // A trip is the Durable Object's verdict on live traffic (guard.test.mjs); a trip given
+        // as a case's input cannot be put into the object from outside.
         tripped++;
       } else if (scheduled && !("now" in c.request)) {
         // "No time from the host" is an input of the core that the Worker, which always has
