@@ -2,6 +2,7 @@
 //! one).
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use rollout_core::Config;
 use worker::{Env, console_error, console_warn};
@@ -10,6 +11,8 @@ use crate::guard::STATE_BINDING;
 
 /// The secret binding with the override-token keys: a JSON object of key id to secret.
 pub(crate) const KEYS_BINDING: &str = "ROLLOUT_OVERRIDE_KEYS";
+/// The var with the config in force until the source gives a good one.
+pub(crate) const FALLBACK_VAR: &str = "ROLLOUT_FALLBACK_CONFIG";
 /// The secret with the bearer token of the admin endpoints.
 pub(crate) const ADMIN_TOKEN_BINDING: &str = "ROLLOUT_ADMIN_TOKEN";
 /// The var the Worker once assigned user keys by; the config's `assign` does it now.
@@ -39,6 +42,9 @@ pub(crate) struct Settings {
     pub(crate) admin_token: Option<String>,
     /// Where the admin endpoints are (`ROLLOUT_ADMIN_PATH`).
     pub(crate) admin_path: String,
+    /// The config in force until the source gives a good one (`ROLLOUT_FALLBACK_CONFIG`),
+    /// as Envoy's `fallback`; without it requests go undecided to the default origin.
+    pub(crate) fallback: Option<Rc<Config>>,
 }
 
 /// The shortest interval between two guard batches of one isolate.
@@ -103,7 +109,18 @@ impl Settings {
             .map(|s| s.to_string())
             .filter(|t| !t.is_empty());
         let admin_path = var("ROLLOUT_ADMIN_PATH").unwrap_or_else(|| "/__rollout".to_owned());
-        Settings {
+        let fallback =
+            var(FALLBACK_VAR).and_then(|text| match Config::from_json(text.as_bytes()) {
+                Ok(config) => Some(config),
+                Err(errors) => {
+                    for line in errors.lines(&format!("rollout: var {FALLBACK_VAR}: ")) {
+                        console_error!("{line}");
+                    }
+                    console_error!("rollout: var {FALLBACK_VAR} rejected; there is no fallback");
+                    None
+                }
+            });
+        let mut settings = Settings {
             kv_key: var("ROLLOUT_CONFIG_KEY").unwrap_or_else(|| "rollout.json".to_owned()),
             ttl_ms: number("ROLLOUT_CONFIG_TTL_MS", 10_000),
             origins,
@@ -114,7 +131,13 @@ impl Settings {
             state_wait_ms: number("ROLLOUT_STATE_WAIT_MS", 100),
             admin_token,
             admin_path: admin_path.trim_end_matches('/').to_owned(),
-        }
+            fallback: None,
+        };
+        settings.fallback = fallback.map(|mut config| {
+            crate::source::install_keys(&mut config, &settings);
+            Rc::new(config)
+        });
+        settings
     }
 }
 

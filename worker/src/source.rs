@@ -105,7 +105,8 @@ async fn read_state(env: &Env, serial: Option<String>) -> Read {
 
 /// The config in force, reading the source if the held one is older than the TTL. A value
 /// that fails validation is logged with every error path and never replaces the config in
-/// force; a missing value or a read error keeps it too.
+/// force; a missing value or a read error keeps it too. Until the source gives a good one,
+/// the fallback (`ROLLOUT_FALLBACK_CONFIG`) is in force, if set.
 pub(crate) async fn config(env: &Env, settings: &Settings) -> Option<Rc<Config>> {
     let now = Date::now().as_millis();
     let (fresh, serial, cold) = CACHE.with(|c| {
@@ -116,7 +117,12 @@ pub(crate) async fn config(env: &Env, settings: &Settings) -> Option<Rc<Config>>
         (fresh, c.serial.clone(), c.config.is_none())
     });
     if fresh {
-        return CACHE.with(|c| c.borrow().config.clone());
+        return CACHE.with(|c| {
+            c.borrow()
+                .config
+                .clone()
+                .or_else(|| settings.fallback.clone())
+        });
     }
     let wait_ms = if cold {
         FIRST_READ_WAIT_MS
@@ -152,26 +158,43 @@ pub(crate) async fn config(env: &Env, settings: &Settings) -> Option<Rc<Config>>
                         console_error!("{line}");
                     }
                     console_error!(
-                        "rollout: config rejected with {} error(s); keeping the one in force",
-                        errors.len()
+                        "rollout: config rejected with {} error(s); {}",
+                        errors.len(),
+                        in_force(c.config.is_some(), settings)
                     );
                 }
             },
             Read::Missing => console_warn!(
-                "rollout: {} holds no config; keeping the config in force",
-                settings.source_name()
+                "rollout: {} holds no config; {}",
+                settings.source_name(),
+                in_force(c.config.is_some(), settings)
             ),
             Read::Failed(e) => console_warn!(
-                "rollout: cannot read {} ({e}); keeping the config in force",
-                settings.source_name()
+                "rollout: cannot read {} ({e}); {}",
+                settings.source_name(),
+                in_force(c.config.is_some(), settings)
             ),
         }
-        c.config.clone()
+        c.config.clone().or_else(|| settings.fallback.clone())
     })
 }
 
+/// What stays in force after a read that gave no good config, as the log says it.
+fn in_force(held: bool, settings: &Settings) -> &'static str {
+    match (held, settings.fallback.is_some()) {
+        (true, _) => "keeping the config in force",
+        (false, true) => {
+            "no config from it yet: the fallback (ROLLOUT_FALLBACK_CONFIG) is in force"
+        }
+        (false, false) => {
+            "no config is in force: requests go undecided to the default origin (set \
+             ROLLOUT_FALLBACK_CONFIG for a config to serve on meanwhile)"
+        }
+    }
+}
+
 /// Gives a parsed config the secret's override keys and no others.
-fn install_keys(config: &mut Config, settings: &Settings) {
+pub(crate) fn install_keys(config: &mut Config, settings: &Settings) {
     // Keys in the config are not used: anyone who can read the namespace (any account member
     // or API token with KV access) could mint tokens with them. A Worker secret cannot be
     // read back once put.

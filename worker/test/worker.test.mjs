@@ -195,6 +195,39 @@ test("with no config at all, requests go to the default origin, spoofed headers 
   }
 });
 
+test("an isolate that starts on an invalid KV value serves on ROLLOUT_FALLBACK_CONFIG and says so", async () => {
+  const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2"), default: await origin("default") };
+  const user = [[":path", "/"], [":authority", "a"], ["x-user-id", "u"]];
+  const { mf, kv, logs } = await worker({ config: "{not json", origins, vars: { ROLLOUT_FALLBACK_CONFIG: JSON.stringify(rollout(0, 100)) } });
+  try {
+    const res = await send(mf, user);
+    assert.equal(res.body.origin, "v2", "the fallback decides");
+    assert.equal(res.headers.find(([k]) => k === "x-rollout-version")?.[1], "v2");
+    assert.ok(logs.some((l) => /config rejected with 1 error\(s\); no config from it yet: the fallback \(ROLLOUT_FALLBACK_CONFIG\) is in force/.test(l.message)), JSON.stringify(logs));
+    await kv.put("rollout.json", JSON.stringify(rollout(100, 0)));
+    assert.equal((await send(mf, user)).body.origin, "v1", "a good config replaces the fallback");
+  } finally {
+    await mf.dispose();
+  }
+  // Without a fallback the log says that nothing is in force, not that something is kept.
+  const bare = await worker({ config: "{not json", origins });
+  try {
+    assert.equal((await send(bare.mf, user)).body.origin, "default");
+    assert.ok(bare.logs.some((l) => /no config is in force: requests go undecided to the default origin/.test(l.message)), JSON.stringify(bare.logs));
+    assert.ok(!bare.logs.some((l) => /keeping the config in force/.test(l.message)), JSON.stringify(bare.logs));
+  } finally {
+    await bare.mf.dispose();
+  }
+  // A fallback with an error is logged with its path and not used.
+  const broken = await worker({ config: "{not json", origins, vars: { ROLLOUT_FALLBACK_CONFIG: JSON.stringify({ rollouts: { checkout: { versions: [{ name: "v1", weight: -1 }] } } }) } });
+  try {
+    assert.equal((await send(broken.mf, user)).body.origin, "default");
+    assert.ok(broken.logs.some((l) => /var ROLLOUT_FALLBACK_CONFIG: rollouts\.checkout\.versions\[0\]\.weight/.test(l.message)), JSON.stringify(broken.logs));
+  } finally {
+    await broken.mf.dispose();
+  }
+});
+
 test("an origin that is down gets a clear 502 and the isolate keeps serving", async () => {
   const down = await origin("down");
   await new Promise((r) => servers.pop().close(r));
