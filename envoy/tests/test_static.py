@@ -21,6 +21,7 @@ from harness import (
     Client,
     check_binomial,
     check_spoofing_while_the_vm_is_dead,
+    free_port,
     load,
     plugin_configuration,
     set_plugin_configuration,
@@ -359,3 +360,21 @@ def test_while_the_vm_is_dead_a_client_cannot_choose_its_version(start_envoy, up
     # the contract headers before the routes match on them.
     dying = set_plugin_configuration(load(shipped), "die", wasm=PROBE_WASM)
     check_spoofing_while_the_vm_is_dead(start_envoy(dying), upstreams)
+
+
+def test_a_version_whose_upstream_is_down_gets_503_with_the_contract_headers(start_envoy):
+    # What a user can rely on, on both hosts (the Worker's test is in worker/test): the
+    # request is answered 503, and the response still says which version it was decided for.
+    config = set_plugin_configuration(load(STATIC_CONFIG), json.dumps({
+        "user_key": ["header:x-user-id"],
+        "rollouts": {"checkout": {"stable": "v1", "versions": [{"name": "v1", "weight": 0},
+                                                                {"name": "v2", "weight": 100}]}},
+    }))
+    envoy = start_envoy(config, ports={8082: free_port()})  # nothing listens there
+    client = Client(envoy.port)
+    status, headers, body = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", "u1")])
+    client.close()
+    headers = dict(headers)
+    assert status == 503, body
+    assert headers["x-rollout-version"] == "v2"
+    assert 'rollout;desc="checkout/v2"' in headers["server-timing"]
