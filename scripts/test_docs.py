@@ -1,6 +1,8 @@
 """Docs checked against the repository: every path README.md and ARCHITECTURE.md name (in
 backticks or as a link) exists, every link in the envoy/ READMEs resolves, and claims that
-are easy to get stale (the wasm opt-level, which hosts exist) agree with the code.
+are easy to get stale (the wasm opt-level, which hosts exist) agree with the code; the
+`stats_tags` block docs/config.md tells users to copy is the one every shipped envoy.yaml
+has, and the README's Envoy snippet shows where `failure_policy` goes.
 
 A path in backticks counts when its first part is an entry at the repository root
 (`envoy/static/envoy.yaml`), or when it names a file inside the section of ARCHITECTURE.md
@@ -12,6 +14,7 @@ import re
 import tomllib
 
 import pytest
+import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOP_LEVEL = {p.name for p in ROOT.iterdir() if p.name != ".git"}
@@ -133,3 +136,43 @@ def test_the_docs_name_every_host_as_existing():
     architecture = " ".join((ROOT / "ARCHITECTURE.md").read_text().split())
     assert (ROOT / "worker/src/lib.rs").exists()
     assert "later the Cloudflare Worker" not in architecture
+
+
+def marked_block(text, marker):
+    """The fenced block between `<!-- MARKER:begin -->` and `<!-- MARKER:end -->`, without its
+    fences."""
+    m = re.search(rf"<!-- {marker}:begin -->\s*```\w*\n(.*?)```\s*<!-- {marker}:end -->", text, re.S)
+    assert m, f"no {marker} block"
+    return m.group(1)
+
+
+SHIPPED_BOOTSTRAPS = sorted(p for p in (ROOT / "envoy").glob("*/envoy.yaml")
+                            if "stats_config" in yaml.safe_load(p.read_text()))
+
+
+def test_every_shipped_bootstrap_has_the_stats_tags():
+    names = {p.parent.name for p in SHIPPED_BOOTSTRAPS}
+    assert {"static", "live", "ecds"} <= names, names
+
+
+@pytest.mark.parametrize("bootstrap", SHIPPED_BOOTSTRAPS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_documented_stats_tags_are_the_shipped_ones(bootstrap):
+    documented = yaml.safe_load(marked_block((ROOT / "docs/config.md").read_text(), "stats_tags"))
+    assert list(documented) == ["stats_config"], "the block to copy is the whole stats_config"
+    assert documented["stats_config"] == yaml.safe_load(bootstrap.read_text())["stats_config"]
+
+
+def test_the_stats_tags_check_catches_a_difference():
+    documented = yaml.safe_load(marked_block((ROOT / "docs/config.md").read_text(), "stats_tags"))
+    changed = yaml.safe_load(SHIPPED_BOOTSTRAPS[0].read_text())["stats_config"]
+    changed["stats_tags"][0]["regex"] = changed["stats_tags"][0]["regex"].replace("\\.", ".")
+    assert documented["stats_config"] != changed
+
+
+def test_the_readme_envoy_snippet_shows_where_failure_policy_goes():
+    readme = (ROOT / "README.md").read_text()
+    snippets = [yaml.safe_load(b) for b in re.findall(r"^```yaml\n(.*?)^```", readme, re.S | re.M)]
+    wasm = [f["typed_config"]["config"] for s in snippets if isinstance(s, dict) and "http_filters" in s
+            for f in s["http_filters"] if f["name"] == "envoy.filters.http.wasm"]
+    assert len(wasm) == 1, wasm
+    assert wasm[0]["failure_policy"] == "FAIL_OPEN"

@@ -154,7 +154,7 @@ impl Root {
         match host::http_call(&live.source.cluster, &headers, timeout_ms) {
             Ok(token) => live.in_flight = Some(token),
             Err(status) => {
-                let why = format!("cannot call cluster {:?}: {status:?}", live.source.cluster);
+                let why = crate::source::call_failure(&live.source.cluster, status);
                 self.fetch_failed(&why);
             }
         }

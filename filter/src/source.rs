@@ -203,6 +203,20 @@ fn live_source(value: Option<&Value>, errors: &mut Vec<String>) -> Option<LiveSo
     })
 }
 
+/// Why a call to the source's cluster could not even start, in words. Envoy answers
+/// `proxy_http_call` with BadArgument (2) when it has no cluster of that name (the filter
+/// always sends the pseudo-headers Envoy requires, the other cause): a mistyped
+/// `config_source.cluster` passes `envoy --mode validate` and shows up only here, at run time.
+pub(crate) fn call_failure(cluster: &str, status: host::HostError) -> String {
+    match status {
+        host::HostError(2) => format!(
+            "Envoy has no cluster named {cluster:?} (config_source.cluster): add it to the \
+             bootstrap's clusters or correct the name (host status 2, BadArgument)"
+        ),
+        host::HostError(n) => format!("cannot call cluster {cluster:?}: host status {n}"),
+    }
+}
+
 /// The shared-data keys one live source uses; shared data is process-wide per VM id, so the
 /// keys name the source to keep two filters with different sources apart.
 pub(crate) struct SharedKeys {
@@ -311,7 +325,8 @@ fn decode_lease(bytes: &[u8]) -> (Option<u64>, u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{PluginConfig, merge_override_keys, parse_plugin_config};
+    use super::{PluginConfig, call_failure, merge_override_keys, parse_plugin_config};
+    use crate::host::HostError;
     use rollout_core::Config;
 
     const SECRET_A: &str = "plugin-secret-a-0123456789abcdef0";
@@ -457,5 +472,22 @@ mod tests {
         let mut plain = Config::from_json(br#"{"rollouts":{}}"#).unwrap();
         merge_override_keys(&mut plain, &[key("k1", SECRET_A)]);
         assert!(!plain.has_overrides() && plain.override_keys().is_empty());
+    }
+
+    #[test]
+    fn an_unknown_cluster_is_named_in_words() {
+        let words = call_failure("rollout-confg", HostError(2));
+        assert!(
+            words.starts_with(
+                "Envoy has no cluster named \"rollout-confg\" (config_source.cluster)"
+            ),
+            "{words}"
+        );
+        assert!(!words.contains("HostError"), "{words}");
+        let other = call_failure("rollout-config", HostError(10));
+        assert_eq!(
+            other,
+            "cannot call cluster \"rollout-config\": host status 10"
+        );
     }
 }

@@ -2,17 +2,17 @@
 //! through the very filter .wasm that Envoy loads, at a chosen time or along a schedule; mint
 //! signed override tokens for testers.
 
+mod locate;
 mod sign;
 mod timeline;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use host_test::testing::filter_wasm_path;
 use host_test::{Exchange, FilterModule, Headers, Vm, VmOptions};
 use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use rollout_core::{
@@ -35,10 +35,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Check a config and print every error with its path.
+    /// Check a config and print every error with its path. A plugin configuration with a
+    /// `config_source` is checked by the filter .wasm itself (its fields and its fallback).
     Validate {
         /// The config file (JSON).
         config: PathBuf,
+        /// The filter .wasm that checks a plugin configuration with `config_source`
+        /// (default: as for explain).
+        #[arg(long)]
+        filter: Option<PathBuf>,
     },
     /// Decide one request: the decision and its reasons, and the headers the filter sets.
     Explain {
@@ -92,7 +97,8 @@ enum IdShape {
 
 #[derive(clap::Args)]
 struct RequestArgs {
-    /// The filter .wasm (default: the workspace's release build, or $ROLLOUT_FILTER_WASM).
+    /// The filter .wasm. Default: $ROLLOUT_FILTER, else rollout_filter.wasm next to this
+    /// executable, else the build tree it was built in.
     #[arg(long)]
     filter: Option<PathBuf>,
     /// Request path.
@@ -123,11 +129,25 @@ impl RequestArgs {
     }
 
     fn filter(&self) -> Result<FilterModule> {
-        let path = self.filter.clone().unwrap_or_else(filter_wasm_path);
-        FilterModule::from_file(&path).with_context(|| {
-            "build the filter first: cargo build -p rollout-filter --target wasm32-wasip1 --profile wasm"
-        })
+        load_filter(&self.located()?)
     }
+
+    /// The filter .wasm this request runs through, and how it was found.
+    fn located(&self) -> Result<locate::Found> {
+        locate::find(self.filter.as_deref())
+    }
+}
+
+/// Compiles the filter found, naming where it came from if it is not a usable module.
+fn load_filter(found: &locate::Found) -> Result<FilterModule> {
+    FilterModule::from_file(&found.path).with_context(|| {
+        format!(
+            "loading the filter {} (from {}); build it with `cargo build --profile wasm -p \
+             rollout-filter --target wasm32-wasip1`",
+            found.path.display(),
+            found.how
+        )
+    })
 }
 
 fn main() -> ExitCode {
@@ -162,24 +182,110 @@ fn parse_config(name: &str, bytes: &[u8]) -> Option<Config> {
             for line in errors.lines("  ") {
                 eprintln!("{line}");
             }
+            if live_source(bytes).is_some() {
+                eprintln!(
+                    "({name} is a plugin configuration with config_source: `rollout validate` \
+                     checks it; explain and simulate take a rollout config, such as its \
+                     fallback or what the source serves)"
+                );
+            }
             None
         }
     }
 }
 
+/// A config's counts, as `validate` prints them.
+fn counts(config: &Config) -> String {
+    format!(
+        "{} rollout(s), {} version(s), {} flag(s)",
+        config.rollout_names().count(),
+        config.n_slots(),
+        config.flag_values().count()
+    )
+}
+
+/// The `config_source` of a plugin configuration in the live form (an object with that
+/// key, which is how the filter tells the two forms apart); `None` for a rollout config.
+fn live_source(bytes: &[u8]) -> Option<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    value.get("config_source").cloned()
+}
+
+/// Checks a plugin configuration with `config_source` by configuring the filter .wasm with
+/// it: the parser Envoy runs, for `config_source`, `fallback` and `override_keys` alike, so
+/// the CLI cannot drift from the filter. Makes no call to the source.
+fn validate_live(
+    name: &str,
+    bytes: &[u8],
+    source: &serde_json::Value,
+    filter: Option<&Path>,
+) -> Result<ExitCode> {
+    let found = locate::find(filter)?;
+    let module = load_filter(&found)?;
+    let mut vm = module.start_vm(VmOptions::default())?;
+    let accepted = vm.configure(bytes)?;
+    let logs = vm.take_logs();
+    if !accepted {
+        let errors: Vec<&str> = logs
+            .iter()
+            .filter_map(|l| l.message.strip_prefix("rollout: config rejected: "))
+            .collect();
+        eprintln!(
+            "{name}: {} error(s) (checked by {})",
+            errors.len(),
+            found.path.display()
+        );
+        for line in &errors {
+            eprintln!("  {line}");
+        }
+        if errors.is_empty() {
+            // Refused without an error line: show whatever the filter said.
+            for l in &logs {
+                eprintln!("  {}", l.message);
+            }
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    let text = |key: &str| {
+        source
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+    };
+    let cluster = text("cluster");
+    let fallback = serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v.get("fallback").map(|f| f.to_string()))
+        .map_or_else(|| Ok(Config::empty()), |f| Config::from_json(f.as_bytes()));
+    let fallback = match fallback {
+        Ok(config) => counts(&config),
+        Err(_) => "refused natively, accepted by the filter".to_owned(),
+    };
+    println!(
+        "{name}: ok (live source: cluster {cluster:?}, path {:?}; fallback: {fallback}; checked by {})",
+        text("path"),
+        found.path.display()
+    );
+    println!(
+        "note: Envoy must have a cluster named {cluster:?}. `envoy --mode validate` does not \
+         check that; a missing one shows at run time as `rollout: config source failing, ... \
+         Envoy has no cluster named {cluster:?}`. The config the source serves is checked when \
+         it arrives: validate that file too."
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Validate { config } => {
+        Command::Validate { config, filter } => {
             let (name, bytes) = read_config(Some(&config))?;
+            if let Some(source) = live_source(&bytes) {
+                return validate_live(&name, &bytes, &source, filter.as_deref());
+            }
             let Some(config) = parse_config(&name, &bytes) else {
                 return Ok(ExitCode::FAILURE);
             };
-            println!(
-                "{name}: ok ({} rollout(s), {} version(s), {} flag(s))",
-                config.rollout_names().count(),
-                config.n_slots(),
-                config.flag_values().count()
-            );
+            println!("{name}: ok ({})", counts(&config));
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain {
@@ -287,7 +393,8 @@ fn explain(
     let decision = config.decide(headers.as_slice(), inputs);
     let token = sign::token_view(config, bytes, &headers, &decision);
     let schedules = timeline::scheduled_rollouts(config, now_ms);
-    let module = request.filter()?;
+    let found = request.located()?;
+    let module = load_filter(&found)?;
     let mut vm = configured_vm(&module, bytes, now_ms)?;
     let report = vm.exchange(&host_test::testing::exchange(&headers, &[]))?;
     // The native decision and the filter must agree on the contract headers.
@@ -325,10 +432,12 @@ fn explain(
             "decision": decision,
             "override_token": token,
             "filter": report,
+            "filter_wasm": found.path.display().to_string(),
             "filter_agrees_with_core": agree,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
+        println!("filter .wasm: {} ({})", found.path.display(), found.how);
         println!("time: {}", format_time(now_ms));
         for s in &schedules {
             println!(
@@ -469,7 +578,8 @@ fn simulate(
 ) -> Result<ExitCode> {
     let base = request.headers()?;
     let key_source = config_key_source(config);
-    let module = request.filter()?;
+    let found = request.located()?;
+    let module = load_filter(&found)?;
     let mut vm = configured_vm(&module, bytes, now_ms)?;
     let names = config.header_names().clone();
     let mut tally = Tally::default();
@@ -491,11 +601,7 @@ fn simulate(
             IdShape::Sequential => "sequential",
             IdShape::Random => "random",
         },
-        request
-            .filter
-            .clone()
-            .unwrap_or_else(filter_wasm_path)
-            .display(),
+        found.path.display(),
         elapsed.as_secs_f64(),
         users as f64 / elapsed.as_secs_f64().max(1e-9)
     );

@@ -724,3 +724,160 @@ fn keygen_prints_fresh_secrets_that_sign_accepts() {
     }
     sign_ok(&["--key-id", "k1", "--version", "checkout=v2"], Some(&a));
 }
+
+/// A scratch folder for one test.
+fn scratch(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rollout-cli-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn validate_checks_a_live_plugin_configuration_with_the_filters_rules() {
+    let dir = scratch("live");
+    let good = dir.join("live-good.json");
+    std::fs::write(
+        &good,
+        r#"{"config_source": {"cluster": "rollout-config", "path": "/rollout.json", "poll_interval_ms": 50},
+            "fallback": {"rollouts": {"checkout": {"stable": "v1", "versions": [{"name": "v1", "weight": 1}]}}}}"#,
+    )
+    .unwrap();
+    let out = rollout(&["validate", good.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains(r#"ok (live source: cluster "rollout-config", path "/rollout.json"; fallback: 1 rollout(s), 1 version(s), 0 flag(s)"#),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Envoy must have a cluster named \"rollout-config\""),
+        "{stdout}"
+    );
+
+    let bad = dir.join("live-bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"config_source": {"cluster": "rollout-config", "path": "rollout.json", "pol_interval_ms": 50},
+            "fallback": {"rollouts": {"checkout": {"versions": [{"name": "v1", "weight": -10}]}}},
+            "override_keys": {"k1": "short"}}"#,
+    )
+    .unwrap();
+    let out = rollout(&["validate", bad.to_str().unwrap()]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("live-bad.json: 4 error(s)"), "{stderr}");
+    for line in [
+        "  config_source.pol_interval_ms: unknown field, expected one of: cluster, path, authority, poll_interval_ms, timeout_ms, long_poll_s",
+        "  config_source.path: expected a path starting with '/', found \"rollout.json\"",
+        "  fallback.rollouts.checkout.versions[0].weight: expected an integer weight from 0 to 1000000, found -10",
+        "  override_keys.k1:",
+    ] {
+        assert!(stderr.contains(line), "{line:?} missing from:\n{stderr}");
+    }
+    // explain takes a rollout config, and says so rather than only "unknown field".
+    let out = rollout(&["explain", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("`rollout validate` checks it"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn the_filter_is_found_by_flag_variable_next_to_the_executable_or_build_tree() {
+    let wasm = host_test::testing::filter_wasm_path();
+    let filter_line = |out: &Output| -> String {
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // The build tree compiled in, when nothing else is given.
+    let out = Command::new(env!("CARGO_BIN_EXE_rollout"))
+        .args(["explain", "-H", "x-user-id: a"])
+        .env_remove("ROLLOUT_FILTER")
+        .output()
+        .unwrap();
+    assert!(
+        filter_line(&out).ends_with("(the build tree rollout was built in)"),
+        "{}",
+        filter_line(&out)
+    );
+    // $ROLLOUT_FILTER, and --filter before it.
+    let out = Command::new(env!("CARGO_BIN_EXE_rollout"))
+        .args(["explain", "-H", "x-user-id: a"])
+        .env("ROLLOUT_FILTER", &wasm)
+        .output()
+        .unwrap();
+    assert_eq!(
+        filter_line(&out),
+        format!("filter .wasm: {} ($ROLLOUT_FILTER)", wasm.display())
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_rollout"))
+        .args([
+            "explain",
+            "-H",
+            "x-user-id: a",
+            "--filter",
+            wasm.to_str().unwrap(),
+        ])
+        .env("ROLLOUT_FILTER", "/nonexistent/rollout_filter.wasm")
+        .output()
+        .unwrap();
+    assert_eq!(
+        filter_line(&out),
+        format!("filter .wasm: {} (--filter)", wasm.display())
+    );
+    // A name that is wrong is an error naming it, not a silent fall back to another build.
+    let out = Command::new(env!("CARGO_BIN_EXE_rollout"))
+        .args(["explain", "-H", "x-user-id: a"])
+        .env("ROLLOUT_FILTER", "/nonexistent/rollout_filter.wasm")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: $ROLLOUT_FILTER=/nonexistent/rollout_filter.wasm: no such file"
+    );
+    let out = rollout(&[
+        "simulate",
+        "--users",
+        "10",
+        "--filter",
+        "/nonexistent/f.wasm",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("error: --filter /nonexistent/f.wasm: no such file"));
+    // An installed copy of the binary finds the filter installed beside it. A hard link, in
+    // a folder on the binary's file system, stands for the installed copy.
+    let exe = std::path::PathBuf::from(env!("CARGO_BIN_EXE_rollout"));
+    let bin = exe
+        .parent()
+        .unwrap()
+        .join(format!("installed-{}", std::process::id()));
+    std::fs::create_dir_all(&bin).unwrap();
+    let installed = bin.join("rollout");
+    let _ = std::fs::remove_file(&installed);
+    if std::fs::hard_link(&exe, &installed).is_err() {
+        std::fs::copy(&exe, &installed).unwrap();
+    }
+    std::fs::copy(&wasm, bin.join("rollout_filter.wasm")).unwrap();
+    let out = Command::new(&installed)
+        .args(["explain", "-H", "x-user-id: a"])
+        .env_remove("ROLLOUT_FILTER")
+        .current_dir(scratch("installed"))
+        .output()
+        .unwrap();
+    let line = filter_line(&out);
+    std::fs::remove_dir_all(&bin).unwrap();
+    assert_eq!(
+        line,
+        format!(
+            "filter .wasm: {} (next to the rollout executable)",
+            bin.join("rollout_filter.wasm").display()
+        )
+    );
+}

@@ -531,3 +531,35 @@ fn a_vm_without_ticks_never_holds_a_request() {
         .map(|(_, v)| v.as_str());
     assert_eq!(version, Some("v1"));
 }
+
+#[test]
+fn an_unknown_cluster_is_logged_in_words_and_requests_go_on_with_the_fallback() {
+    // Envoy answers proxy_http_call with 2 (BadArgument) for a cluster it does not have.
+    let module = FilterModule::from_file(&filter_wasm_path()).unwrap();
+    let mut options = VmOptions::default();
+    options.host_errors.insert("proxy_http_call".to_owned(), 2);
+    let mut vm = module.start_vm(options).unwrap();
+    assert!(vm.configure(PLUGIN.as_bytes()).unwrap());
+    vm.advance(Duration::from_millis(20)).unwrap();
+    let logs: Vec<String> = vm.take_logs().into_iter().map(|l| l.message).collect();
+    let failing: Vec<&String> = logs
+        .iter()
+        .filter(|l| l.contains("config source failing"))
+        .collect();
+    assert_eq!(failing.len(), 1, "{logs:#?}");
+    assert!(
+        failing[0]
+            .contains("Envoy has no cluster named \"rollout-config\" (config_source.cluster)"),
+        "{logs:#?}"
+    );
+    assert!(!failing[0].contains("HostError"), "{logs:#?}");
+    // A definite failure: the request is not held, and the fallback decides it.
+    let report = vm.exchange(&user("user-1")).unwrap();
+    assert!(!report.paused, "{:?}", report.logs);
+    let version = report
+        .upstream_request_headers
+        .iter()
+        .find(|(k, _)| k == "x-rollout-version")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(version, Some("v1"));
+}
