@@ -8,6 +8,7 @@ added to the project's Python tools for it.
 
 import argparse
 import base64
+import functools
 import hashlib
 import json
 import pathlib
@@ -30,20 +31,23 @@ def _int(field):
     return int.from_bytes(base64.urlsafe_b64decode(field + "=" * (-len(field) % 4)), "big")
 
 
+@functools.cache
 def load_key(path=KEY_PATH):
-    """The private JWK: (kid, n, d)."""
+    """The private JWK: (kid, n, the CRT parameters p, q, dp, dq, qi)."""
     jwk = json.loads(pathlib.Path(path).read_text())
-    return jwk["kid"], _int(jwk["n"]), _int(jwk["d"])
+    return jwk["kid"], _int(jwk["n"]), tuple(_int(jwk[k]) for k in ("p", "q", "dp", "dq", "qi"))
 
 
 def rs256(signing_input, key=None):
-    """The RS256 signature of `signing_input` (bytes) under `key` ((kid, n, d), the test key
-    by default)."""
-    _, n, d = key or load_key()
+    """The RS256 signature of `signing_input` (bytes) under `key` (as load_key returns it, the
+    test key by default)."""
+    _, n, (p, q, dp, dq, qi) = key or load_key()
     size = (n.bit_length() + 7) // 8
     digest = SHA256_DIGEST_INFO + hashlib.sha256(signing_input).digest()
-    encoded = b"\x00\x01" + b"\xff" * (size - len(digest) - 3) + b"\x00" + digest
-    return pow(int.from_bytes(encoded, "big"), d, n).to_bytes(size, "big")
+    encoded = int.from_bytes(b"\x00\x01" + b"\xff" * (size - len(digest) - 3) + b"\x00" + digest, "big")
+    # m^d mod n by the Chinese remainder theorem (RFC 8017, 5.1.2): four times faster than pow(m, d, n).
+    m1, m2 = pow(encoded, dp, p), pow(encoded, dq, q)
+    return (m2 + q * (qi * (m1 - m2) % p)).to_bytes(size, "big")
 
 
 def token(claims, header=None, key=None):
