@@ -8,7 +8,18 @@ import subprocess
 
 import pytest
 
-from harness import ROLLOUT_CLI, ROOT, Client, check_binomial, connection_managers, load, plugin_configuration
+from harness import (
+    PROBE_WASM,
+    ROLLOUT_CLI,
+    ROOT,
+    Client,
+    check_binomial,
+    check_spoofing_while_the_vm_is_dead,
+    connection_managers,
+    load,
+    plugin_configuration,
+    set_plugin_configuration,
+)
 
 JWT_CONFIG = ROOT / "envoy/jwt/envoy.yaml"
 KEY_HEADER = "x-auth-sub"
@@ -225,3 +236,10 @@ def test_jwt_authn_alone_also_drops_a_client_copy_in_this_envoy(start_envoy, cor
     status, upstream, seen, _ = send(client, bearer(mint.claims_for("alice")), (KEY_HEADER, forged))
     assert (status, received(seen, KEY_HEADER)) == (200, ["alice"])
     client.close()
+
+
+def test_while_the_vm_is_dead_a_client_cannot_choose_its_version_here_either(start_envoy, upstreams):
+    # The scenario keeps the static one's early removal of the contract headers, which a dead
+    # (FAIL_OPEN, so skipped) filter cannot do.
+    dying = set_plugin_configuration(load(JWT_CONFIG), "die", wasm=PROBE_WASM)
+    check_spoofing_while_the_vm_is_dead(start_envoy(dying), upstreams)
