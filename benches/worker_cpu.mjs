@@ -2,11 +2,13 @@
 // JavaScript Worker doing a random 90/10 split to the same local origin (what a user would
 // write instead), each in its own Miniflare instance (its own workerd process), in one run.
 // Per round and Worker: N sequential requests, the workerd process's CPU (utime + stime from
-// /proc/<pid>/stat) read before and after. Rounds interleave the Workers so noise hits all.
+// /proc/<pid>/stat) read before and after each block of them; the Workers take turns block by
+// block, so noise hits all.
 // Prints a table (ms CPU per request per round, median, ratio of medians to the JS Worker, and
 // the median of the per-round ratios) and writes it as JSON to --out. Measures only; asserts nothing.
 //
-//   node benches/worker_cpu.mjs [--requests 3000] [--rounds 5] [--warmup 300] [--out FILE]
+//   node benches/worker_cpu.mjs [--requests 3000] [--rounds 5] [--warmup 300] [--block 100]
+//       [--out FILE]
 //       [--config examples/checkout.json] [--variants js,rollout]
 //       [--build NAME=DIR ...]   (another build of the Worker, measured as variant NAME)
 //
@@ -31,6 +33,7 @@ const { values: args } = parseArgs({
     requests: { type: "string", default: "3000" },
     rounds: { type: "string", default: "5" },
     warmup: { type: "string", default: "300" },
+    block: { type: "string", default: "100" },
     out: { type: "string" },
     config: { type: "string", default: `${ROOT}examples/checkout.json` },
     variants: { type: "string", default: "js,rollout" },
@@ -40,6 +43,7 @@ const { values: args } = parseArgs({
 const REQUESTS = Number(args.requests);
 const ROUNDS = Number(args.rounds);
 const WARMUP = Number(args.warmup);
+const BLOCK = Math.max(1, Number(args.block));
 const CLOCK_TICKS = Number(execSync("getconf CLK_TCK").toString().trim());
 
 /** The origin: a small JSON body and the response headers a typical app sends. */
@@ -200,11 +204,18 @@ try {
   for (const w of workers) await run(w, WARMUP, 0);
   const perRound = Object.fromEntries(names.map((n) => [n, []]));
   for (let round = 0; round < ROUNDS; round++) {
-    // Rotate the order each round so no Worker always runs first.
-    for (let k = 0; k < workers.length; k++) {
-      const w = workers[(k + round) % workers.length];
-      perRound[w.name].push(await run(w, REQUESTS, WARMUP + round * REQUESTS));
+    // A round's requests go in blocks, the Workers taking turns block by block (in an order
+    // rotated each time, so none always runs first): load that comes and goes on a shared
+    // machine then falls on every Worker alike rather than on whichever ran at the time.
+    const cpu = Object.fromEntries(names.map((n) => [n, 0]));
+    for (let done = 0, turn = 0; done < REQUESTS; done += BLOCK, turn++) {
+      const count = Math.min(BLOCK, REQUESTS - done);
+      for (let k = 0; k < workers.length; k++) {
+        const w = workers[(k + turn + round) % workers.length];
+        cpu[w.name] += (await run(w, count, WARMUP + round * REQUESTS + done)) * count;
+      }
     }
+    for (const n of names) perRound[n].push(cpu[n] / REQUESTS);
   }
   const base = names.includes("js") ? median(perRound.js) : null;
   // Also the median of each round's own ratio: a round's variants run back to back, so this
@@ -227,7 +238,7 @@ try {
   }
   if (args.out) {
     writeFileSync(args.out, `${JSON.stringify({
-      requests: REQUESTS, rounds: ROUNDS, warmup: WARMUP, config: args.config,
+      requests: REQUESTS, rounds: ROUNDS, warmup: WARMUP, block: BLOCK, config: args.config,
       clock_ticks_per_s: CLOCK_TICKS, started: new Date().toISOString(), variants: rows,
     }, null, 2)}\n`);
   }
