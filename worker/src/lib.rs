@@ -17,7 +17,7 @@ use std::rc::Rc;
 use rollout_core::{Config, HostInputs};
 use worker::{
     Context, Date, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
-    console_error, event, js_sys,
+    console_error, event, js_sys, worker_sys::web_sys,
 };
 
 use crate::analytics::record;
@@ -75,8 +75,10 @@ fn facts<'a>(
     out
 }
 
+// The request as the runtime's object: `worker::Request` would read its `cf` properties, which
+// workerd parses from JSON text on every read, and this Worker never uses them.
 #[event(fetch)]
-async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
+async fn fetch(req: web_sys::Request, env: Env, _ctx: Context) -> Result<Response> {
     match handle(req, &env).await {
         Ok(response) => Ok(response),
         Err(e) => {
@@ -86,7 +88,7 @@ async fn fetch(req: Request, env: Env, _ctx: Context) -> Result<Response> {
     }
 }
 
-async fn handle(req: Request, env: &Env) -> Result<Response> {
+async fn handle(req: web_sys::Request, env: &Env) -> Result<Response> {
     let settings = SETTINGS.with(|s| s.get_or_init(|| Rc::new(Settings::from_env(env))).clone());
     let config = match source::config(env, &settings).await {
         Some(config) => config,
@@ -94,10 +96,11 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
         // copies of the contract headers, and send everything to the default origin.
         None => Rc::new(Config::empty()),
     };
-    let url = req.inner().url();
+    let url = req.url();
     let (authority, path) = authority_and_path(&url);
-    let method = req.inner().method();
-    let lines = header_lines(req.headers());
+    let method = req.method();
+    let request_headers = Headers(req.headers());
+    let lines = header_lines(&request_headers);
     let facts = facts(&method, authority, path, &lines);
     // Schedules and token expiry read the time; the Worker has no guard yet, so nothing is
     // tripped. A keyless user is given a key (the config's `assign`) by the core, with this
@@ -130,7 +133,7 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
     // by the core (client copies of contract headers removed, the decision's values set).
     // Copied by the runtime in one call, not a call per header; the fetch sets Host from the
     // URL.
-    let mut headers = WorkerHeaders::copy_of(req.headers())?;
+    let mut headers = WorkerHeaders::copy_of(&request_headers)?;
     if facts.iter().any(|(name, _)| *name == "host") {
         rollout_core::HeaderMapMut::remove(&mut headers, "host");
     }
@@ -140,9 +143,10 @@ async fn handle(req: Request, env: &Env) -> Result<Response> {
     let flags = decision.flags_header_value().unwrap_or_default();
     let upstream_url = format!("{}{path}", origin.trim_end_matches('/'));
     let mut init = RequestInit::new();
-    init.with_method(req.method()).with_headers(headers);
-    if !matches!(req.method(), Method::Get | Method::Head) {
-        init.with_body(req.inner().body().map(Into::into));
+    let method = Method::from(method);
+    init.with_method(method.clone()).with_headers(headers);
+    if !matches!(method, Method::Get | Method::Head) {
+        init.with_body(req.body().map(Into::into));
     }
     let upstream = Request::new_with_init(&upstream_url, &init)?;
     let started = Date::now().as_millis();
