@@ -3,8 +3,9 @@
 # description to benches/RESULTS.md and into README.md: module sizes, the core beside
 # unleash-yggdrasil (criterion), the filter .wasm per request in the harness, Envoy under load
 # beside its native split, a Lua split and an empty wasm filter, config propagation, Envoy's RSS
-# per worker VM and the time to load a 200-flag config; and a profile: allocations per
-# decision, filter/host crossings per request, module size by crate.
+# per worker VM and the time to load a 200-flag config, the Worker's CPU per request in workerd
+# beside a plain JavaScript Worker (printed, in target/bench-results/worker_cpu.json); and a
+# profile: allocations per decision, filter/host crossings per request, module size by crate.
 # Took 11.5 minutes on 2 cores with the tools installed (2026-11-24; envoy/bench_memory.py is
 # about 3 of them); run it on an otherwise idle machine.
 #
@@ -13,9 +14,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-rounds=3 seconds=8 flips=40 criterion=() memory=()
+rounds=3 seconds=8 flips=40 criterion=() memory=() worker_cpu=()
 if [ "${1:-}" = "--quick" ]; then
     rounds=1 seconds=2 flips=6 criterion=(--warm-up-time 1 --measurement-time 2) memory=(--quick)
+    worker_cpu=(--requests 500 --rounds 2 --warmup 100)
 fi
 out=target/bench-results
 rm -rf "$out" && mkdir -p "$out"
@@ -52,6 +54,9 @@ step "config propagation: $flips flips"
 
 step "Envoy's RSS per worker VM (1, 2, 4 workers) and the time to load a 200-flag config"
 .venv/bin/python envoy/bench_memory.py "${memory[@]}" --json "$out/memory.json"
+
+step "the Worker's CPU per request in workerd beside a plain JavaScript split (issue 12)"
+node benches/worker_cpu.mjs "${worker_cpu[@]}" --variants js,rollout,rollout-noae --out "$out/worker_cpu.json"
 
 step "results table"
 .venv/bin/python benches/report.py --criterion target/criterion --results "$out" \
