@@ -138,10 +138,8 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
         .or_else(|| settings.origins.get("default"))
     else {
         console_error!("rollout: no origin for {origin_key} in ROLLOUT_ORIGINS");
-        return Response::error(
-            format!("rollout worker: no origin configured for {origin_key}"),
-            502,
-        );
+        let body = format!("rollout worker: no origin configured for {origin_key}");
+        return local_reply(&config, &decision, body);
     };
 
     // The upstream request: everything as the client sent it, with the header contract applied
@@ -151,6 +149,14 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
     let mut headers = WorkerHeaders::copy_of(&request_headers)?;
     if facts.iter().any(|(name, _)| *name == "host") {
         rollout_core::HeaderMapMut::remove(&mut headers, "host");
+    }
+    // What a proxy forwards: the origin sees its own host in `Host`, so the client's goes in
+    // X-Forwarded-Host (replacing a client's copy); Cloudflare sets X-Forwarded-Proto on the
+    // way in, and where it did not (wrangler dev), the URL's scheme is it.
+    rollout_core::HeaderMapMut::replace(&mut headers, "x-forwarded-host", authority);
+    if !facts.iter().any(|(name, _)| *name == "x-forwarded-proto") {
+        let scheme = url.split_once("://").map_or("https", |(scheme, _)| scheme);
+        rollout_core::HeaderMapMut::replace(&mut headers, "x-forwarded-proto", scheme);
     }
     config.apply_request_contract(&decision, facts.as_slice(), &mut headers);
     let headers = headers.finish()?;
@@ -171,13 +177,11 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
             console_error!("rollout: origin {origin} for {origin_key} failed: {e}");
             let latency_ms = Date::now().as_millis().saturating_sub(started);
             if let Some(slot) = slot {
-                guard::count(&config, slot, 502, latency_ms);
+                guard::count(&config, slot, UNREACHABLE, latency_ms);
             }
-            record(env, &decision, &flags, 502, latency_ms);
-            return Response::error(
-                format!("rollout worker: origin for {origin_key} is unreachable"),
-                502,
-            );
+            record(env, &decision, &flags, UNREACHABLE, latency_ms);
+            let body = format!("rollout worker: origin for {origin_key} is unreachable");
+            return local_reply(&config, &decision, body);
         }
     };
     let latency_ms = Date::now().as_millis().saturating_sub(started);
@@ -189,6 +193,13 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
     // Fetched responses have immutable headers: build the client's response on a copy.
     let status = response.status_code();
     let mut out_headers = WorkerHeaders::copy_of(response.headers())?;
+    if decision.rollout.is_none() {
+        // Nothing decided (no rollout matched, or no config is in force): the origin's own
+        // version and reason headers would read as the Worker's decision.
+        let names = config.header_names();
+        rollout_core::HeaderMapMut::remove(&mut out_headers, &names.version);
+        rollout_core::HeaderMapMut::remove(&mut out_headers, &names.reason);
+    }
     config.apply_response_contract(decision.response_plan(), &mut out_headers);
     let out_headers = out_headers.finish()?;
     let (_, body) = response.into_parts();
@@ -196,4 +207,22 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
         .with_status(status)
         .with_headers(out_headers)
         .body(body))
+}
+
+/// The status of a request whose origin cannot be reached or is not configured: Envoy's for an
+/// upstream it cannot connect to, so that both hosts answer a dead version alike.
+const UNREACHABLE: u16 = 503;
+
+/// A reply of the Worker's own for a decided request that reached no origin: status
+/// [`UNREACHABLE`], with the contract's response headers, so the client still learns which
+/// version it was decided for (as from Envoy).
+fn local_reply(
+    config: &Config,
+    decision: &rollout_core::Decision<'_>,
+    body: String,
+) -> Result<Response> {
+    let response = Response::error(body, UNREACHABLE)?;
+    let mut headers = WorkerHeaders::copy_of(response.headers())?;
+    config.apply_response_contract(decision.response_plan(), &mut headers);
+    Ok(response.with_headers(headers.finish()?))
 }

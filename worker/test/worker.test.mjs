@@ -228,7 +228,7 @@ test("an isolate that starts on an invalid KV value serves on ROLLOUT_FALLBACK_C
   }
 });
 
-test("an origin that is down gets a clear 502 and the isolate keeps serving", async () => {
+test("an origin that is down gets 503 with the contract headers, as in Envoy, and the isolate keeps serving", async () => {
   const down = await origin("down");
   await new Promise((r) => servers.pop().close(r));
   const origins = { "checkout/v1": down, "checkout/v2": await origin("v2") };
@@ -238,15 +238,18 @@ test("an origin that is down gets a clear 502 and the isolate keeps serving", as
     let v2 = 0;
     for (let i = 0; i < 40; i++) {
       const res = await send(mf, [[":path", "/"], [":authority", "a"], ["x-user-id", `user-${i}`]]);
-      if (res.status === 502) {
+      if (res.status === 503) {
         assert.match(String(res.body), /origin for checkout\/v1 is unreachable/);
+        const header = (name) => res.headers.find(([k]) => k === name)?.[1];
+        assert.equal(header("x-rollout-version"), "v1");
+        assert.match(header("server-timing"), /rollout;desc="checkout\/v1"/);
         v1++;
       } else {
         assert.equal(res.status, 200);
         v2++;
       }
     }
-    assert.ok(v1 > 0 && v2 > 0, `${v1} 502s, ${v2} served`);
+    assert.ok(v1 > 0 && v2 > 0, `${v1} 503s, ${v2} served`);
   } finally {
     await mf.dispose();
   }
@@ -457,7 +460,34 @@ test("method, body, query and other headers reach the origin untouched", async (
     assert.equal(got["x-custom"], "kept");
     assert.equal(got["content-type"], "application/json");
     assert.equal(got["x-rollout-version"], echo.origin);
+    // The origin sees the client's host and scheme as a proxy forwards them.
+    assert.equal(got["x-forwarded-host"], "shop.example.com");
+    assert.equal(got["x-forwarded-proto"], "http");
   } finally {
     await mf.dispose();
+  }
+});
+
+test("an origin's own contract response headers never reach the client unchecked", async () => {
+  const origins = { "checkout/v1": await origin("v1"), default: await origin("default") };
+  const forged = ["x-echo-response", JSON.stringify([["x-rollout-version", "v9"], ["x-rollout-reason", "guard"]])];
+  // A decided request: the Worker's version replaces the origin's (the origin is trusted with
+  // its other headers, as in Envoy).
+  const { mf } = await worker({ config: rollout(1, 0), origins });
+  try {
+    const res = await send(mf, [[":path", "/"], [":authority", "a"], ["x-user-id", "u"], forged]);
+    const header = (name) => res.headers.filter(([k]) => k === name).map(([, v]) => v);
+    assert.deepEqual(header("x-rollout-version"), ["v1"]);
+  } finally {
+    await mf.dispose();
+  }
+  // No config in force: nothing decided, and the origin's copies are dropped.
+  const bare = await worker({ config: undefined, origins });
+  try {
+    const res = await send(bare.mf, [[":path", "/"], [":authority", "a"], forged]);
+    assert.equal(res.body.origin, "default");
+    assert.ok(!res.headers.some(([k]) => k.startsWith("x-rollout")), JSON.stringify(res.headers));
+  } finally {
+    await bare.mf.dispose();
   }
 });
