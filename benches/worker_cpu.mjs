@@ -120,6 +120,11 @@ function rolloutOptions(scriptDir, analytics, origins, config) {
       ROLLOUT_ORIGINS: JSON.stringify(origins),
     },
   };
+  // As wrangler.toml declares it, when the build has the class (older builds measured with
+  // --build may not): a config with a guard then sends its batches to it.
+  if (readFileSync(`${scriptDir}/index.js`, "utf8").includes("RolloutState")) {
+    worker.durableObjects = { ROLLOUT_STATE: "RolloutState" };
+  }
   const workers = [worker];
   if (analytics === "local") {
     worker.analyticsEngineDatasets = { ROLLOUT_ANALYTICS: { dataset: "rollout" } };

@@ -4,7 +4,8 @@
 # unleash-yggdrasil (criterion), the filter .wasm per request in the harness, Envoy under load
 # beside its native split, a Lua split and an empty wasm filter, config propagation, Envoy's RSS
 # per worker VM and the time to load a 200-flag config, the Worker's CPU per request in workerd
-# beside a plain JavaScript Worker (printed, in target/bench-results/worker_cpu.json); and a
+# beside a plain JavaScript Worker, also with a guard, and its Durable Object per batched call
+# (printed, in target/bench-results/worker_*.json); and a
 # profile: allocations per decision, filter/host crossings per request, module size by crate.
 # Took 11.5 minutes on 2 cores with the tools installed (2026-11-24; envoy/bench_memory.py is
 # about 3 of them); run it on an otherwise idle machine.
@@ -14,10 +15,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-rounds=3 seconds=8 flips=40 criterion=() memory=() worker_cpu=()
+rounds=3 seconds=8 flips=40 criterion=() memory=() worker_cpu=() worker_state=()
 if [ "${1:-}" = "--quick" ]; then
     rounds=1 seconds=2 flips=6 criterion=(--warm-up-time 1 --measurement-time 2) memory=(--quick)
-    worker_cpu=(--requests 500 --rounds 2 --warmup 100)
+    worker_cpu=(--requests 500 --rounds 2 --warmup 100) worker_state=(--calls 200 --rounds 2)
 fi
 out=target/bench-results
 rm -rf "$out" && mkdir -p "$out"
@@ -57,6 +58,10 @@ step "Envoy's RSS per worker VM (1, 2, 4 workers) and the time to load a 200-fla
 
 step "the Worker's CPU per request in workerd beside a plain JavaScript split (issue 12)"
 node benches/worker_cpu.mjs "${worker_cpu[@]}" --variants js,rollout,rollout-noae --out "$out/worker_cpu.json"
+# The same with a guarded rollout: its batches go to the Durable Object in the same workerd.
+node benches/worker_cpu.mjs "${worker_cpu[@]}" --variants js,rollout --config examples/canary-schedule.json \
+    --out "$out/worker_cpu_guard.json"
+node benches/worker_state.mjs "${worker_state[@]}" --out "$out/worker_state.json"
 
 step "results table"
 .venv/bin/python benches/report.py --criterion target/criterion --results "$out" \
