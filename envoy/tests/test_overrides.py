@@ -197,9 +197,10 @@ def test_the_live_forms_override_keys_sign_tokens_the_sources_config_carries_no_
 
 def test_no_shipped_scrub_removes_what_the_filter_reads_tokens_and_keys_from():
     """The early header mutations drop client copies of the four headers the filter sets (the
-    routes match on one). The override header and `cookie` are request contract names too
-    (the filter strips the token itself), but dropping them before the filter would disable
-    override tokens and cookie user keys."""
+    routes match on one), and may drop others (envoy/jwt drops the header its user key comes
+    from). The override header and `cookie` are request contract names too (the filter strips
+    the token itself), but dropping them before the filter would disable override tokens and
+    cookie user keys."""
     vector = json.loads((ROOT / "testdata/vectors/overrides.json").read_text())
     read_by_filter = {"cookie", vector["config"]["overrides"]["header"]}
     assert read_by_filter <= set(vector["contract"]["request"])
@@ -208,7 +209,7 @@ def test_no_shipped_scrub_removes_what_the_filter_reads_tokens_and_keys_from():
         removed = {m["remove"].lower() for n in nodes(load(path)) for m in n.get("mutations", []) if "remove" in m}
         assert removed, f"{path}: no scrub found"
         assert not removed & read_by_filter, f"{path} drops {removed & read_by_filter}"
-        assert removed == {"x-rollout-version", "x-rollout", "x-rollout-flags", "x-rollout-reason"}, path
+        assert {"x-rollout-version", "x-rollout", "x-rollout-flags", "x-rollout-reason"} <= removed, path
 
 
 @pytest.mark.parametrize("protocol", ["--http2-prior-knowledge", "--http1.1"])
