@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use host_test::testing::filter_wasm_path;
-use host_test::{Exchange, FilterModule, HttpCallResponse, Vm, VmOptions, headers};
+use host_test::{Exchange, ExchangeReport, FilterModule, HttpCallResponse, Vm, VmOptions, headers};
 
 const PLUGIN: &str = r#"{
   "config_source": {"cluster": "rollout-config", "path": "/rollout.json", "authority": "config.local",
@@ -524,12 +524,7 @@ fn a_vm_without_ticks_never_holds_a_request() {
     assert!(vm.configure(PLUGIN.as_bytes()).unwrap());
     let report = vm.exchange(&user("user-1")).unwrap();
     assert!(!report.paused, "{:?}", report.logs);
-    let version = report
-        .upstream_request_headers
-        .iter()
-        .find(|(k, _)| k == "x-rollout-version")
-        .map(|(_, v)| v.as_str());
-    assert_eq!(version, Some("v1"));
+    assert_eq!(upstream_version(&report), Some("v1"));
 }
 
 #[test]
@@ -556,10 +551,14 @@ fn an_unknown_cluster_is_logged_in_words_and_requests_go_on_with_the_fallback() 
     // A definite failure: the request is not held, and the fallback decides it.
     let report = vm.exchange(&user("user-1")).unwrap();
     assert!(!report.paused, "{:?}", report.logs);
-    let version = report
+    assert_eq!(upstream_version(&report), Some("v1"));
+}
+
+/// The version header the filter set on the upstream request.
+fn upstream_version(report: &ExchangeReport) -> Option<&str> {
+    report
         .upstream_request_headers
         .iter()
         .find(|(k, _)| k == "x-rollout-version")
-        .map(|(_, v)| v.as_str());
-    assert_eq!(version, Some("v1"));
+        .map(|(_, v)| v.as_str())
 }
