@@ -38,6 +38,10 @@ pub(crate) struct DiffArgs {
     /// A request header every user sends, `name: value` (for rules); repeatable.
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// Also compare the schedules step by step: at the start of every step of either config,
+    /// the users whose version differs.
+    #[arg(long)]
+    schedule: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -78,6 +82,9 @@ struct Report {
     notes: Vec<String>,
     rollouts: Vec<Item>,
     flags: Vec<Item>,
+    /// With `--schedule`: each scheduled rollout compared step by step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedules: Option<Vec<ScheduleDiff>>,
     max_moved_percent: Option<f64>,
     /// `rollout NAME` or `flag NAME` for each item over `--max-moved`.
     over_limit: Vec<String>,
@@ -156,6 +163,7 @@ pub(crate) fn diff(args: &DiffArgs) -> Result<ExitCode> {
         notes,
         rollouts,
         flags,
+        schedules: args.schedule.then(|| schedule_diffs(&sides, &ids, &extra)),
         max_moved_percent: args.max_moved,
         over_limit,
     };
@@ -163,6 +171,7 @@ pub(crate) fn diff(args: &DiffArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
+        print_schedules(&report);
     }
     if let Some(pct) = report.max_moved_percent {
         for what in &report.over_limit {
@@ -456,6 +465,26 @@ fn rollout_item(
         [Some(_), None] => vec!["removed: its users reach another rollout or none".to_owned()],
         _ => vec!["added".to_owned()],
     };
+    let tallied = rollout_tally(sides, name, ids, &base, now_ms);
+    if present == (true, true)
+        && tallied
+            .0
+            .keys()
+            .all(|(from, to)| from == ABSENT && to == ABSENT)
+    {
+        notes.push("no user of this population reaches it (try -H for its rules)".to_owned());
+    }
+    item(name, &base, present, tallied, notes, ids.len())
+}
+
+/// The version of every user in one rollout under each config at `now_ms`, as a matrix.
+fn rollout_tally(
+    sides: &[Side<'_>; 2],
+    name: &str,
+    ids: &[String],
+    base: &[(String, String)],
+    now_ms: u64,
+) -> (BTreeMap<(String, String), u64>, u64) {
     let decide = |config: &Config, request: &[(String, String)]| -> String {
         let inputs = HostInputs {
             now_ms: Some(now_ms),
@@ -466,22 +495,109 @@ fn rollout_item(
             _ => ABSENT.to_owned(),
         }
     };
-    let tallied = tally(ids, true, |id| {
-        let request = user_request(&base, sides, id);
+    tally(ids, true, |id| {
+        let request = user_request(base, sides, id);
         (
             decide(sides[0].config, &request),
             decide(sides[1].config, &request),
         )
-    });
-    if present == (true, true)
-        && tallied
-            .0
-            .keys()
-            .all(|(from, to)| from == ABSENT && to == ABSENT)
-    {
-        notes.push("no user of this population reaches it (try -H for its rules)".to_owned());
+    })
+}
+
+/// Where one config's schedule stands at a moment of the comparison.
+#[derive(Serialize)]
+struct StepState {
+    step: usize,
+    steps: usize,
+    /// The new version's share, in parts per million.
+    canary_ppm: u32,
+}
+
+/// One moment of a schedule comparison: the start of a step of either config.
+#[derive(Serialize)]
+struct StepRow {
+    at: String,
+    /// `None` when that config has no schedule for the rollout.
+    old: Option<StepState>,
+    new: Option<StepState>,
+    /// Users whose version differs between the configs at that moment.
+    moved: u64,
+    moved_percent: f64,
+}
+
+/// A rollout's schedules compared step by step.
+#[derive(Serialize)]
+struct ScheduleDiff {
+    rollout: String,
+    steps: Vec<StepRow>,
+}
+
+/// For each rollout with a schedule in either config: at the start of every step of either
+/// (and once before the first), the state of each schedule and the users whose version
+/// differs between the two configs at that moment.
+fn schedule_diffs(
+    sides: &[Side<'_>; 2],
+    ids: &[String],
+    extra: &[(String, String)],
+) -> Vec<ScheduleDiff> {
+    let names = union(
+        sides[0].config.rollout_names(),
+        sides[1].config.rollout_names(),
+    );
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let starts = sides.each_ref().map(|s| s.config.step_starts(&name));
+            if starts.iter().all(Option::is_none) {
+                return None;
+            }
+            let mut moments: Vec<u64> = starts.iter().flatten().flatten().copied().collect();
+            moments.sort_unstable();
+            moments.dedup();
+            // A moment before either schedule starts shows where users stand until then.
+            if let Some(first) = moments.first().copied() {
+                moments.insert(0, first.saturating_sub(1));
+            }
+            let base = rollout_base(sides, &name, extra);
+            let steps = moments
+                .into_iter()
+                .map(|at| {
+                    let state = |side: &Side<'_>| {
+                        side.config.schedule_at(&name, Some(at)).map(|s| StepState {
+                            step: s.step,
+                            steps: s.steps,
+                            canary_ppm: s.canary_ppm,
+                        })
+                    };
+                    let (_, moved) = rollout_tally(sides, &name, ids, &base, at);
+                    StepRow {
+                        at: format_time(at),
+                        old: state(&sides[0]),
+                        new: state(&sides[1]),
+                        moved,
+                        moved_percent: crate::percent(moved, ids.len() as u64),
+                    }
+                })
+                .collect();
+            Some(ScheduleDiff {
+                rollout: name,
+                steps,
+            })
+        })
+        .collect()
+}
+
+/// A schedule's state in a few words (`step 2/4, 10%`).
+fn step_words(state: Option<&StepState>) -> String {
+    match state {
+        None => "no schedule".to_owned(),
+        Some(s) => format!(
+            "step {}/{}, {}",
+            s.step,
+            s.steps,
+            crate::ppm_text(s.canary_ppm)
+        ),
     }
-    item(name, &base, present, tallied, notes, ids.len())
 }
 
 fn flag_item(
@@ -533,6 +649,23 @@ fn flag_item(
         )
     });
     item(name, &base, present, tallied, notes, ids.len())
+}
+
+fn print_schedules(report: &Report) {
+    for diff in report.schedules.iter().flatten() {
+        println!();
+        println!("schedule of {}, step by step (old | new):", diff.rollout);
+        for row in &diff.steps {
+            println!(
+                "  {:<24} {:<20} | {:<20} {:>9} differ {:>7.2}%",
+                row.at,
+                step_words(row.old.as_ref()),
+                step_words(row.new.as_ref()),
+                row.moved,
+                row.moved_percent
+            );
+        }
+    }
 }
 
 fn print_report(report: &Report) {

@@ -261,3 +261,47 @@ fn an_id_file_is_the_population_and_added_or_removed_items_are_reported() {
     assert_eq!(dark["status"], "added");
     assert_eq!(moves(dark), vec![("-".to_owned(), "on".to_owned(), 3)]);
 }
+
+#[test]
+fn schedules_are_compared_step_by_step_and_differ_only_where_a_step_changed() {
+    let dir = scratch("schedule");
+    let old_text =
+        std::fs::read_to_string(workspace_root().join("examples/canary-schedule.json")).unwrap();
+    let changed = r#"{"percent": 20, "hold": "20m"}"#;
+    let new_text = old_text.replace(r#"{"percent": 10, "hold": "20m"}"#, changed);
+    assert!(
+        new_text.contains(changed),
+        "the example's third step changed"
+    );
+    let old = write(&dir, "old.json", &old_text);
+    let new = write(&dir, "new.json", &new_text);
+    let (code, json, stderr) = diff_json(&[
+        &old,
+        &new,
+        "--schedule",
+        "--users",
+        "3000",
+        "--at",
+        "2026-11-23T10:25:00Z",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let schedules = json["schedules"].as_array().unwrap();
+    assert_eq!(schedules.len(), 1, "{json}");
+    let steps = schedules[0]["steps"].as_array().unwrap();
+    // Before the start, then the six steps.
+    assert_eq!(steps.len(), 7, "{json}");
+    let differing: Vec<&serde_json::Value> = steps.iter().filter(|s| s["moved"] != 0).collect();
+    assert_eq!(differing.len(), 1, "{json}");
+    let step3 = differing[0];
+    assert_eq!(step3["at"], "2026-11-23T10:20:00Z");
+    assert_eq!(step3["old"]["canary_ppm"], 100_000);
+    assert_eq!(step3["new"]["canary_ppm"], 200_000);
+    // 10:25 is inside that step: the same users as the comparison at --at.
+    assert_eq!(
+        step3["moved"],
+        item(&json, "rollouts", "checkout")["moved"],
+        "{json}"
+    );
+    let (_, plain, _) = diff_json(&[&old, &new, "--users", "10"]);
+    assert!(plain.get("schedules").is_none(), "only with --schedule");
+}
