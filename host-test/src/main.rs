@@ -1,7 +1,8 @@
 //! `rollout`: validate a rollout config, explain one request's decision, and simulate users
 //! through the very filter .wasm that Envoy loads, at a chosen time or along a schedule; mint
-//! signed override tokens for testers.
+//! signed override tokens for testers; preview who moves between two configs.
 
+mod diff;
 mod locate;
 mod sign;
 mod timeline;
@@ -87,6 +88,10 @@ enum Command {
     Sign(sign::SignArgs),
     /// Print a fresh secret for overrides.keys: 32 random bytes as base64url.
     Keygen,
+    /// Who moves if NEW replaces OLD: per rollout and flag, the users whose value changes
+    /// (old -> new), decided by the core for a population of users. Exit 1 past
+    /// --max-moved, 2 when a config is invalid.
+    Diff(diff::DiffArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -324,6 +329,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sign(args) => sign::sign(&args, at_or_now(args.at.as_deref())?),
         Command::Keygen => sign::keygen(),
+        Command::Diff(args) => diff::diff(&args),
     }
 }
 
