@@ -12,17 +12,9 @@ use std::process::{Command, Output};
 
 use host_test::testing::workspace_root;
 
-fn rollout(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rollout"))
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .unwrap()
-}
+mod common;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{rollout, text};
 
 #[test]
 fn validate_lists_every_error_path_and_fails() {

@@ -10,22 +10,13 @@
 )]
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
 use host_test::testing::workspace_root;
 use rollout_core::{Config, HostInputs};
 
-fn rollout(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rollout"))
-        .args(args)
-        .current_dir(workspace_root())
-        .output()
-        .unwrap()
-}
+mod common;
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+use common::{rollout, text};
 
 /// A scratch directory for one test's files.
 fn scratch(test: &str) -> PathBuf {
