@@ -111,7 +111,11 @@ pub(crate) fn diff(args: &DiffArgs) -> Result<ExitCode> {
     let old_raw: Value = serde_json::from_slice(&old_bytes).context("reading OLD as JSON")?;
     let new_raw: Value = serde_json::from_slice(&new_bytes).context("reading NEW as JSON")?;
     let (ids, population) = population(args)?;
-    let extra = extra_headers(&args.headers)?;
+    let extra = args
+        .headers
+        .iter()
+        .map(|h| crate::parse_header(h))
+        .collect::<Result<Vec<_>>>()?;
     let sides = [
         Side {
             config: &old,
@@ -218,17 +222,6 @@ fn population(args: &DiffArgs) -> Result<(Vec<String>, String)> {
             Ok((ids, "synthetic (user-0, user-1, ...)".to_owned()))
         }
     }
-}
-
-/// `-H name: value` pairs.
-fn extra_headers(headers: &[String]) -> Result<Vec<(String, String)>> {
-    headers
-        .iter()
-        .map(|h| match h.split_once(':') {
-            Some((name, value)) => Ok((name.trim().to_ascii_lowercase(), value.trim().to_owned())),
-            None => bail!("header {h:?} is not `name: value`"),
-        })
-        .collect()
 }
 
 /// The user_key sources of a config, as the config spells them.

@@ -56,23 +56,21 @@ pub(crate) fn find(flag: Option<&Path>) -> Result<Found> {
 
 /// The lookup itself, on given places (tested without touching the process's own).
 pub(crate) fn find_in(places: &Places<'_>) -> Result<Found> {
-    if let Some(path) = places.flag {
-        if !path.is_file() {
-            bail!("--filter {}: no such file", path.display());
+    // A path the user named is that filter or an error, never a fall-back to another one.
+    let named = [
+        (places.flag, "--filter", "--filter "),
+        (places.env, "$ROLLOUT_FILTER", "$ROLLOUT_FILTER="),
+    ];
+    for (given, how, spelled) in named {
+        if let Some(path) = given {
+            if !path.is_file() {
+                bail!("{spelled}{}: no such file", path.display());
+            }
+            return Ok(Found {
+                path: path.to_path_buf(),
+                how,
+            });
         }
-        return Ok(Found {
-            path: path.to_path_buf(),
-            how: "--filter",
-        });
-    }
-    if let Some(path) = places.env {
-        if !path.is_file() {
-            bail!("${ENV_VAR}={}: no such file", path.display());
-        }
-        return Ok(Found {
-            path: path.to_path_buf(),
-            how: "$ROLLOUT_FILTER",
-        });
     }
     let beside = places.exe_dir.map(|dir| dir.join(FILE_NAME));
     if let Some(path) = beside.as_ref().filter(|p| p.is_file()) {

@@ -125,10 +125,7 @@ impl RequestArgs {
             (":path".to_owned(), self.path.clone()),
         ];
         for h in &self.headers {
-            let Some((name, value)) = h.split_once(':') else {
-                bail!("header {h:?} is not `name: value`");
-            };
-            out.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+            out.push(parse_header(h)?);
         }
         Ok(out)
     }
@@ -141,6 +138,14 @@ impl RequestArgs {
     fn located(&self) -> Result<locate::Found> {
         locate::find(self.filter.as_deref())
     }
+}
+
+/// A `-H name: value` argument, the name lowercased as the hosts see it.
+fn parse_header(h: &str) -> Result<(String, String)> {
+    let Some((name, value)) = h.split_once(':') else {
+        bail!("header {h:?} is not `name: value`");
+    };
+    Ok((name.trim().to_ascii_lowercase(), value.trim().to_owned()))
 }
 
 /// Compiles the filter found, naming where it came from if it is not a usable module.

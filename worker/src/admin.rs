@@ -18,7 +18,7 @@ use worker::{Env, Method, Request, RequestInit, Response, Result};
 
 use crate::guard::STATE_BINDING;
 use crate::settings::{ADMIN_TOKEN_BINDING, KEYS_BINDING, Settings};
-use crate::source::KV_BINDING;
+use crate::source::{self, KV_BINDING, Read};
 use crate::state::SERIAL_HEADER;
 
 /// Whether `path` is one of the admin endpoints' (so not the origins').
@@ -120,26 +120,19 @@ async fn put_config(env: &Env, settings: &Settings, text: String) -> Result<Resp
 }
 
 async fn get_config(env: &Env, settings: &Settings) -> Result<Response> {
-    let text = if settings.config_from_state {
-        let stub = env.durable_object(STATE_BINDING)?.get_by_name("config")?;
-        let mut response = stub
-            .fetch_with_request(Request::new("https://rollout-state/config", Method::Get)?)
-            .await?;
-        (response.status_code() == 200)
-            .then_some(response.text().await?)
-            .filter(|t| !t.is_empty())
-    } else {
-        env.kv(KV_BINDING)?.get(&settings.kv_key).text().await?
-    };
-    match text {
-        Some(text) => {
+    // The isolate's own read of the source, without its serial: the whole text.
+    match source::read(env, settings, None, source::FIRST_READ_WAIT_MS).await {
+        Read::Text(text, _) if !text.is_empty() => {
             let mut response = Response::ok(text)?;
             response
                 .headers_mut()
                 .set("content-type", "application/json")?;
             Ok(response)
         }
-        None => Response::error(format!("{} holds no config", settings.source_name()), 404),
+        Read::Failed(e) => Err(worker::Error::RustError(e)),
+        Read::Text(..) | Read::Unchanged | Read::Missing => {
+            Response::error(format!("{} holds no config", settings.source_name()), 404)
+        }
     }
 }
 

@@ -11,18 +11,16 @@
 //! state it knew.
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::rc::Rc;
-use std::task::Poll;
-use std::time::Duration;
 
 use rollout_core::{Config, Counts, Latch, Tripped};
 use worker::{
-    Context, Date, Delay, Env, Method, ObjectNamespace, Request, RequestInit, Result, console_warn,
+    Context, Date, Env, Method, ObjectNamespace, Request, RequestInit, Result, console_warn,
 };
 
 use crate::settings::Settings;
 use crate::state::Report;
+use crate::within;
 
 /// The Durable Object binding of [`crate::state::RolloutState`].
 pub(crate) const STATE_BINDING: &str = "ROLLOUT_STATE";
@@ -268,17 +266,4 @@ async fn send(namespace: &ObjectNamespace, report: &Report) -> Result<Option<Lat
         return Err(format!("status {}: {text}", response.status_code()).into());
     }
     Ok(Latch::decode(text.as_bytes()))
-}
-
-/// `future`'s output, or `None` if it takes longer than `ms`.
-pub(crate) async fn within<F: Future>(ms: u64, future: F) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let mut delay = std::pin::pin!(Delay::from(Duration::from_millis(ms)));
-    std::future::poll_fn(|cx| {
-        if let Poll::Ready(out) = future.as_mut().poll(cx) {
-            return Poll::Ready(Some(out));
-        }
-        delay.as_mut().poll(cx).map(|()| None)
-    })
-    .await
 }

@@ -5,7 +5,6 @@ use worker::{Headers, Result};
 
 /// A `Headers` object the core's header contract writes to. The trait's calls cannot fail,
 /// so the first error (an invalid name or value) is kept and returned by [`Self::finish`].
-#[derive(Default)]
 pub(crate) struct WorkerHeaders {
     headers: Headers,
     error: Option<worker::Error>,
@@ -26,11 +25,6 @@ impl WorkerHeaders {
         }
     }
 
-    pub(crate) fn append(&mut self, name: &str, value: &str) {
-        let result = self.headers.append(name, value);
-        self.keep(result);
-    }
-
     pub(crate) fn finish(mut self) -> Result<Headers> {
         match self.error.take() {
             Some(e) => Err(e),
@@ -47,7 +41,8 @@ impl rollout_core::HeaderMapMut for WorkerHeaders {
     }
 
     fn add(&mut self, name: &str, value: &str) {
-        self.append(name, value);
+        let result = self.headers.append(name, value);
+        self.keep(result);
     }
 
     fn remove(&mut self, name: &str) {

@@ -21,11 +21,14 @@ mod state;
 
 pub use state::RolloutState;
 
+use std::future::Future;
 use std::rc::Rc;
+use std::task::Poll;
+use std::time::Duration;
 
 use rollout_core::{Config, HostInputs};
 use worker::{
-    Context, Date, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
+    Context, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
     console_error, event, js_sys, worker_sys::web_sys,
 };
 
@@ -225,4 +228,18 @@ fn local_reply(
     let mut headers = WorkerHeaders::copy_of(response.headers())?;
     config.apply_response_contract(decision.response_plan(), &mut headers);
     Ok(response.with_headers(headers.finish()?))
+}
+
+/// `future`'s output, or `None` if it takes longer than `ms`: the bound on every wait for the
+/// Durable Object (the guard's batches, the config read from it).
+pub(crate) async fn within<F: Future>(ms: u64, future: F) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let mut delay = std::pin::pin!(Delay::from(Duration::from_millis(ms)));
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        delay.as_mut().poll(cx).map(|()| None)
+    })
+    .await
 }

@@ -11,15 +11,16 @@ use std::rc::Rc;
 use rollout_core::Config;
 use worker::{Date, Env, Method, Request, RequestInit, console_error, console_log, console_warn};
 
-use crate::guard::{STATE_BINDING, within};
+use crate::guard::STATE_BINDING;
 use crate::settings::{KEYS_BINDING, Settings};
 use crate::state::SERIAL_HEADER;
+use crate::within;
 
 /// The KV namespace binding that holds the rollout config.
 pub(crate) const KV_BINDING: &str = "ROLLOUT_CONFIG";
 /// How long an isolate without any config waits for the Durable Object: every request waits
 /// for its first config anyway, as for a KV read.
-const FIRST_READ_WAIT_MS: u64 = 5_000;
+pub(crate) const FIRST_READ_WAIT_MS: u64 = 5_000;
 
 /// The config in force in this isolate, and when its source was last read.
 #[derive(Default)]
@@ -38,7 +39,7 @@ thread_local! {
 }
 
 /// What a read of the source gave.
-enum Read {
+pub(crate) enum Read {
     /// The config text, with the object's serial.
     Text(String, Option<String>),
     /// The object holds nothing newer than the isolate's serial.
@@ -61,7 +62,12 @@ impl Settings {
 }
 
 /// Reads the config text from the source in use.
-async fn read(env: &Env, settings: &Settings, serial: Option<String>, wait_ms: u64) -> Read {
+pub(crate) async fn read(
+    env: &Env,
+    settings: &Settings,
+    serial: Option<String>,
+    wait_ms: u64,
+) -> Read {
     if settings.config_from_state {
         return within(wait_ms, read_state(env, serial))
             .await
