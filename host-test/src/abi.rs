@@ -8,10 +8,16 @@ pub mod status {
     pub const NOT_FOUND: i32 = 1;
     /// An argument is wrong: an unknown map or buffer type, a bad pointer, an unknown cluster.
     pub const BAD_ARGUMENT: i32 = 2;
+    /// A gRPC call's service names no cluster the host knows.
+    pub const PARSE_FAILURE: i32 = 4;
     /// Nothing to return, such as an empty queue.
     pub const EMPTY: i32 = 7;
     /// Compare-and-swap failed: the shared data changed since it was read.
     pub const CAS_MISMATCH: i32 = 8;
+    /// An HTTP call failed (a reset): what `proxy_get_status` says while its end is delivered.
+    pub const BROKEN_CONNECTION: i32 = 11;
+    /// The host does not implement what was asked, such as continuing an upstream TCP stream.
+    pub const UNIMPLEMENTED: i32 = 12;
 }
 
 /// Header map types.
@@ -55,6 +61,8 @@ pub enum BufferType {
     ResponseBody,
     /// Body of the HTTP call response being delivered.
     HttpCallResponseBody,
+    /// The gRPC response message being delivered.
+    GrpcReceive,
     /// The VM configuration.
     VmConfiguration,
     /// The plugin configuration.
@@ -62,12 +70,13 @@ pub enum BufferType {
 }
 
 impl BufferType {
-    /// The ABI number to a buffer type; network and gRPC buffers are not supported.
+    /// The ABI number to a buffer type; network buffers are not supported.
     pub fn from_abi(n: i32) -> Option<BufferType> {
         Some(match n {
             0 => BufferType::RequestBody,
             1 => BufferType::ResponseBody,
             4 => BufferType::HttpCallResponseBody,
+            5 => BufferType::GrpcReceive,
             6 => BufferType::VmConfiguration,
             7 => BufferType::PluginConfiguration,
             _ => return None,

@@ -6,7 +6,7 @@ pub mod host;
 pub mod testing;
 
 pub use host::{
-    CallCounts, Exchange, ExchangeReport, FilterModule, Headers, HostImport, HttpCall,
-    HttpCallResponse, LocalResponse, LogEntry, Metric, StreamId, Vm, VmOptions, header_value,
-    headers,
+    CallCounts, ClientResponse, Cluster, ClusterAnswer, Exchange, ExchangeReport, FailurePolicy,
+    FilterModule, GrpcCall, GrpcCallResponse, Headers, HostImport, HttpCall, HttpCallResponse,
+    LocalResponse, LogEntry, Metric, StreamId, Vm, VmOptions, header_value, headers,
 };

@@ -1,9 +1,11 @@
 //! `rollout`: validate a rollout config, explain one request's decision, and simulate users
 //! through the very filter .wasm that Envoy loads, at a chosen time or along a schedule; mint
-//! signed override tokens for testers; preview who moves between two configs.
+//! signed override tokens for testers; preview who moves between two configs; run any
+//! proxy-wasm filter through a scenario as Envoy would.
 
 mod diff;
 mod locate;
+mod run;
 mod sign;
 mod timeline;
 
@@ -92,6 +94,10 @@ enum Command {
     /// (old -> new), decided by the core for a population of users. Exit 1 past
     /// --max-moved, 2 when a config is invalid.
     Diff(diff::DiffArgs),
+    /// Run any proxy-wasm filter through a scenario (plugin configuration, clusters, the
+    /// upstream's answer, requests) as one Envoy listener would, and print what the client
+    /// and the upstream got, the filter's logs and its metrics as JSON.
+    Run(run::RunArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -335,6 +341,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sign(args) => sign::sign(&args, at_or_now(args.at.as_deref())?),
         Command::Keygen => sign::keygen(),
         Command::Diff(args) => diff::diff(&args),
+        Command::Run(args) => run::run(&args),
     }
 }
 

@@ -19,7 +19,9 @@ use host_test::abi::LogLevel;
 use host_test::testing::workspace_root;
 use wasmtime::ValType;
 
-use host_test::{Exchange, ExchangeReport, FilterModule, HttpCallResponse, Vm, VmOptions, headers};
+use host_test::{
+    Cluster, Exchange, ExchangeReport, FilterModule, HttpCallResponse, Vm, VmOptions, headers,
+};
 
 fn probe() -> FilterModule {
     let path = workspace_root().join("target/wasm32-wasip1/wasm/probe_filter.wasm");
@@ -144,10 +146,18 @@ fn shared_data_is_shared_between_vms_with_compare_and_swap() {
     );
 }
 
+/// Options with the cluster the probe calls, answered by the test.
+fn with_test_cluster() -> VmOptions {
+    VmOptions {
+        clusters: vec![Cluster::test("config-cluster")],
+        ..VmOptions::default()
+    }
+}
+
 #[test]
 fn an_http_call_is_answered_by_the_test_and_the_stream_resumes() {
     let module = probe();
-    let mut vm = vm(&module, VmOptions::default());
+    let mut vm = vm(&module, with_test_cluster());
     let exchange = request("call", &[]);
     let stream = vm.begin(&exchange).unwrap();
     let calls = vm.pending_http_calls().to_vec();
@@ -171,7 +181,7 @@ fn an_http_call_is_answered_by_the_test_and_the_stream_resumes() {
 #[test]
 fn a_failed_http_call_delivers_no_headers() {
     let module = probe();
-    let mut vm = vm(&module, VmOptions::default());
+    let mut vm = vm(&module, with_test_cluster());
     let exchange = request("call", &[]);
     let stream = vm.begin(&exchange).unwrap();
     let token = vm.pending_http_calls()[0].token;
@@ -279,13 +289,26 @@ fn header_maps_and_bodies_are_rewritten_as_the_filter_asks() {
 }
 
 #[test]
-fn a_local_response_skips_the_upstream() {
+fn a_local_response_skips_the_upstream_and_passes_the_response_callbacks() {
     let module = probe();
     let mut vm = vm(&module, VmOptions::default());
     let report = vm.exchange(&request("shared-get", &[])).unwrap();
-    let local = report.local_response.unwrap();
+    let local = report.local_response.as_ref().unwrap();
     assert_eq!((local.status, local.body.as_str()), (200, "shared"));
-    assert!(report.client_response_headers.is_empty());
+    assert!(!report.reached_upstream && report.upstream_request_headers.is_empty());
+    // As in Envoy: the filter's on_http_response_headers runs on its own local response
+    // (x-probe-seen), and a body brings content-length and content-type.
+    let client = report.client.unwrap();
+    assert_eq!((client.status, client.body.as_str()), (200, "shared"));
+    for header in [
+        ("x-probe-seen", "yes"),
+        ("content-length", "6"),
+        ("content-type", "text/plain"),
+        ("x-value", "none"),
+    ] {
+        let header = (header.0.to_owned(), header.1.to_owned());
+        assert!(client.headers.contains(&header), "{header:?} in {client:?}");
+    }
 }
 
 // ---- The host's imports one by one, through small modules written in the text format. ----
@@ -481,29 +504,30 @@ fn shared_queues_register_resolve_enqueue_and_dequeue() {
 }
 
 #[test]
-fn stream_close_and_grpc_imports_answer_as_an_unemulated_host_does() {
+fn stream_close_and_grpc_imports_answer_as_envoy_does_outside_a_stream() {
     let mut vm = assert_checks(
         VmOptions::default(),
         "",
         &[
+            // Outside a stream, closing or continuing one does nothing, and says OK.
             "(i32.eqz (call $proxy_close_stream (i32.const 1)))",
-            // gRPC: a call or stream is refused as for an unknown cluster (BadArgument),
-            // and handles are unknown (NotFound).
-            "(i32.eq (call $proxy_grpc_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 2))",
-            "(i32.eq (call $proxy_grpc_stream (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 2))",
-            "(i32.eq (call $proxy_grpc_send (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 1))",
+            "(i32.eqz (call $proxy_continue_stream (i32.const 0)))",
+            // gRPC to a cluster that does not exist: ParseFailure (4), Envoy's answer.
+            "(i32.eq (call $proxy_grpc_call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 4))",
+            "(i32.eq (call $proxy_grpc_stream (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 4))",
+            // Token 1 is of a gRPC call's kind: no messages (BadArgument), unknown (NotFound).
+            "(i32.eq (call $proxy_grpc_send (i32.const 1) (i32.const 0) (i32.const 0) (i32.const 0)) (i32.const 2))",
             "(i32.eq (call $proxy_grpc_cancel (i32.const 1)) (i32.const 1))",
             "(i32.eq (call $proxy_grpc_close (i32.const 1)) (i32.const 1))",
-            // No gRPC status to tell: code 0, empty message.
+            // Token 4 is of an HTTP call's kind: not a gRPC handle at all.
+            "(i32.eq (call $proxy_grpc_cancel (i32.const 4)) (i32.const 2))",
+            // No call ending: code 0, empty message.
             "(i32.store (i32.const 0) (i32.const -1)) (i32.eqz (call $proxy_get_status (i32.const 0) (i32.const 4) (i32.const 8)))",
             "(i32.eqz (i32.load (i32.const 0)))",
         ],
     );
-    let logs = vm.take_logs();
-    assert!(
-        logs.iter().any(|l| l.message == "host: close_stream(1)"),
-        "{logs:?}"
-    );
+    // The host writes nothing of its own into the filter's log.
+    assert_eq!(vm.take_logs(), vec![]);
 }
 
 #[test]

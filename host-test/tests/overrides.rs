@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use host_test::testing::filter_wasm_path;
-use host_test::{Exchange, FilterModule, HttpCallResponse, Vm, VmOptions, headers};
+use host_test::{Cluster, Exchange, FilterModule, HttpCallResponse, Vm, VmOptions, headers};
 use rollout_core::token::{Claim, ClaimKind, sign};
 
 const SOURCE_SECRET: &str = "source-secret-0123456789abcdef0123";
@@ -188,7 +188,11 @@ fn live_plugin(override_keys: Option<&str>) -> String {
 
 /// Starts a VM on a live plugin configuration and answers its first poll with `body`.
 fn live_vm(module: &FilterModule, plugin: &str, body: &str) -> Vm {
-    let mut vm = module.start_vm(VmOptions::default()).unwrap();
+    let options = VmOptions {
+        clusters: vec![Cluster::test("rollout-config")],
+        ..VmOptions::default()
+    };
+    let mut vm = module.start_vm(options).unwrap();
     assert!(vm.configure(plugin.as_bytes()).unwrap());
     for _ in 0..20 {
         if let Some(call) = vm.pending_http_calls().first() {

@@ -1,5 +1,5 @@
 //! Buffer imports: request and response bodies of the current stream, the body of the HTTP
-//! call response being delivered, and the VM and plugin configurations.
+//! call response or gRPC message being delivered, and the VM and plugin configurations.
 
 use anyhow::Result;
 
@@ -55,6 +55,7 @@ impl HostState {
             BufferType::HttpCallResponseBody => {
                 self.call_response.as_ref().map(|r| r.body.as_slice())
             }
+            BufferType::GrpcReceive => self.grpc_message.as_deref(),
             BufferType::VmConfiguration => Some(&self.options.vm_configuration),
             BufferType::PluginConfiguration => Some(&self.plugin_configuration),
         }

@@ -1,13 +1,13 @@
-//! HTTP imports: the current stream's local response and flow control, outgoing HTTP calls
-//! the test answers, and gRPC, which the harness does not emulate.
+//! HTTP imports: the current stream's local response and flow control, and outgoing HTTP and
+//! gRPC calls to the clusters of `calls.rs`.
 
 use std::time::Duration;
 
 use anyhow::Result;
 
-use super::guest::{Cx, ENV, Imports, read, read_str, status_of, write_u32};
-use super::{Headers, HostState, HttpCall, LocalResponse, header_value};
-use crate::abi::{self, LogLevel, status};
+use super::guest::{Cx, ENV, Imports, give, read, read_str, status_of, write_u32};
+use super::{HostState, LocalResponse};
+use crate::abi::{self, status};
 
 /// Registers this group's imports.
 pub(super) fn add_to_linker(linker: &mut Imports<'_>) -> Result<()> {
@@ -53,24 +53,32 @@ fn proxy_send_local_response(
     })
 }
 
-/// The harness drives streams synchronously: continuing is recorded in the log, and a
-/// continued request (stream type 0) is marked resumed for the report.
+/// Resumes the current stream's request (0) or response (1), as Envoy continues decoding or
+/// encoding once the callback returns; as in Envoy, OK without a stream too (nothing to do),
+/// and the TCP kinds answer as for an HTTP filter.
 fn proxy_continue_stream(mut cx: Cx<'_>, kind: i32) -> i32 {
-    cx.data_mut()
-        .log(LogLevel::Trace, format!("host: continue_stream({kind})"));
     let current = cx.data().current;
-    if kind == 0
-        && let Some(stream) = cx.data_mut().streams.get_mut(&current)
-    {
-        stream.resumed = true;
+    let stream = cx.data_mut().streams.get_mut(&current);
+    match (kind, stream) {
+        (0, Some(s)) => s.resumed = true,
+        (1, Some(s)) => s.response_resumed = true,
+        (0..=2, _) => {}
+        (3, _) => return status::UNIMPLEMENTED,
+        _ => return status::BAD_ARGUMENT,
     }
     status::OK
 }
 
-/// The harness drives streams synchronously: closing is only recorded in the log.
+/// Resets the current stream (request or response): the client gets no response. OK
+/// without a stream, as in Envoy.
 fn proxy_close_stream(mut cx: Cx<'_>, kind: i32) -> i32 {
-    cx.data_mut()
-        .log(LogLevel::Trace, format!("host: close_stream({kind})"));
+    let current = cx.data().current;
+    let stream = cx.data_mut().streams.get_mut(&current);
+    match (kind, stream) {
+        (0 | 1, Some(s)) => s.reset = true,
+        (0..=3, _) => {}
+        _ => return status::BAD_ARGUMENT,
+    }
     status::OK
 }
 
@@ -101,62 +109,109 @@ fn proxy_http_call(
     }
 }
 
-// gRPC is outside what the harness emulates: calls are answered as Envoy answers a call to an
-// unknown cluster, and handles as unknown ones.
+// gRPC calls go to a cluster named by the service argument (Envoy also takes a serialized
+// GrpcService there; the harness reads it as a name only). Streams are not modelled: a stream
+// to a known cluster is opened and never answered.
 
 #[allow(clippy::too_many_arguments, reason = "the ABI's signature")]
 fn proxy_grpc_call(
-    _: Cx<'_>,
-    _service_ptr: i32,
-    _service_len: i32,
-    _service_name_ptr: i32,
-    _service_name_len: i32,
-    _method_ptr: i32,
-    _method_len: i32,
+    mut cx: Cx<'_>,
+    service_ptr: i32,
+    service_len: i32,
+    service_name_ptr: i32,
+    service_name_len: i32,
+    method_ptr: i32,
+    method_len: i32,
     _metadata_ptr: i32,
     _metadata_len: i32,
-    _message_ptr: i32,
-    _message_len: i32,
-    _timeout_ms: i32,
-    _ret_token: i32,
+    message_ptr: i32,
+    message_len: i32,
+    timeout_ms: i32,
+    ret_token: i32,
 ) -> i32 {
-    status::BAD_ARGUMENT
+    let cluster = read_str(&cx, service_ptr, service_len);
+    let service = read_str(&cx, service_name_ptr, service_name_len);
+    let method = read_str(&cx, method_ptr, method_len);
+    let message = read(&cx, message_ptr, message_len);
+    let (Some(cluster), Some(service), Some(method), Some(message)) =
+        (cluster, service, method, message)
+    else {
+        return status::BAD_ARGUMENT;
+    };
+    let timeout = Duration::from_millis(u64::from(timeout_ms as u32));
+    match cx
+        .data_mut()
+        .grpc_call(cluster, service, method, message, Some(timeout))
+    {
+        Ok(token) => status_of(write_u32(&mut cx, ret_token, token)),
+        Err(status) => status,
+    }
 }
 
 #[allow(clippy::too_many_arguments, reason = "the ABI's signature")]
 fn proxy_grpc_stream(
-    _: Cx<'_>,
-    _service_ptr: i32,
-    _service_len: i32,
-    _service_name_ptr: i32,
-    _service_name_len: i32,
-    _method_ptr: i32,
-    _method_len: i32,
+    mut cx: Cx<'_>,
+    service_ptr: i32,
+    service_len: i32,
+    service_name_ptr: i32,
+    service_name_len: i32,
+    method_ptr: i32,
+    method_len: i32,
     _metadata_ptr: i32,
     _metadata_len: i32,
-    _ret_token: i32,
+    ret_token: i32,
 ) -> i32 {
-    status::BAD_ARGUMENT
+    let cluster = read_str(&cx, service_ptr, service_len);
+    let service = read_str(&cx, service_name_ptr, service_name_len);
+    let method = read_str(&cx, method_ptr, method_len);
+    let (Some(cluster), Some(service), Some(method)) = (cluster, service, method) else {
+        return status::BAD_ARGUMENT;
+    };
+    match cx
+        .data_mut()
+        .grpc_call(cluster, service, method, Vec::new(), None)
+    {
+        Ok(token) => status_of(write_u32(&mut cx, ret_token, token)),
+        Err(status) => status,
+    }
 }
 
-fn proxy_grpc_send(_: Cx<'_>, _token: i32, _ptr: i32, _len: i32, _end: i32) -> i32 {
-    status::NOT_FOUND
+/// Only a stream's token takes messages (BAD_ARGUMENT otherwise); the message goes nowhere.
+fn proxy_grpc_send(cx: Cx<'_>, token: i32, _ptr: i32, _len: i32, _end: i32) -> i32 {
+    let token = token as u32;
+    if token & 3 != 2 {
+        return status::BAD_ARGUMENT;
+    }
+    let known = cx.data().grpc_calls.iter().any(|c| c.token == token);
+    if known { status::OK } else { status::NOT_FOUND }
 }
 
-fn proxy_grpc_cancel(_: Cx<'_>, _token: i32) -> i32 {
-    status::NOT_FOUND
+fn proxy_grpc_cancel(mut cx: Cx<'_>, token: i32) -> i32 {
+    cx.data_mut().cancel_grpc_call(token as u32)
 }
 
-fn proxy_grpc_close(_: Cx<'_>, _token: i32) -> i32 {
-    status::NOT_FOUND
+fn proxy_grpc_close(mut cx: Cx<'_>, token: i32) -> i32 {
+    cx.data_mut().cancel_grpc_call(token as u32)
 }
 
-/// The status of the gRPC call being delivered; with none, code 0 and an empty message.
-fn proxy_get_status(mut cx: Cx<'_>, ret_code: i32, ret_ptr: i32, ret_size: i32) -> i32 {
-    let ok = write_u32(&mut cx, ret_code, 0)
-        && write_u32(&mut cx, ret_ptr, 0)
-        && write_u32(&mut cx, ret_size, 0);
-    status_of(ok)
+/// The status of the call whose end is being delivered: a gRPC status and message, or
+/// `BrokenConnection` and `reset` for a failed HTTP call; otherwise code 0 and no message.
+fn proxy_get_status(
+    mut cx: Cx<'_>,
+    ret_code: i32,
+    ret_ptr: i32,
+    ret_size: i32,
+) -> wasmtime::Result<i32> {
+    let (code, message) = cx.data().status.clone().unwrap_or_default();
+    if !write_u32(&mut cx, ret_code, code) {
+        return Ok(status::BAD_ARGUMENT);
+    }
+    if message.is_empty() {
+        return Ok(status_of(
+            write_u32(&mut cx, ret_ptr, 0) && write_u32(&mut cx, ret_size, 0),
+        ));
+    }
+    give(&mut cx, message.as_bytes(), ret_ptr, ret_size)
 }
 
 impl HostState {
@@ -168,31 +223,5 @@ impl HostState {
             }
             None => status::NOT_FOUND,
         }
-    }
-
-    /// Records a call for the test to answer; its token, or `BAD_ARGUMENT` without the
-    /// pseudo-headers Envoy requires.
-    fn http_call(
-        &mut self,
-        upstream: String,
-        headers: Headers,
-        body: Vec<u8>,
-        timeout: Duration,
-    ) -> Result<u32, i32> {
-        let has = |n: &str| header_value(&headers, n).is_some();
-        if !(has(":method") && has(":path") && has(":authority")) {
-            return Err(status::BAD_ARGUMENT);
-        }
-        self.next_token += 1;
-        let token = self.next_token;
-        self.http_calls.push(HttpCall {
-            token,
-            context_id: self.current,
-            upstream,
-            headers,
-            body,
-            timeout,
-        });
-        Ok(token)
     }
 }

@@ -20,6 +20,7 @@ use wasmtime::{Func, Memory};
 use crate::abi::{LogLevel, MetricKind};
 
 mod buffers;
+mod calls;
 mod context;
 mod guest;
 mod header_map;
@@ -30,8 +31,9 @@ mod shared;
 mod vm;
 mod wasi;
 
+pub use calls::{Cluster, ClusterAnswer, GrpcCall, GrpcCallResponse};
 pub use module::{FilterModule, HostImport};
-pub use vm::{Exchange, ExchangeReport, StreamId, Vm};
+pub use vm::{ClientResponse, Exchange, ExchangeReport, StreamId, Vm};
 
 /// Header pairs in order; values are bytes since real headers need not be UTF-8.
 pub type Headers = Vec<(String, Vec<u8>)>;
@@ -120,11 +122,14 @@ pub struct HttpCall {
     pub headers: Headers,
     /// Request body.
     pub body: Vec<u8>,
-    /// Timeout the filter asked for.
+    /// Timeout the filter asked for; zero means none, as in Envoy.
     pub timeout: Duration,
+    /// When the call times out on the virtual clock (ns), if it has a timeout.
+    pub deadline_ns: Option<u64>,
 }
 
-/// The answer to an [`HttpCall`]; `None` headers means the call failed (reset, timeout).
+/// The answer to an [`HttpCall`]; empty headers mean the call failed (a reset): the filter
+/// gets no headers, and status `BrokenConnection` with message `reset`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct HttpCallResponse {
     /// Response headers with `:status`; empty for a failed call.
@@ -151,6 +156,29 @@ pub struct VmOptions {
     /// Every import honours it (`proc_exit`, which returns nothing, traps); a name the host
     /// does not define makes [`FilterModule::start_vm`] fail.
     pub host_errors: HashMap<String, i32>,
+    /// The clusters that exist besides the route's upstream, and how each answers: a call to
+    /// a name not here is refused, as Envoy refuses a cluster it does not know.
+    pub clusters: Vec<Cluster>,
+    /// What happens to requests once the VM has failed (trapped): Envoy's `failure_policy`.
+    pub failure_policy: FailurePolicy,
+    /// FAIL_RELOAD's backoff: a failed VM is reloaded by the first request at least this long
+    /// after its last load (Envoy's `reload_config.backoff.base_interval`, 1 s by default;
+    /// Envoy waits a random time between it and 1.5 times it, the harness the lower bound).
+    pub reload_backoff: Duration,
+}
+
+/// What Envoy does with requests once a filter's VM has failed (trapped), as the Wasm
+/// filter's `failure_policy` says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FailurePolicy {
+    /// Envoy's default: the request that trapped and every later one get a 503.
+    #[default]
+    FailClosed,
+    /// The filter is skipped: requests go on as if it were not configured.
+    FailOpen,
+    /// As FAIL_CLOSED, but a request after the backoff loads a fresh VM and goes through it.
+    FailReload,
 }
 
 impl Default for VmOptions {
@@ -163,6 +191,9 @@ impl Default for VmOptions {
             // 2026-01-01T00:00:00Z: a fixed start keeps runs repeatable.
             start_time_ns: 1_767_225_600_000_000_000,
             host_errors: HashMap::new(),
+            clusters: Vec::new(),
+            failure_policy: FailurePolicy::FailClosed,
+            reload_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -192,16 +223,40 @@ struct StreamState {
     /// The VM's call counts when the stream began.
     calls_at_begin: CallCounts,
     original_request_headers: Headers,
+    /// The filter paused the request (a headers or body callback returned 1).
     paused: bool,
     /// Whether the filter resumed the request (`proxy_continue_stream`) after pausing it.
     resumed: bool,
+    /// The filter paused the response.
+    response_paused: bool,
+    /// Whether the filter resumed the response after pausing it.
+    response_resumed: bool,
     request_headers: Headers,
+    /// The request body the filter sees now: the chunk being delivered, or what it buffered.
     request_body: Vec<u8>,
+    /// The request body that has passed the filter.
+    request_body_passed: Vec<u8>,
     request_trailers: Headers,
     response_headers: Headers,
+    /// The response body the filter sees now.
     response_body: Vec<u8>,
+    /// The response body that has passed the filter.
+    response_body_passed: Vec<u8>,
     response_trailers: Headers,
+    /// A local response the filter asked for; Envoy sends it once the callback returns.
     local_response: Option<LocalResponse>,
+    /// Whether a local response (the filter's or the failure policy's) replaced the upstream.
+    replied_locally: bool,
+    /// The response callbacks have begun: a local response now replaces the response
+    /// without running them again.
+    in_response: bool,
+    /// The filter reset the stream (`proxy_close_stream`): the client gets no response.
+    reset: bool,
+    /// The VM this stream's context lives in failed (or had failed when the stream began):
+    /// no callback runs any more, and the failure policy decides.
+    failed: bool,
+    /// The trap that failed the VM during this stream, if one did.
+    trap: Option<String>,
 }
 
 /// Per-VM host state, the data of the wasmtime store; each group of imports adds the methods
@@ -223,8 +278,15 @@ struct HostState {
     /// The context whose callback is running, or that the filter chose.
     current: u32,
     http_calls: Vec<HttpCall>,
-    next_token: u32,
+    grpc_calls: Vec<GrpcCall>,
+    /// The last token given to an HTTP call, a gRPC call and a gRPC stream: Envoy counts each
+    /// in steps of 4 from 0, 1 and 2, so a token's low bits tell its kind.
+    last_tokens: [u32; 3],
     call_response: Option<HttpCallResponse>,
+    /// The gRPC message (`proxy_on_grpc_receive`) being delivered.
+    grpc_message: Option<Vec<u8>>,
+    /// The status `proxy_get_status` returns while a call's end is delivered.
+    status: Option<(u32, String)>,
     vm_id: String,
     /// What WASI `random_get` returns during the current exchange, if the test fixed it.
     entropy: Option<u64>,
@@ -263,8 +325,11 @@ impl HostState {
             streams: HashMap::new(),
             current: 0,
             http_calls: Vec::new(),
-            next_token: 0,
+            grpc_calls: Vec::new(),
+            last_tokens: [0, 1, 2],
             call_response: None,
+            grpc_message: None,
+            status: None,
             vm_id,
             entropy: None,
             random_state: 0x853c_49e6_748f_ea9b ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15),

@@ -110,7 +110,7 @@ impl FilterModule {
             .or_else(|| instance.get_func(&mut store, "malloc"));
         store.data_mut().memory = Some(memory);
         store.data_mut().alloc = alloc;
-        let mut vm = Vm::new(store, instance);
+        let mut vm = Vm::new(store, instance, self.clone());
         for start in ["_initialize", "_start"] {
             if vm.has_export(start) {
                 vm.call(start, &[])?;
