@@ -10,9 +10,9 @@ Envoy is built from the scenario: one listener with the Wasm filter (plugin_conf
 failure_policy) and a route to the cluster `upstream` (a Python server that records each
 request); one cluster per scenario cluster: an HTTP answer is a Python server answering exactly
 that, `hang` a server that accepts and never answers, `refuse` a free port nobody listens on,
-and a gRPC status a second listener of the same Envoy, reached over HTTP/2 (h2c), whose route
-answers every call with a trailers-only response (`direct_response` plus grpc-status and
-grpc-message headers)."""
+and a gRPC status a bare HTTP/2 (h2c) server answering every call trailers-only with that
+grpc-status and grpc-message (not a second Envoy listener: Envoy's own direct_response would
+be a second Envoy between the filter and the answer)."""
 
 import argparse
 import http.client
@@ -25,7 +25,7 @@ import time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from harness import ADMIN_PORT, HCM_TYPE, LISTENER_PORT, WASM_TYPE, Envoy, free_port  # noqa: E402
-from scenario_servers import Answering, Hanging  # noqa: E402
+from scenario_servers import Answering, GrpcTrailersOnly, Hanging  # noqa: E402
 
 # Every filter line Envoy logs starts with `wasm log <plugin name> <root_id> <vm_id>: ` (from a
 # stream context) or `wasm log <plugin name> <root_id>: ` (from the root context, e.g. in
@@ -105,19 +105,10 @@ def listener(name, port, routes, http_filters):
     }
 
 
-def grpc_route(status, message):
-    """A route answering every request with a trailers-only gRPC response carrying `status`."""
-    headers = [("content-type", "application/grpc"), ("grpc-status", str(status))]
-    if message is not None:
-        headers.append(("grpc-message", message))
-    return {"match": {"prefix": "/"}, "direct_response": {"status": 200},
-            "response_headers_to_add": [{"header": {"key": k, "value": v}} for k, v in headers]}
-
-
 def envoy_config(scenario, wasm, upstream_port, cluster_ports):
     """The Envoy bootstrap of a scenario: the listener (on the harness's placeholder port, moved
-    by harness.Envoy) with the Wasm filter and the route to `upstream`, one cluster per scenario
-    cluster at `cluster_ports[name]`, and one h2c listener per gRPC cluster."""
+    by harness.Envoy) with the Wasm filter and the route to `upstream`, and one cluster per
+    scenario cluster at `cluster_ports[name]` (HTTP/2 for a gRPC one)."""
     wasm_filter = {"name": "envoy.filters.http.wasm", "typed_config": {"@type": WASM_TYPE, "config": {
         "name": PLUGIN, "root_id": PLUGIN,
         "failure_policy": scenario["failure_policy"],
@@ -130,11 +121,7 @@ def envoy_config(scenario, wasm, upstream_port, cluster_ports):
                           [wasm_filter, ROUTER])]
     clusters = [static_cluster("upstream", upstream_port)]
     for name, spec in scenario["clusters"].items():
-        grpc = "grpc_status" in spec
-        clusters.append(static_cluster(name, cluster_ports[name], http2=grpc))
-        if grpc:
-            route = grpc_route(spec["grpc_status"], spec.get("grpc_message"))
-            listeners.append(listener(f"grpc-{name}", cluster_ports[name], [route], [ROUTER]))
+        clusters.append(static_cluster(name, cluster_ports[name], http2="grpc_status" in spec))
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": ADMIN_PORT}}},
         # Histograms reach the admin endpoint when stats are flushed: on each admin read here.
@@ -199,10 +186,11 @@ def filter_metrics(envoy):
 
 
 def start_cluster(spec):
-    """The server behind one scenario cluster, or None for `refuse` and gRPC (no server of
-    ours: nobody, or Envoy's own second listener)."""
-    if spec.get("refuse") or "grpc_status" in spec:
+    """The server behind one scenario cluster, or None for `refuse` (nobody listens)."""
+    if spec.get("refuse"):
         return None
+    if "grpc_status" in spec:
+        return GrpcTrailersOnly(spec["grpc_status"], spec.get("grpc_message"))
     if spec.get("hang"):
         return Hanging()
     return Answering(spec.get("status", 200), spec.get("headers", []), spec.get("body", ""))
