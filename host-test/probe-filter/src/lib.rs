@@ -1,7 +1,9 @@
 //! A test filter written the ordinary way, with the SDK's context traits, so the harness is
 //! checked against a filter that is not ours: each request header `x-probe: OP` exercises one
 //! host feature (shared data with CAS, properties, HTTP calls, time, environment, metrics,
-//! local responses, stdout), and ticks count themselves.
+//! local responses, stdout), and ticks count themselves. The modes the differential suite
+//! (issue 16, `testdata/differential/`) runs through the harness and a real Envoy log one
+//! `info` line per callback they care about, so both sides' logs show which callbacks ran.
 
 #![allow(
     clippy::unwrap_used,
@@ -61,7 +63,11 @@ impl RootContext for ProbeRoot {
             gauge: define(MetricType::Gauge, "probe.gauge"),
             histogram: define(MetricType::Histogram, "probe.latency"),
         };
-        self.set_tick_period(Duration::from_millis(100));
+        // Ticks run on real time in Envoy and on the virtual clock in the harness: the
+        // differential scenarios configure "differential" so the tick count cannot differ.
+        if self.config != "differential" {
+            self.set_tick_period(Duration::from_millis(100));
+        }
         true
     }
 
@@ -73,6 +79,7 @@ impl RootContext for ProbeRoot {
         Some(Box::new(Probe {
             metrics: self.metrics,
             config: self.config.clone(),
+            op: String::new(),
         }))
     }
 
@@ -84,6 +91,52 @@ impl RootContext for ProbeRoot {
 struct Probe {
     metrics: Metrics,
     config: String,
+    /// The request's `x-probe` header: which mode this stream runs.
+    op: String,
+}
+
+/// One `info` line in the filter's log.
+fn info(message: &str) {
+    proxy_wasm::hostcalls::log(LogLevel::Info, message).unwrap();
+}
+
+impl Probe {
+    /// The request header `x-timeout-ms` as a duration, or `default` milliseconds.
+    fn timeout(&self, default: u64) -> Duration {
+        let ms = self
+            .get_http_request_header("x-timeout-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default);
+        Duration::from_millis(ms)
+    }
+
+    /// The cluster named by the request header `x-cluster`, or "config-cluster".
+    fn cluster(&self) -> String {
+        self.get_http_request_header("x-cluster")
+            .unwrap_or_else(|| "config-cluster".to_owned())
+    }
+
+    /// Dispatches the HTTP call of the `call` modes; logs the result; whether it was sent.
+    fn dispatch(&mut self) -> bool {
+        let cluster = self.cluster();
+        let headers = vec![
+            (":method", "GET"),
+            (":path", "/config"),
+            (":authority", "config"),
+        ];
+        let timeout = self.timeout(5000);
+        match self.dispatch_http_call(&cluster, headers, Some(b"ping"), vec![], timeout) {
+            Ok(_) => {
+                info(&format!("http call to {cluster}: dispatched"));
+                true
+            }
+            Err(status) => {
+                info(&format!("http call to {cluster}: {status:?}"));
+                self.set_http_request_header("x-call-error", Some(&format!("{status:?}")));
+                false
+            }
+        }
+    }
 }
 
 impl Context for Probe {
@@ -100,9 +153,36 @@ impl Context for Probe {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
+        info(&format!(
+            "on_http_call_response: status {status}, headers {:?}, body {:?}",
+            // Envoy's x-envoy-upstream-service-time is a duration: its value would make
+            // two runs differ, so only its name is logged.
+            self.get_http_call_response_headers()
+                .into_iter()
+                .map(|(k, v)| if k == "x-envoy-upstream-service-time" {
+                    (k, "*".to_owned())
+                } else {
+                    (k, v)
+                })
+                .collect::<Vec<_>>(),
+            String::from_utf8_lossy(&body)
+        ));
+        // The stream went on without waiting: its headers are gone, nothing to resume.
+        if self.op == "call-and-continue" {
+            return;
+        }
         self.set_http_request_header("x-call-status", Some(&status));
         self.set_http_request_header("x-call-body", Some(&String::from_utf8_lossy(&body)));
         self.set_http_request_header("x-call-headers", Some(&n_headers.to_string()));
+        self.resume_http_request();
+    }
+
+    fn on_grpc_call_response(&mut self, _token: u32, status_code: u32, response_size: usize) {
+        let (status, message) = self.get_grpc_status();
+        info(&format!(
+            "on_grpc_call_response: status_code {status_code}, grpc status {status}, message {:?}, {response_size} bytes",
+            message.unwrap_or_default()
+        ));
         self.resume_http_request();
     }
 }
@@ -119,6 +199,10 @@ impl HttpContext for Probe {
             _ => {}
         }
         let op = self.get_http_request_header("x-probe").unwrap_or_default();
+        self.op = op.clone();
+        if DIFFERENTIAL_MODES.contains(&op.as_str()) {
+            info(&format!("on_http_request_headers: x-probe {op}"));
+        }
         match op.as_str() {
             "shared-set" => {
                 let value = self.get_http_request_header("x-value").unwrap_or_default();
@@ -154,25 +238,48 @@ impl HttpContext for Probe {
                 Action::Continue
             }
             "call" => {
-                let headers = vec![
-                    (":method", "GET"),
-                    (":path", "/config"),
-                    (":authority", "config"),
-                ];
-                match self.dispatch_http_call(
-                    "config-cluster",
-                    headers,
-                    Some(b"ping"),
+                if self.dispatch() {
+                    Action::Pause
+                } else {
+                    Action::Continue
+                }
+            }
+            "call-and-continue" => {
+                self.dispatch();
+                Action::Continue
+            }
+            "grpc" => {
+                let cluster = self.cluster();
+                let timeout = self.timeout(5000);
+                match self.dispatch_grpc_call(
+                    &cluster,
+                    "probe.Probe",
+                    "Get",
                     vec![],
-                    Duration::from_secs(5),
+                    Some(b""),
+                    timeout,
                 ) {
-                    Ok(_) => Action::Pause,
+                    Ok(_) => {
+                        info(&format!("grpc call to {cluster}: dispatched"));
+                        Action::Pause
+                    }
                     Err(status) => {
-                        self.set_http_request_header("x-call-error", Some(&format!("{status:?}")));
+                        info(&format!("grpc call to {cluster}: {status:?}"));
                         Action::Continue
                     }
                 }
             }
+            "local-reply" => {
+                self.send_http_response(
+                    418,
+                    vec![("X-Mixed-Case", "Yes"), ("x-lower", "1")],
+                    Some(b"local body"),
+                );
+                Action::Pause
+            }
+            "trap" => panic!("probe: trap on purpose"),
+            // Its work is in on_http_response_body.
+            "rewrite-response" => Action::Continue,
             "time" => {
                 let nanos = self
                     .get_current_time()
@@ -212,14 +319,67 @@ impl HttpContext for Probe {
         }
     }
 
-    fn on_http_request_body(&mut self, body_size: usize, _eos: bool) -> Action {
+    fn on_http_request_body(&mut self, body_size: usize, eos: bool) -> Action {
+        if DIFFERENTIAL_MODES.contains(&self.op.as_str()) {
+            info(&format!(
+                "on_http_request_body: {body_size} bytes, end_of_stream {eos}"
+            ));
+        }
         let body = self.get_http_request_body(0, body_size).unwrap_or_default();
         self.set_http_request_body(0, body_size, &body.to_ascii_uppercase());
         Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+    fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> Action {
+        if DIFFERENTIAL_MODES.contains(&self.op.as_str()) {
+            let status = self.get_http_response_header(":status").unwrap_or_default();
+            info(&format!(
+                "on_http_response_headers: status {status}, end_of_stream {eos}"
+            ));
+        }
         self.add_http_response_header("x-probe-seen", "yes");
+        if self.op == "rewrite-response" {
+            // The body's length changes, and Envoy sends these headers before the body
+            // (pausing here would hold the body callbacks too): drop the stale length.
+            self.set_http_response_header("content-length", None);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, eos: bool) -> Action {
+        if !DIFFERENTIAL_MODES.contains(&self.op.as_str()) {
+            return Action::Continue;
+        }
+        // Only the last call is logged: how Envoy splits a body into calls is its own business.
+        if !eos {
+            return if self.op == "rewrite-response" {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        }
+        info(&format!(
+            "on_http_response_body: {body_size} bytes at end_of_stream"
+        ));
+        if self.op == "rewrite-response" {
+            let body = self
+                .get_http_response_body(0, body_size)
+                .unwrap_or_default();
+            let mut rewritten = b"rewritten:".to_vec();
+            rewritten.extend_from_slice(&body);
+            self.set_http_response_body(0, body_size, &rewritten);
+        }
         Action::Continue
     }
 }
+
+/// The modes of the differential suite, which log the callbacks they see.
+const DIFFERENTIAL_MODES: &[&str] = &[
+    "local-reply",
+    "rewrite-response",
+    "call",
+    "call-and-continue",
+    "grpc",
+    "trap",
+    "body",
+];
