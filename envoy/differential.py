@@ -45,12 +45,29 @@ ROUTER = {"name": "envoy.filters.http.router",
           "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 HTTP_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+SCENARIO_FIELDS = {"description", "filter", "plugin_config", "vm_config", "failure_policy", "clusters", "upstream",
+                   "requests"}
+FAILURE_POLICIES = {"FAIL_CLOSED", "FAIL_OPEN", "FAIL_RELOAD"}
+CLUSTER_KINDS = {"answer": {"status", "headers", "body"}, "hang": {"hang"}, "refuse": {"refuse"},
+                 "grpc": {"grpc_status", "grpc_message"}}
 
 
 def load_scenario(path):
     """A scenario file as a dict with every default filled in."""
     path = pathlib.Path(path)
     scenario = json.loads(path.read_text())
+    unknown = set(scenario) - SCENARIO_FIELDS
+    if unknown:
+        raise ValueError(f"{path}: unknown fields {sorted(unknown)}")
+    if "filter" not in scenario:
+        raise ValueError(f"{path}: filter: missing (the .wasm, relative to the scenario)")
+    if scenario.get("failure_policy", "FAIL_CLOSED") not in FAILURE_POLICIES:
+        raise ValueError(f"{path}: failure_policy: one of {sorted(FAILURE_POLICIES)}")
+    for name, spec in scenario.get("clusters", {}).items():
+        kinds = [kind for kind, fields in CLUSTER_KINDS.items() if set(spec) & fields]
+        if name == "upstream" or len(kinds) > 1 or set(spec) - set().union(*CLUSTER_KINDS.values()):
+            raise ValueError(f"{path}: clusters.{name}: not one of answer {sorted(CLUSTER_KINDS['answer'])}, "
+                             "hang, refuse, grpc (grpc_status, grpc_message); `upstream` is the route's")
     scenario["_dir"] = path.resolve().parent
     scenario.setdefault("vm_config", "")
     scenario.setdefault("failure_policy", "FAIL_CLOSED")

@@ -16,6 +16,7 @@ Build first: the filters (`cargo build --profile wasm -p rollout-filter -p probe
 wasm32-wasip1`) and the CLI (`cargo build --release -p host-test`)."""
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -152,3 +153,17 @@ def test_the_envoy_runner_keeps_only_the_filters_lines():
 def test_every_scenario_names_a_filter_that_is_built():
     missing = [s.name for s in SCENARIOS if not wasm_of(s).is_file()]
     assert not missing, f"build the filters first; missing for {missing}"
+
+
+@pytest.mark.parametrize(("scenario", "path"), [
+    ({"filter": "x.wasm", "bogus": 1}, "unknown fields ['bogus']"),
+    ({"plugin_config": ""}, "filter: missing"),
+    ({"filter": "x.wasm", "failure_policy": "OPEN"}, "failure_policy:"),
+    ({"filter": "x.wasm", "clusters": {"a": {"hang": True, "status": 200}}}, "clusters.a:"),
+    ({"filter": "x.wasm", "requests": [{}, {"header": []}]}, "requests[1]: unknown fields ['header']"),
+])
+def test_the_envoy_runner_names_what_is_wrong_in_a_scenario(tmp_path, scenario, path):
+    file = tmp_path / "bad.json"
+    file.write_text(json.dumps(scenario))
+    with pytest.raises(ValueError, match=re.escape(f"{file}: {path}")):
+        differential.load_scenario(file)
