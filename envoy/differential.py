@@ -188,6 +188,10 @@ def filter_logs(text):
 def filter_metrics(envoy):
     """The filter's metrics by the names it gave them: counters and gauges by value, histograms
     by their number of samples (summed over the detailed buckets of the cumulative histogram)."""
+    # The first read flushes stats; the histograms' merge from the worker thread completes
+    # after it returns, so the second read is the one that counts their samples.
+    envoy.admin("/stats?filter=%5Ewasmcustom%5C.")
+    time.sleep(0.2)
     status, body = envoy.admin("/stats?format=json&histogram_buckets=detailed&filter=%5Ewasmcustom%5C.")
     if status != 200:
         raise RuntimeError(f"admin /stats answered {status}: {body[:500]}")

@@ -27,6 +27,10 @@ pub(crate) struct RunArgs {
     filter: Option<PathBuf>,
 }
 
+/// VMs Envoy 1.40 starts for a plugin with one worker thread: its own, the main thread's and
+/// the worker's.
+const STARTUP_VMS: usize = 3;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Scenario {
@@ -225,11 +229,22 @@ fn execute(module: &FilterModule, scenario: &Scenario) -> Result<Value> {
         failure_policy: scenario.failure_policy,
         ..VmOptions::default()
     };
-    let mut vm = module.start_vm(options)?;
-    if !vm.configure(&config_bytes(&scenario.plugin_config))? {
-        bail!("the filter refused its plugin configuration (Envoy would refuse the listener)");
+    // Envoy starts the plugin in a VM of its own, then in one per thread, the main thread
+    // included: with one worker, three VMs start and are configured before the first request,
+    // which runs on the worker's. Their start-up is in the logs three times over.
+    let mut logs: Vec<LogEntry> = Vec::new();
+    let mut vms = Vec::new();
+    for _ in 0..STARTUP_VMS {
+        let mut vm = module.start_vm(options.clone())?;
+        if !vm.configure(&config_bytes(&scenario.plugin_config))? {
+            bail!("the filter refused its plugin configuration (Envoy would refuse the listener)");
+        }
+        logs.append(&mut vm.take_logs());
+        vms.push(vm);
     }
-    let mut logs: Vec<LogEntry> = vm.take_logs();
+    let Some(mut vm) = vms.pop() else {
+        bail!("no VM started");
+    };
     let mut requests = Vec::new();
     for (n, spec) in scenario.requests.iter().enumerate() {
         vm.advance(Duration::from_millis(spec.wait_ms))?;

@@ -251,10 +251,7 @@ fn properties_environment_and_stdout_reach_the_filter() {
     assert_eq!(upstream(&report, "x-env").as_deref(), Some("from-env"));
     let report = vm.exchange(&request("stdout", &[])).unwrap();
     assert!(
-        report
-            .logs
-            .iter()
-            .any(|l| l.message == "stdout: hello from stdout"),
+        report.logs.iter().any(|l| l.message == "hello from stdout"),
         "{:?}",
         report.logs
     );

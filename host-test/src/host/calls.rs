@@ -100,6 +100,10 @@ pub(super) fn timeout_response() -> HttpCallResponse {
 const REFUSED: &str = "upstream connect error or disconnect/reset before headers. reset reason: \
                        remote connection failure";
 
+/// The response details Envoy's async gRPC client appends to a refused call's message.
+const REFUSED_DETAILS: &str = "{upstream_reset_before_response_started{remote_connection_failure|\
+                               delayed_connect_error:_Connection_refused}}";
+
 /// gRPC status UNAVAILABLE, what Envoy maps its router's 503 and 504 to.
 const UNAVAILABLE: u32 = 14;
 
@@ -257,7 +261,7 @@ impl HostState {
                 },
                 Some(ClusterAnswer::Refuse) => GrpcCallResponse {
                     status: UNAVAILABLE,
-                    message: REFUSED.to_owned(),
+                    message: format!("{REFUSED}{REFUSED_DETAILS}"),
                     body: Vec::new(),
                 },
                 _ => continue,
@@ -299,7 +303,7 @@ impl Vm {
     }
 
     /// Ends the calls whose deadline has come: an HTTP call gets Envoy's 504, a gRPC call
-    /// status UNAVAILABLE.
+    /// status UNAVAILABLE with the router's words and details, as Envoy ends them.
     pub(super) fn expire_calls(&mut self) {
         let now = self.store.data().now_ns;
         let due = |d: Option<u64>| d.is_some_and(|d| d <= now);
@@ -317,7 +321,7 @@ impl Vm {
         for token in grpc {
             let end = GrpcCallResponse {
                 status: UNAVAILABLE,
-                message: "upstream request timeout".to_owned(),
+                message: "upstream request timeout{response_timeout}".to_owned(),
                 body: Vec::new(),
             };
             let _ = self.answer_grpc_call(token, end);

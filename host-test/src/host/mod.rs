@@ -255,6 +255,8 @@ struct StreamState {
     /// The VM this stream's context lives in failed (or had failed when the stream began):
     /// no callback runs any more, and the failure policy decides.
     failed: bool,
+    /// Begun after the VM failed under FAIL_OPEN: the filter is not in this stream's chain.
+    skipped: bool,
     /// The trap that failed the VM during this stream, if one did.
     trap: Option<String>,
 }

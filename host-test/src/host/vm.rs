@@ -300,6 +300,7 @@ impl Vm {
             original_request_headers: exchange.request_headers.clone(),
             request_body: exchange.request_body.clone(),
             failed: self.failure.is_some(),
+            skipped: self.failure.is_some() && self.policy() == FailurePolicy::FailOpen,
             ..Default::default()
         };
         self.store.data_mut().streams.insert(id, stream);
@@ -309,14 +310,11 @@ impl Vm {
         let eos = u32::from(exchange.request_body.is_empty());
         let result = self.stream_step(id, "proxy_on_request_headers", &[v(id), v(n), v(eos)]);
         self.note_request_pause(id, result);
-        if eos == 0
-            && !self
-                .stream(id)
-                .is_some_and(|s| s.replied_locally || s.reset)
-        {
-            let len = exchange.request_body.len() as u32;
-            let result = self.stream_step(id, "proxy_on_request_body", &[v(id), v(len), v(1)]);
-            self.note_request_pause(id, result);
+        let answered = self
+            .stream(id)
+            .is_some_and(|s| s.replied_locally || s.reset);
+        if eos == 0 && !answered && self.body_phase(id, Direction::Request, true) {
+            self.note_request_pause(id, Some(PAUSE));
         }
         self.settle();
         self.store.data_mut().entropy = None;
@@ -365,8 +363,7 @@ impl Vm {
     /// Whether Envoy would still hold the stream's request: the filter paused it and has
     /// neither resumed nor answered it (nor reset the stream).
     pub fn is_held(&self, stream: StreamId) -> bool {
-        let open = self.policy() == FailurePolicy::FailOpen;
-        self.stream(stream.0).is_some_and(|s| s.request_held(open))
+        self.stream(stream.0).is_some_and(StreamState::request_held)
     }
 
     /// How long until the first call in flight times out, if one has a timeout.
@@ -428,15 +425,14 @@ impl Vm {
         }
     }
 
-    /// The failure policy's answer for a stream whose VM failed: nothing under FAIL_OPEN
-    /// (the request goes on without the filter), else one 503 with an empty body that no
-    /// callback sees (Envoy's `wasm_fail_stream`).
+    /// The answer for a stream whose VM failed: one 503 with an empty body that no callback
+    /// sees (Envoy's `wasm_fail_stream`), under every policy for the stream that was running
+    /// when the VM failed; a stream begun after the failure under FAIL_OPEN goes on without
+    /// the filter.
     fn fail_stream(&mut self, id: u32) {
-        if self.policy() == FailurePolicy::FailOpen {
-            return;
-        }
         if let Some(s) = self.stream_mut(id)
             && !s.replied_locally
+            && !s.skipped
         {
             s.replied_locally = true;
             s.response_headers = vec![(":status".to_owned(), b"503".to_vec())];
@@ -578,11 +574,11 @@ impl Vm {
 
 impl StreamState {
     /// Whether the request waits for the filter: paused, not resumed, not answered, not
-    /// reset (a failed VM under FAIL_OPEN lets it go on).
-    fn request_held(&self, fail_open: bool) -> bool {
+    /// reset.
+    fn request_held(&self) -> bool {
         let waiting = self.paused && !self.resumed;
         let ended = self.replied_locally || self.reset;
-        waiting && !ended && !(self.failed && fail_open)
+        waiting && !ended
     }
 
     /// Whether the client gets no response from the filter: reset, or paused for good.

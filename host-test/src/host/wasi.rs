@@ -81,8 +81,8 @@ fn fd_write(mut cx: Cx<'_>, fd: i32, iovs: i32, n_iovs: i32, ret_written: i32) -
         text.extend_from_slice(&chunk);
     }
     let written = text.len() as u32;
-    let stream = if fd == 1 { "stdout" } else { "stderr" };
-    let message = format!("{stream}: {}", String::from_utf8_lossy(&text).trim_end());
+    // As Envoy logs them: the text alone, at the stream's level.
+    let message = String::from_utf8_lossy(&text).trim_end().to_owned();
     cx.data_mut().log(level, message);
     errno_of(write_u32(&mut cx, ret_written, written))
 }
