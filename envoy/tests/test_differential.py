@@ -34,8 +34,10 @@ def normalise(output):
     """The output with Envoy's own headers dropped and header lists sorted (see the module)."""
     requests = []
     for request in output["requests"]:
-        client = dict(request["client"])
-        client["headers"] = sorted([k, v] for k, v in client["headers"] if k not in DROPPED_CLIENT)
+        client = request["client"]  # None: the client got no response
+        if client is not None:
+            client = dict(client)
+            client["headers"] = sorted([k, v] for k, v in client["headers"] if k not in DROPPED_CLIENT)
         upstream = request["upstream"]
         if upstream is not None:
             upstream = dict(upstream)
@@ -50,8 +52,11 @@ def differences(harness, envoy):
     if len(harness["requests"]) != len(envoy["requests"]):
         found.append(f"requests: harness ran {len(harness['requests'])}, Envoy {len(envoy['requests'])}")
     for i, (h, e) in enumerate(zip(harness["requests"], envoy["requests"], strict=False)):
+        if (h["client"] is None) != (e["client"] is None):
+            found.append(f"requests[{i}].client: harness {h['client']!r}, Envoy {e['client']!r}")
+            continue
         for field in ("status", "headers", "body"):
-            if h["client"].get(field) != e["client"].get(field):
+            if h["client"] is not None and h["client"].get(field) != e["client"].get(field):
                 found.append(f"requests[{i}].client.{field}: harness {h['client'].get(field)!r}, "
                              f"Envoy {e['client'].get(field)!r}")
         if (h["upstream"] is None) != (e["upstream"] is None):

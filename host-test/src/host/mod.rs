@@ -227,8 +227,12 @@ struct StreamState {
     paused: bool,
     /// Whether the filter resumed the request (`proxy_continue_stream`) after pausing it.
     resumed: bool,
+    /// The request body waits for the filter to resume the request it paused on headers.
+    request_body_waiting: bool,
     /// The filter paused the response.
     response_paused: bool,
+    /// The response body waits for the filter to resume the response.
+    response_body_waiting: bool,
     /// Whether the filter resumed the response after pausing it.
     response_resumed: bool,
     request_headers: Headers,

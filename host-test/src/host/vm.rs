@@ -252,6 +252,7 @@ impl Vm {
     /// Fires `proxy_on_tick` on the root context once (nothing if the VM failed).
     pub fn tick(&mut self) -> Result<()> {
         self.callback(self.root_id, "proxy_on_tick", &[v(self.root_id)]);
+        self.release_waiting();
         self.settle();
         Ok(())
     }
@@ -265,6 +266,7 @@ impl Vm {
     pub fn queue_ready(&mut self, queue_id: u32) -> Result<()> {
         let root = self.root_id;
         self.callback(root, "proxy_on_queue_ready", &[v(root), v(queue_id)]);
+        self.release_waiting();
         self.settle();
         Ok(())
     }
@@ -313,8 +315,16 @@ impl Vm {
         let answered = self
             .stream(id)
             .is_some_and(|s| s.replied_locally || s.reset);
-        if eos == 0 && !answered && self.body_phase(id, Direction::Request, true) {
-            self.note_request_pause(id, Some(PAUSE));
+        if eos == 0 && !answered {
+            if result == Some(PAUSE) {
+                // Pausing on headers holds the body callbacks too (ABI 0.2.1 in Envoy: the
+                // pause stops all iteration); the body comes, buffered, once resumed.
+                if let Some(s) = self.stream_mut(id) {
+                    s.request_body_waiting = true;
+                }
+            } else if self.body_phase(id, Direction::Request, true) {
+                self.note_request_pause(id, Some(PAUSE));
+            }
         }
         self.settle();
         self.store.data_mut().entropy = None;
@@ -328,6 +338,7 @@ impl Vm {
     pub fn finish(&mut self, stream: StreamId, exchange: &Exchange) -> Result<ExchangeReport> {
         let id = stream.0;
         self.settle();
+        self.release_waiting();
         self.store.data_mut().entropy = exchange.entropy;
         let forward = !self.is_held(stream)
             && self
@@ -414,6 +425,33 @@ impl Vm {
         if self.stream(id).is_some_and(|s| !s.failed) {
             self.send_local_response(id);
         }
+        self.release_waiting();
+    }
+
+    /// Delivers the bodies that waited for a stream to be resumed, in one piece with
+    /// end_of_stream, as Envoy passes on what it buffered while iteration was stopped.
+    pub(super) fn release_waiting(&mut self) {
+        let ids: Vec<u32> = self.store.data().streams.keys().copied().collect();
+        for id in ids {
+            let Some(s) = self.stream_mut(id) else {
+                continue;
+            };
+            if s.request_body_waiting && s.resumed && !s.replied_locally && !s.reset {
+                s.request_body_waiting = false;
+                if self.body_phase(id, Direction::Request, false)
+                    && let Some(s) = self.stream_mut(id)
+                {
+                    s.resumed = false;
+                }
+            } else if s.response_body_waiting && s.response_resumed && !s.reset {
+                s.response_body_waiting = false;
+                if self.body_phase(id, Direction::Response, false)
+                    && let Some(s) = self.stream_mut(id)
+                {
+                    s.response_resumed = false;
+                }
+            }
+        }
     }
 
     /// Records a request callback's pause.
@@ -486,8 +524,15 @@ impl Vm {
         let eos = u32::from(!has_body);
         let paused = self.stream_step(id, "proxy_on_response_headers", &[v(id), v(n), v(eos)])
             == Some(PAUSE);
-        let body_paused = has_body && self.body_phase(id, Direction::Response, chunked);
-        if (paused || body_paused)
+        if paused {
+            if let Some(s) = self.stream_mut(id) {
+                s.response_paused = true;
+                s.response_body_waiting = has_body;
+            }
+            return;
+        }
+        if has_body
+            && self.body_phase(id, Direction::Response, chunked)
             && let Some(s) = self.stream_mut(id)
         {
             s.response_paused = true;
