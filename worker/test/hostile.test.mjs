@@ -180,7 +180,7 @@ test("hostile requests get workerd's or the Worker's documented answer, and the 
   }
 });
 
-test("a 25 MiB KV value: KV's limit; not JSON is refused and the config in force stays; KV refuses one byte more", { timeout: 60_000 }, async () => {
+test("a 25 MiB KV value (KV's limit; one byte more is refused by KV), JSON or not, is refused unparsed, over 4 MiB like the filter; the config in force stays", { timeout: 60_000 }, async () => {
   const { mf, kv, logs } = await setup();
   try {
     const before = await send(mf, [[":path", "/"], ["x-user-id", USERS.v2]]);
@@ -193,16 +193,25 @@ test("a 25 MiB KV value: KV's limit; not JSON is refused and the config in force
     const took = Date.now() - t0;
     assert.equal(res.status, 200);
     assert.equal(res.body.origin, "v2", "the config in force stays");
-    assert.ok(logs.some((l) => l.message === "rollout: config rejected: (root): not valid JSON at line 1 column 1: expected value"), JSON.stringify(logs));
-    // A config padded to 25 MiB with whitespace is a config like any other.
+    const OVER = "rollout: config of 26214400 bytes from KV key rollout.json is over 4194304; keeping the config in force";
+    assert.equal(logs.filter((l) => l.level === "error" && l.message === OVER).length, 1, JSON.stringify(logs));
+    // A good config padded to 25 MiB with whitespace: refused unparsed, as the filter refuses
+    // one over 4 MiB from its source, so both hosts take the same configs.
     const padded = JSON.stringify(rollout(1, 0)) + " ".repeat(MIB25 - JSON.stringify(rollout(1, 0)).length);
     await kv.put("rollout.json", padded);
     const t1 = Date.now();
     const after = await send(mf, [[":path", "/"], ["x-user-id", USERS.v2]]);
     const tookValid = Date.now() - t1;
     assert.equal(after.status, 200);
+    assert.equal(after.body.origin, "v2", "the config in force stays");
+    assert.equal(logs.filter((l) => l.level === "error" && l.message === OVER).length, 2, JSON.stringify(logs));
+    // One of 4 MiB is taken.
+    const MIB4 = 4 * 1024 * 1024;
+    await kv.put("rollout.json", JSON.stringify(rollout(1, 0)) + " ".repeat(MIB4 - JSON.stringify(rollout(1, 0)).length));
+    const at4 = await send(mf, [[":path", "/"], ["x-user-id", USERS.v2]]);
+    assert.equal(at4.body.origin, "v1");
     assert.deepEqual(uncaught(logs), []);
-    console.log(`25 MiB not JSON: first request ${took} ms; 25 MiB valid: ${tookValid} ms, to ${after.body.origin}`);
+    console.log(`25 MiB not JSON: first request ${took} ms; 25 MiB good config: ${tookValid} ms`);
   } finally {
     await mf.dispose();
   }
