@@ -177,7 +177,13 @@ impl Root {
 
     fn fetch_answered(&mut self, n_headers: usize, body_size: usize) {
         if n_headers == 0 {
-            return self.fetch_failed("no response (connection failed or timed out)");
+            // Envoy passes no reason. Besides a refused connection and a timeout, it resets a
+            // call whose body is over its buffer limit (32 MiB in Envoy 1.40, measured in
+            // envoy/tests/test_hostile.py): name that too, or a huge config reads as an outage.
+            return self.fetch_failed(
+                "no response: the connection failed, the call timed out, or Envoy reset it \
+                 (it does for a body over 32 MiB)",
+            );
         }
         let status = host::header_value(HeaderMap::CallResponse, ":status")
             .ok()

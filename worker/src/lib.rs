@@ -28,8 +28,8 @@ use std::time::Duration;
 
 use rollout_core::{Config, HostInputs};
 use worker::{
-    Context, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit, Response, Result,
-    console_error, event, js_sys, worker_sys::web_sys,
+    AbortController, Context, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
+    Response, Result, console_error, event, js_sys, worker_sys::web_sys,
 };
 
 use crate::analytics::record;
@@ -135,14 +135,15 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
         .rollout
         .map(|r| format!("{}/{}", r.rollout, r.version));
     let origin_key = target.clone().unwrap_or_else(|| "default".to_owned());
-    let Some(origin) = settings
+    // The ROLLOUT_ORIGINS entry used, for logs that name it.
+    let Some((entry, origin)) = settings
         .origins
-        .get(&origin_key)
-        .or_else(|| settings.origins.get("default"))
+        .get_key_value(&origin_key)
+        .or_else(|| settings.origins.get_key_value("default"))
     else {
         console_error!("rollout: no origin for {origin_key} in ROLLOUT_ORIGINS");
         let body = format!("rollout worker: no origin configured for {origin_key}");
-        return local_reply(&config, &decision, body);
+        return local_reply(&config, &decision, UNREACHABLE, body);
     };
 
     // The upstream request: everything as the client sent it, with the header contract applied
@@ -172,19 +173,49 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
     if !matches!(method, Method::Get | Method::Head) {
         init.with_body(req.body().map(Into::into));
     }
-    let upstream = Request::new_with_init(&upstream_url, &init)?;
-    let started = Date::now().as_millis();
-    let response = match Fetch::Request(upstream).send().await {
-        Ok(response) => response,
+    let upstream = match Request::new_with_init(&upstream_url, &init) {
+        Ok(upstream) => upstream,
         Err(e) => {
+            console_error!(
+                "rollout: ROLLOUT_ORIGINS.{entry}: {origin:?} is not a usable origin URL ({e})"
+            );
+            let body = format!("rollout worker: no usable origin configured for {origin_key}");
+            return local_reply(&config, &decision, UNREACHABLE, body);
+        }
+    };
+    let started = Date::now().as_millis();
+    // A silent origin would hold the request for as long as the client waits: bounded, and
+    // aborted so the subrequest does not outlive the answer.
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let upstream = Fetch::Request(upstream);
+    let fetch = upstream.send_with_signal(&signal);
+    let failure = match within(settings.origin_timeout_ms, fetch).await {
+        Some(Ok(response)) => Ok(response),
+        Some(Err(e)) => {
             console_error!("rollout: origin {origin} for {origin_key} failed: {e}");
+            Err((UNREACHABLE, "is unreachable".to_owned()))
+        }
+        None => {
+            controller.abort();
+            let ms = settings.origin_timeout_ms;
+            console_error!(
+                "rollout: origin {origin} for {origin_key} sent no response within {ms} ms \
+                 (ROLLOUT_ORIGIN_TIMEOUT_MS)"
+            );
+            Err((TIMED_OUT, format!("did not answer within {ms} ms")))
+        }
+    };
+    let response = match failure {
+        Ok(response) => response,
+        Err((status, what)) => {
             let latency_ms = Date::now().as_millis().saturating_sub(started);
             if let Some(slot) = slot {
-                guard::count(&config, slot, UNREACHABLE, latency_ms);
+                guard::count(&config, slot, status, latency_ms);
             }
-            record(env, &decision, &flags, UNREACHABLE, latency_ms);
-            let body = format!("rollout worker: origin for {origin_key} is unreachable");
-            return local_reply(&config, &decision, body);
+            record(env, &decision, &flags, status, latency_ms);
+            let body = format!("rollout worker: origin for {origin_key} {what}");
+            return local_reply(&config, &decision, status, body);
         }
     };
     let latency_ms = Date::now().as_millis().saturating_sub(started);
@@ -215,16 +246,20 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
 /// The status of a request whose origin cannot be reached or is not configured: Envoy's for an
 /// upstream it cannot connect to, so that both hosts answer a dead version alike.
 const UNREACHABLE: u16 = 503;
+/// The status of a request whose origin sent nothing within `ROLLOUT_ORIGIN_TIMEOUT_MS`:
+/// Envoy's when its route timeout expires.
+const TIMED_OUT: u16 = 504;
 
-/// A reply of the Worker's own for a decided request that reached no origin: status
-/// [`UNREACHABLE`], with the contract's response headers, so the client still learns which
-/// version it was decided for (as from Envoy).
+/// A reply of the Worker's own for a decided request that reached no origin (`status`
+/// [`UNREACHABLE`] or [`TIMED_OUT`]), with the contract's response headers, so the client
+/// still learns which version it was decided for (as from Envoy).
 fn local_reply(
     config: &Config,
     decision: &rollout_core::Decision<'_>,
+    status: u16,
     body: String,
 ) -> Result<Response> {
-    let response = Response::error(body, UNREACHABLE)?;
+    let response = Response::error(body, status)?;
     let mut headers = WorkerHeaders::copy_of(response.headers())?;
     config.apply_response_contract(decision.response_plan(), &mut headers);
     Ok(response.with_headers(headers.finish()?))

@@ -37,6 +37,9 @@ pub(crate) struct Settings {
     pub(crate) guard_sync_ms: u64,
     /// How long a request may wait for the Durable Object (`ROLLOUT_STATE_WAIT_MS`).
     pub(crate) state_wait_ms: u64,
+    /// How long a request waits for its origin's response headers
+    /// (`ROLLOUT_ORIGIN_TIMEOUT_MS`, at least 1) before it is answered 504.
+    pub(crate) origin_timeout_ms: u64,
     /// The bearer token of the admin endpoints (secret `ROLLOUT_ADMIN_TOKEN`); none: no
     /// admin endpoint, every path goes to the origins.
     pub(crate) admin_token: Option<String>,
@@ -129,6 +132,8 @@ impl Settings {
             config_from_state,
             guard_sync_ms: number("ROLLOUT_GUARD_SYNC_MS", 1_000).max(MIN_GUARD_SYNC_MS),
             state_wait_ms: number("ROLLOUT_STATE_WAIT_MS", 100),
+            // Envoy's default route timeout: both hosts give up on a silent origin alike.
+            origin_timeout_ms: number("ROLLOUT_ORIGIN_TIMEOUT_MS", 15_000).max(1),
             admin_token,
             admin_path: admin_path.trim_end_matches('/').to_owned(),
             fallback: None,

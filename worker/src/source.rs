@@ -22,6 +22,11 @@ pub(crate) const KV_BINDING: &str = "ROLLOUT_CONFIG";
 /// for its first config anyway, as for a KV read.
 pub(crate) const FIRST_READ_WAIT_MS: u64 = 5_000;
 
+/// A config text larger than this is refused, not parsed: the filter's limit for a config
+/// from its source (`MAX_CONFIG_BYTES` in filter/src/lib.rs), so both hosts take the same
+/// configs, and a 25 MiB KV value (KV's own limit) costs no parse.
+const MAX_CONFIG_BYTES: usize = 4 << 20;
+
 /// The config in force in this isolate, and when its source was last read.
 #[derive(Default)]
 struct Cache {
@@ -142,6 +147,12 @@ pub(crate) async fn config(env: &Env, settings: &Settings) -> Option<Rc<Config>>
         match read {
             Read::Unchanged => {}
             Read::Text(text, _) if c.text.as_deref() == Some(text.as_str()) => {}
+            Read::Text(text, _) if text.len() > MAX_CONFIG_BYTES => console_error!(
+                "rollout: config of {} bytes from {} is over {MAX_CONFIG_BYTES}; {}",
+                text.len(),
+                settings.source_name(),
+                in_force(c.config.is_some(), settings)
+            ),
             Read::Text(text, serial) => match Config::from_json(text.as_bytes()) {
                 Ok(mut config) => {
                     console_log!("rollout: config loaded from {}", settings.source_name());
