@@ -173,6 +173,18 @@ def test_a_non_utf8_user_key_is_sticky(static):
     assert len(versions) == 1 and versions <= {"v1", "v2"}, versions
 
 
+def test_a_utf8_user_key_is_hashed_as_its_bytes_as_the_cli_does(static, tmp_path):
+    """A non-ASCII key (`josé-N`) reaches the core as the bytes sent: the version the CLI
+    decides for the same text. The Worker does the same (worker/test/hostile.test.mjs)."""
+    config = plugin_configuration(load(STATIC_CONFIG))
+    for i in range(6):
+        key = f"josé-{i}"
+        status, headers, _ = raw_request(static.port, [b"x-user-id: " + key.encode()])
+        assert status == 200
+        decided = explain(config, [f"x-user-id: {key}"], tmp_path)["rollout"]["version"]
+        assert headers["x-rollout-version"] == decided, key
+
+
 def test_a_repeated_user_key_header_decides_on_its_first_value_as_the_cli_does(static, tmp_path):
     config = plugin_configuration(load(STATIC_CONFIG))
     versions = {}
