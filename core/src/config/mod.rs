@@ -426,4 +426,13 @@ mod tests {
         assert_eq!(empty.flag_values().count(), 0);
         assert_eq!(empty.n_slots(), 0);
     }
+
+    #[test]
+    fn a_schema_key_is_accepted_for_editors_and_must_be_a_string() {
+        let with = Config::from_json(br#"{"$schema": "./docs/rollout.schema.json"}"#).unwrap();
+        assert_eq!(with, Config::empty());
+        let errors = Config::from_json(br#"{"$schema": 1}"#).unwrap_err();
+        let lines: Vec<String> = errors.lines("").map(|l| l.to_string()).collect();
+        assert_eq!(lines, ["$schema: expected a string, found a number"]);
+    }
 }
