@@ -71,6 +71,10 @@ NOT_EXPRESSIBLE = {
         "assign: the cookie must be a user_key source; max_age a duration",
         "assign.cookie",
     ): "a reference to user_key",
+    (
+        "lifecycle: expires not a date, an owner not a string, a rollout that expires before it was created",
+        "rollouts.checkout.expires",
+    ): "two times compared",
 }
 
 # A path's last part: `.name`, `[index]`, or a top-level field (no dot before it).
