@@ -3,6 +3,7 @@
 //! signed override tokens for testers; preview who moves between two configs.
 
 mod diff;
+mod lint;
 mod locate;
 mod sign;
 mod timeline;
@@ -92,6 +93,10 @@ enum Command {
     /// (old -> new), decided by the core for a population of users. Exit 1 past
     /// --max-moved, 2 when a config is invalid.
     Diff(diff::DiffArgs),
+    /// Warn about flags and rollouts due for clean-up: expired, old, fully on or off,
+    /// switched off for long, finished on a version other than stable. Exit 1 with
+    /// warnings, 2 when the config is invalid.
+    Lint(lint::LintArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -335,6 +340,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sign(args) => sign::sign(&args, at_or_now(args.at.as_deref())?),
         Command::Keygen => sign::keygen(),
         Command::Diff(args) => diff::diff(&args),
+        Command::Lint(args) => lint::lint(&args),
     }
 }
 

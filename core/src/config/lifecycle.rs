@@ -108,6 +108,8 @@ pub struct RolloutShape<'c> {
     pub name: &'c str,
     /// The versions, in config order.
     pub versions: Vec<&'c str>,
+    /// The stable version.
+    pub stable: &'c str,
     /// The versions an allow list or a rule names (reached whatever their weight).
     pub targeted: Vec<&'c str>,
     /// `aborted`.
@@ -155,6 +157,7 @@ impl Config {
             RolloutShape {
                 name: &r.name,
                 versions: r.versions.iter().map(|v| v.name.as_str()).collect(),
+                stable: name(r.stable_idx),
                 targeted,
                 aborted: r.aborted,
                 lifecycle: &r.lifecycle,
@@ -281,6 +284,7 @@ mod tests {
             (r.versions.as_slice(), r.targeted.as_slice()),
             (&["a", "b", "c"][..], &["b"][..])
         );
+        assert_eq!(r.stable, "a");
         let f = config.flag_shapes().next().unwrap();
         assert!(!f.enabled);
         assert_eq!((f.percentage_ppm, f.allow, f.deny), (0, 2, 0));
