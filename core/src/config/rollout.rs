@@ -375,7 +375,9 @@ fn revision(value: &Value) -> u64 {
             let kept = map.iter().filter(|(k, _)| !FIELDS.contains(&k.as_str()));
             for (i, (key, value)) in kept.enumerate() {
                 let sep = if i > 0 { "," } else { "" };
-                let _ = write!(hashing, "{sep}{}:{value}", Value::String(key.clone()));
+                // A key needs no escaping: a valid rollout has only its known fields, and
+                // an invalid one is never put in force.
+                let _ = write!(hashing, "{sep}\"{key}\":{value}");
             }
             let _ = hashing.write_str("}");
         }
