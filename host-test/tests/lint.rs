@@ -48,6 +48,9 @@ fn lint(test: &str, body: &str, extra: &[&str]) -> (Option<i32>, Vec<(String, St
             text(&out.stderr)
         )
     });
+    if !extra.contains(&"--now") {
+        assert_eq!(json["now"], NOW);
+    }
     let warnings = json["warnings"]
         .as_array()
         .unwrap()
