@@ -33,7 +33,7 @@ NOT_EXPRESSIBLE = {
     (
         "flag percentage with 5 decimals",
         "flags.f.percentage",
-    ): "multipleOf 0.0001 on floats is unreliable in validators (25 / 0.0001 is not an integer in binary)",
+    ): "multipleOf 0.0001 divides in binary floating point: jsonschema refuses 0.3 and 12.3456 with it",
     ("variants all zero and a duplicate", "flags.f.variants[1].name"): UNIQUE_NAME,
     ("rule serves an unknown variant", "flags.f.rules[0].serve"): CROSS_FIELD,
     (
