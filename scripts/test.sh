@@ -26,6 +26,9 @@ step "Python: ruff"
 step "docs name only paths that exist, and agree with the code (scripts/test_docs.py)"
 .venv/bin/python -m pytest -q scripts/test_docs.py
 
+step "the config's JSON Schema against the examples, vectors and invalid configs (scripts/test_schema.py)"
+.venv/bin/python -m pytest -q scripts/test_schema.py
+
 step "format"
 cargo fmt --all -- --check
 

@@ -4,6 +4,7 @@
 //! proxy-wasm filter through a scenario as Envoy would.
 
 mod diff;
+mod lint;
 mod locate;
 mod run;
 mod sign;
@@ -98,6 +99,10 @@ enum Command {
     /// upstream's answer, requests) as one Envoy listener would, and print what the client
     /// and the upstream got, the filter's logs and its metrics as JSON.
     Run(run::RunArgs),
+    /// Warn about flags and rollouts due for clean-up: expired, old, fully on or off,
+    /// switched off for long, finished on a version other than stable. Exit 1 with
+    /// warnings, 2 when the config is invalid.
+    Lint(lint::LintArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -342,6 +347,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Keygen => sign::keygen(),
         Command::Diff(args) => diff::diff(&args),
         Command::Run(args) => run::run(&args),
+        Command::Lint(args) => lint::lint(&args),
     }
 }
 

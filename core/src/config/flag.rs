@@ -22,9 +22,14 @@ impl Walk {
                 "deny",
                 "rules",
                 "percentage",
+                "owner",
+                "description",
+                "created",
+                "expires",
             ],
         )?;
         let errors_before = self.errors.len();
+        let lifecycle = self.lifecycle(map);
         let mut flag = Flag {
             name: name.to_owned(),
             salt: SaltState::new("flag", name),
@@ -38,6 +43,7 @@ impl Walk {
             deny: Vec::new(),
             rules: Vec::new(),
             percentage_ppm: BUCKETS as u32,
+            lifecycle,
         };
         if let Some(v) = map.get("enabled") {
             flag.enabled = self.at_key("enabled", |w| w.boolean(v)).unwrap_or(true);

@@ -9,6 +9,7 @@
 
 mod access;
 mod flag;
+mod lifecycle;
 mod operators;
 mod plan;
 mod rollout;
@@ -21,6 +22,7 @@ use crate::json::{self, Value};
 use crate::schedule::Schedule;
 
 pub use access::DEFAULT_OVERRIDE_HEADER;
+pub use lifecycle::{FlagShape, Lifecycle, RolloutShape};
 pub(crate) use operators::Op;
 pub use operators::{OPERATOR_DEFS, OPERATORS, Operand, Operator};
 use walk::Walk;
@@ -140,6 +142,8 @@ pub(crate) struct Rollout {
     pub(crate) allow: Vec<(Vec<u8>, usize)>,
     /// `rules`: the first whose conditions all hold sends the request to its version.
     pub(crate) rules: Vec<Target>,
+    /// Owner, description, created, expires: for people and `rollout lint`, not decisions.
+    pub(crate) lifecycle: Lifecycle,
 }
 
 /// A rollout's rule: conditions, and the version (index) they send a request to.
@@ -178,6 +182,8 @@ pub(crate) struct Flag {
     pub(crate) rules: Vec<Rule>,
     /// Share of users in the rollout, in 1/1,000,000.
     pub(crate) percentage_ppm: u32,
+    /// Owner, description, created, expires: for people and `rollout lint`, not decisions.
+    pub(crate) lifecycle: Lifecycle,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -425,5 +431,14 @@ mod tests {
         assert_eq!(empty.rollout_names().count(), 0);
         assert_eq!(empty.flag_values().count(), 0);
         assert_eq!(empty.n_slots(), 0);
+    }
+
+    #[test]
+    fn a_schema_key_is_accepted_for_editors_and_must_be_a_string() {
+        let with = Config::from_json(br#"{"$schema": "./docs/rollout.schema.json"}"#).unwrap();
+        assert_eq!(with, Config::empty());
+        let errors = Config::from_json(br#"{"$schema": 1}"#).unwrap_err();
+        let lines: Vec<String> = errors.lines("").map(|l| l.to_string()).collect();
+        assert_eq!(lines, ["$schema: expected a string, found a number"]);
     }
 }

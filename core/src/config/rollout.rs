@@ -3,6 +3,7 @@
 
 use crate::json::Value;
 
+use super::lifecycle::FIELDS;
 use super::walk::{Walk, json_type};
 use super::{NoKey, Rollout, Target, Version};
 use crate::error::ErrorKind;
@@ -13,10 +14,24 @@ impl Walk {
         let map = self.object(
             value,
             &[
-                "match", "salt", "stable", "no_key", "versions", "schedule", "aborted", "guard",
-                "allow", "rules",
+                "match",
+                "salt",
+                "stable",
+                "no_key",
+                "versions",
+                "schedule",
+                "aborted",
+                "guard",
+                "allow",
+                "rules",
+                "owner",
+                "description",
+                "created",
+                "expires",
             ],
         )?;
+        let errors_before = self.errors.len();
+        let lifecycle = self.lifecycle(map);
         let mut rollout = Rollout {
             name: name.to_owned(),
             salt: SaltState::new("rollout", name),
@@ -32,9 +47,10 @@ impl Walk {
             revision: revision(value),
             allow: Vec::new(),
             rules: Vec::new(),
+            lifecycle,
         };
         let scheduled = map.contains_key("schedule");
-        let mut ok = true;
+        let mut ok = self.errors.len() == errors_before;
         if let Some(v) = map.get("match") {
             ok &= self.at_key("match", |w| w.route_match(v, &mut rollout));
         }
@@ -337,7 +353,9 @@ impl Walk {
 
 /// A rollout's revision: a hash of its canonical JSON text (keys sorted, whitespace dropped,
 /// numbers as written), so that any edit of the rollout is a new revision and an edit
-/// elsewhere in the config is not. A guard's trip holds until the revision changes.
+/// elsewhere in the config is not. A guard's trip holds until the revision changes. The
+/// lifecycle fields are left out: a new owner or description changes no decision, and must
+/// not lift a trip. Without them the text is the value's own canonical text.
 fn revision(value: &Value) -> u64 {
     use core::fmt::Write;
     use core::hash::Hasher;
@@ -351,6 +369,21 @@ fn revision(value: &Value) -> u64 {
     }
     let mut hashing = Hashing(fnv::FnvHasher::default());
     // Writing to a hasher cannot fail.
-    let _ = write!(hashing, "{value}");
+    match value.as_object() {
+        Some(map) => {
+            let _ = hashing.write_str("{");
+            let kept = map.iter().filter(|(k, _)| !FIELDS.contains(&k.as_str()));
+            for (i, (key, value)) in kept.enumerate() {
+                let sep = if i > 0 { "," } else { "" };
+                // A key needs no escaping: a valid rollout has only its known fields, and
+                // an invalid one is never put in force.
+                let _ = write!(hashing, "{sep}\"{key}\":{value}");
+            }
+            let _ = hashing.write_str("}");
+        }
+        None => {
+            let _ = write!(hashing, "{value}");
+        }
+    }
     hashing.0.finish()
 }

@@ -251,10 +251,15 @@ impl Walk {
                 "metrics",
                 "overrides",
                 "assign",
+                "$schema",
             ],
         ) else {
             return config;
         };
+        // For editors (docs/rollout.schema.json); a string, and nothing else reads it.
+        if let Some(v) = map.get("$schema") {
+            self.at_key("$schema", |w| w.string(v));
+        }
         if let Some(v) = map.get("user_key") {
             self.at_key("user_key", |w| {
                 let Some(items) = w.array(v) else { return };
