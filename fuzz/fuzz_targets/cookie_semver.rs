@@ -122,7 +122,7 @@ fuzz_target!(|input: Input<'_>| {
     };
     let [lt, eq, gt, gte, lte] = holds(&config_a, input.b);
     assert!(
-        !(lt && eq) && !(lt && gt) && !(eq && gt),
+        [lt, eq, gt].into_iter().filter(|&h| h).count() <= 1,
         "{:?} vs {:?}: two orders",
         input.b,
         input.a
