@@ -38,6 +38,9 @@ impl HeaderMapMut for Vec<(String, String)> {
 /// The Server-Timing metric name of the header contract.
 pub const SERVER_TIMING_METRIC: &str = "rollout";
 
+/// The Server-Timing metric name of the config in force, its revision as the description.
+pub const SERVER_TIMING_CONFIG_METRIC: &str = "rollout-config";
+
 /// The response header that carries the Server-Timing entry.
 const SERVER_TIMING_HEADER: &str = "server-timing";
 /// The request header the contract rewrites when a token travels in a cookie or a key is
@@ -258,9 +261,16 @@ impl Config {
         if let Some(moved) = reason.moved() {
             response.replace(&self.headers.reason, moved);
         }
+        // One entry for the decision, one for the config that made it: which config a
+        // response came from is a question of every rollout change, and browsers' developer
+        // tools show both. One header, so no host call more.
         response.add(
             SERVER_TIMING_HEADER,
-            &format!("{SERVER_TIMING_METRIC};desc=\"{rollout}/{version}\""),
+            &format!(
+                "{SERVER_TIMING_METRIC};desc=\"{rollout}/{version}\", \
+                 {SERVER_TIMING_CONFIG_METRIC};desc=\"{:016x}\"",
+                self.digest
+            ),
         );
     }
 }
@@ -402,7 +412,13 @@ mod tests {
                 (":status", "200"),
                 ("server-timing", "db;dur=3"),
                 ("x-rollout-version", "a"),
-                ("server-timing", "rollout;desc=\"r/a\""),
+                (
+                    "server-timing",
+                    &format!(
+                        "rollout;desc=\"r/a\", rollout-config;desc=\"{}\"",
+                        config.digest_text()
+                    )
+                ),
             ])
         );
         let mut untouched = list(&[(":status", "200")]);

@@ -169,6 +169,25 @@ impl<'a> IntoIterator for &'a Object {
 
 /// The canonical text: no whitespace, keys sorted, numbers as written, strings escaped as
 /// serde_json escapes them. Error messages quote it and a rollout's revision hashes it.
+/// FNV-1a 64 of text as it is written, without building it (FNV-1a goes byte by byte): how a
+/// config's and a rollout's revisions hash their canonical text.
+#[derive(Default)]
+pub(crate) struct TextHash(fnv::FnvHasher);
+
+impl TextHash {
+    /// The hash of everything written so far.
+    pub(crate) fn finish(&self) -> u64 {
+        core::hash::Hasher::finish(&self.0)
+    }
+}
+
+impl fmt::Write for TextHash {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        core::hash::Hasher::write(&mut self.0, s.as_bytes());
+        Ok(())
+    }
+}
+
 impl fmt::Display for Value {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -38,7 +38,9 @@ pub use config::{
     DEFAULT_ROLLOUT_HEADER, DEFAULT_VERSION_HEADER, FlagShape, HeaderNames, Lifecycle,
     MAX_KEY_BYTES, OPERATOR_DEFS, OPERATORS, Operand, Operator, RolloutShape, Source,
 };
-pub use contract::{ContractNames, HeaderMapMut, ResponsePlan, SERVER_TIMING_METRIC};
+pub use contract::{
+    ContractNames, HeaderMapMut, ResponsePlan, SERVER_TIMING_CONFIG_METRIC, SERVER_TIMING_METRIC,
+};
 pub use decide::{
     AssignedKey, Decision, FlagChoice, FlagReason, HostInputs, KeyStatus, RequestFacts,
     VersionChoice, VersionReason, cookie_value,

@@ -66,7 +66,7 @@ def shift_times(config, delta_ms):
 
 def start_at(start_envoy, config, now, lead):
     """An Envoy on `config` shifted so that its clock reads `now` (RFC 3339) when this returns,
-    with that moment (Unix s) and the lead used. The shift is anchored `lead` seconds ahead, not
+    with that moment (Unix s), the lead used and the shifted config. The shift is anchored `lead` seconds ahead, not
     at the start, so that cases are sent at their own time rather than Envoy's start-up later
     (a case may sit a second before a step begins); the lead doubles while Envoy is not ready
     in time."""
@@ -76,7 +76,7 @@ def start_at(start_envoy, config, now, lead):
         envoy = start_envoy(set_plugin_configuration(load(STATIC_CONFIG), json.dumps(shifted)))
         if time.time() < anchor:
             time.sleep(max(anchor - time.time(), 0))
-            return envoy, anchor, lead
+            return envoy, anchor, lead, shifted
         envoy.stop()
         assert lead < 30, f"Envoy took over {lead} s to start"
         lead *= 2
@@ -92,6 +92,25 @@ def test_shift_times_moves_schedule_times_only():
                                                     "paused_at": "2026-11-23T09:31:30.500Z"}
     assert shifted["rollouts"]["b"] == config["rollouts"]["b"]
     assert config["rollouts"]["a"]["schedule"]["start"] == "2026-11-23T10:00:00Z", "the input is not changed"
+
+
+def revision_of(config, tmp_path):
+    """The config's revision, as `rollout validate` prints it."""
+    path = tmp_path / "revision.json"
+    path.write_text(json.dumps(config))
+    out = subprocess.run([str(ROLLOUT_CLI), "validate", str(path)],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    return re.search(r"revision ([0-9a-f]{16})$", out.strip()).group(1)
+
+
+def with_revision(response_headers, revision):
+    """Expected response headers with the Server-Timing config revision replaced: for a
+    config a test shifted in time, which is a config of its own."""
+    out = dict(response_headers)
+    if "server-timing" in out:
+        out["server-timing"] = re.sub(r'rollout-config;desc="[0-9a-f]{16}"',
+                                      f'rollout-config;desc="{revision}"', out["server-timing"])
+    return out
 
 
 def contract_view(headers, names):
@@ -184,10 +203,13 @@ def test_golden_vectors_give_the_same_headers_in_real_envoy(start_envoy, tmp_pat
                 # same side of it as of their time.
                 groups.setdefault(request.get("now") if scheduled else None, []).append(case)
         for now, cases in groups.items():
+            # The vector's own revision, unless the config was shifted in time.
+            revision = None
             if now is None:
                 envoy = start_envoy(set_plugin_configuration(load(STATIC_CONFIG), json.dumps(config)))
             else:
-                envoy, anchor, lead = start_at(start_envoy, config, now, lead)
+                envoy, anchor, lead, shifted = start_at(start_envoy, config, now, lead)
+                revision = revision_of(shifted, tmp_path)
             client = Client(envoy.port)
             for case in cases:
                 where = f"{path.name} / {case['description']}"
@@ -225,8 +247,11 @@ def test_golden_vectors_give_the_same_headers_in_real_envoy(start_envoy, tmp_pat
                     continue
                 if upstream != expected["request_headers"]:
                     failures.append(f"{where}: upstream got {upstream}, expected {expected['request_headers']}")
-                if client_view != expected["response_headers"]:
-                    failures.append(f"{where}: client got {client_view}, expected {expected['response_headers']}")
+                expected_response = expected["response_headers"]
+                if revision is not None:
+                    expected_response = with_revision(expected_response, revision)
+                if client_view != expected_response:
+                    failures.append(f"{where}: client got {client_view}, expected {expected_response}")
             client.close()
             if now is not None:
                 late = time.time() - anchor
@@ -378,3 +403,41 @@ def test_a_version_whose_upstream_is_down_gets_503_with_the_contract_headers(sta
     assert status == 503, body
     assert headers["x-rollout-version"] == "v2"
     assert 'rollout;desc="checkout/v2"' in headers["server-timing"]
+
+
+def test_the_config_in_force_and_flag_evaluations_reach_prometheus(start_envoy, tmp_path):
+    # rollout_config_info{hash} names the config as `rollout validate` and Server-Timing do;
+    # the opt-in flag counts, kept in each worker's VM, reach Envoy's counters on the tick.
+    config = {
+        "user_key": ["header:x-user-id"],
+        "metrics": {"flags": True},
+        "rollouts": {"checkout": {"versions": [{"name": "v1", "weight": 1}, {"name": "v2", "weight": 1}]}},
+        "flags": {"all": {"percentage": 100}, "none": {"enabled": False}, "half": {"percentage": 50}},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config, indent=2))
+    out = subprocess.run([str(ROLLOUT_CLI), "validate", str(path)],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    revision = re.search(r"revision ([0-9a-f]{16})$", out.strip()).group(1)
+    envoy = start_envoy(set_plugin_configuration(load(STATIC_CONFIG), json.dumps(config)))
+    client = Client(envoy.port)
+    for i in range(200):
+        status, headers, _ = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", f"f-{i}")])
+        assert status == 200
+        assert dict(headers)["server-timing"].endswith(f'rollout-config;desc="{revision}"')
+    client.close()
+
+    def flag(name, value):
+        return samples.get(("rollout_flag_evaluations_total", frozenset({("flag", name), ("value", value)})))
+
+    deadline = time.monotonic() + 10
+    while True:
+        samples = envoy.prometheus()
+        if flag("all", "on") == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert samples[("rollout_config_info", frozenset({("hash", revision)}))] == 1
+    assert (flag("all", "on"), flag("all", "off")) == (200, 0)
+    assert (flag("none", "on"), flag("none", "off")) == (0, 200)
+    assert flag("half", "on") + flag("half", "off") == 200
+    assert 60 < flag("half", "on") < 140

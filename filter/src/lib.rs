@@ -28,7 +28,7 @@ use std::rc::Rc;
 use host::LogLevel;
 use rollout_core::Config;
 
-use metrics::{TokenMetrics, VersionMetrics};
+use metrics::{FlagCounts, TokenMetrics, VersionMetrics};
 
 /// How often every VM checks shared data for a config another VM published: the bound on
 /// how long a worker lags behind the one that fetched it.
@@ -53,6 +53,8 @@ struct Shared {
     metrics: Vec<VersionMetrics>,
     /// Per token status, when the config reads override tokens.
     tokens: Option<TokenMetrics>,
+    /// Per flag and value, when the config counts flag evaluations.
+    flags: Option<FlagCounts>,
     /// Slots the guard holds tripped, as of the root's last tick.
     tripped: RefCell<Vec<rollout_core::Tripped>>,
     /// Whether deciding needs the time (a rollout has a schedule).
@@ -64,10 +66,12 @@ impl Shared {
         let metrics = VersionMetrics::define_all(&config);
         let needs_time = config.needs_time();
         let tokens = TokenMetrics::define(&config);
+        let flags = FlagCounts::define(&config);
         Rc::new(Shared {
             config,
             metrics,
             tokens,
+            flags,
             tripped: RefCell::new(Vec::new()),
             needs_time,
         })

@@ -3,7 +3,7 @@
 
 use std::cell::Cell;
 
-use rollout_core::{Config, Counts, TokenStatus};
+use rollout_core::{Config, Counts, FlagChoice, TokenStatus};
 
 use crate::host::{self, LogLevel, MetricType};
 use crate::log;
@@ -203,6 +203,116 @@ impl TokenMetrics {
     pub(crate) fn count(&self, status: TokenStatus) {
         let slot = TokenStatus::ALL.iter().position(|s| *s == status);
         increment(slot.and_then(|i| self.0.get(i)).copied().flatten());
+    }
+}
+
+/// `rollout_config_info{hash}`: 1 for the config in force (its [`Config::digest_text`]), 0
+/// for the one it replaced, so `rollout_config_info == 1` names the config each process runs.
+pub(crate) struct ConfigInfo {
+    digest: u64,
+    gauge: Gauge,
+}
+
+impl ConfigInfo {
+    /// Marks `config` as the one in force, and `previous` (if another) as no longer.
+    pub(crate) fn install(previous: Option<ConfigInfo>, config: &Config) -> ConfigInfo {
+        let digest = config.digest();
+        if let Some(previous) = previous {
+            if previous.digest == digest {
+                return previous;
+            }
+            previous.gauge.set(0);
+        }
+        let hash = config.digest_text();
+        let gauge = Gauge::define(&metric_name("rollout_config_info", &[("hash", &hash)]));
+        gauge.set(1);
+        ConfigInfo { digest, gauge }
+    }
+}
+
+/// How often counts kept in the VM reach the host's counters: often enough for a scrape,
+/// rarely enough that the host calls stay off the request path's budget.
+pub(crate) const FLUSH_EVERY_MS: u64 = 1_000;
+
+/// `rollout_flag_evaluations_total{flag,value}` (`metrics.flags`): each flag's evaluations by
+/// value, counted in the VM per request (no host call) and added to the host's counters on
+/// the tick, and when the config is replaced (the last request of the old config dropped).
+pub(crate) struct FlagCounts {
+    /// Every (flag, value) pair, flags in the decision's order (by name).
+    slots: Vec<FlagSlot>,
+    /// Per flag, where its values start in `slots`; one more entry for the end.
+    starts: Vec<usize>,
+    next_flush_ms: Cell<u64>,
+}
+
+/// One flag value's counter.
+struct FlagSlot {
+    value: String,
+    id: Option<u32>,
+    count: Cell<u64>,
+}
+
+impl FlagCounts {
+    /// The counters, if the config asks for them.
+    pub(crate) fn define(config: &Config) -> Option<FlagCounts> {
+        if !config.counts_flags() {
+            return None;
+        }
+        let mut slots = Vec::new();
+        let mut starts = vec![0];
+        for (flag, values) in config.flag_values() {
+            for value in values {
+                let tags = [("flag", flag), ("value", value)];
+                slots.push(FlagSlot {
+                    value: value.to_owned(),
+                    id: define(
+                        MetricType::Counter,
+                        &metric_name("rollout_flag_evaluations_total", &tags),
+                    ),
+                    count: Cell::new(0),
+                });
+            }
+            starts.push(slots.len());
+        }
+        Some(FlagCounts {
+            slots,
+            starts,
+            next_flush_ms: Cell::new(0),
+        })
+    }
+
+    /// Counts one request's flag values.
+    pub(crate) fn count(&self, flags: &[FlagChoice<'_>]) {
+        for (choice, bounds) in flags.iter().zip(self.starts.windows(2)) {
+            let &[start, end] = bounds else { continue };
+            let values = self.slots.get(start..end).unwrap_or_default();
+            if let Some(slot) = values.iter().find(|s| s.value == choice.value) {
+                slot.count.set(slot.count.get().saturating_add(1));
+            }
+        }
+    }
+
+    /// Adds what was counted since the last flush to the host's counters, once per
+    /// [`FLUSH_EVERY_MS`] (or now, with `force`).
+    pub(crate) fn flush(&self, now_ms: u64, force: bool) {
+        if !force && now_ms < self.next_flush_ms.get() {
+            return;
+        }
+        self.next_flush_ms
+            .set(now_ms.saturating_add(FLUSH_EVERY_MS));
+        for slot in &self.slots {
+            let n = slot.count.replace(0);
+            if let (Some(id), true) = (slot.id, n > 0) {
+                let _ = host::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+}
+
+impl Drop for FlagCounts {
+    /// The counts of a config that was replaced, once its last request is done.
+    fn drop(&mut self) {
+        self.flush(0, true);
     }
 }
 

@@ -4,7 +4,7 @@
 use crate::guard::{Guarding, JUDGE_EVERY_MS};
 use crate::host::{self, BufferType, LogLevel};
 use crate::live::Live;
-use crate::metrics::{ConfigMetrics, increment};
+use crate::metrics::{ConfigInfo, ConfigMetrics, increment};
 use crate::source::{PluginConfig, SharedKeys, merge_override_keys, parse_plugin_config};
 use crate::stream::Stream;
 use crate::{Shared, TICK_MS, log, now_ms};
@@ -19,6 +19,8 @@ pub(crate) struct Root {
     /// Streams paused until the live source's first answer, by context id.
     pub(crate) waiting: Vec<u32>,
     pub(crate) guarding: Guarding,
+    /// `rollout_config_info` of the config in force.
+    pub(crate) info: Option<ConfigInfo>,
 }
 
 impl Root {
@@ -36,6 +38,7 @@ impl Root {
             );
         }
         self.guarding = Guarding::new(&config);
+        self.info = Some(ConfigInfo::install(self.info.take(), &config));
         self.shared = Some(Shared::new(config));
         // Sets the weight gauges of every config, and reads back trips latched for the same
         // revisions, so that an update never lets a tripped version's users back.
@@ -74,14 +77,15 @@ impl Root {
                 log(LogLevel::Info, "rollout: static config loaded");
                 self.live = None;
                 self.install(config);
-                if self.guarding.needs_ticks()
+                let counts_flags = self.shared.as_ref().is_some_and(|s| s.flags.is_some());
+                if (self.guarding.needs_ticks() || counts_flags)
                     && let Err(status) = host::set_tick_period_ms(JUDGE_EVERY_MS as u32)
                 {
                     log(
                         LogLevel::Error,
                         &format!(
                             "rollout: no ticks ({status:?}); this VM's guard will not judge \
-                             and its schedules' gauges will not move"
+                             and its gauges and flag counts will not move"
                         ),
                     );
                 }
@@ -146,6 +150,9 @@ impl Root {
         }
         if self.guarding.needs_ticks() {
             self.guard_tick(now, false);
+        }
+        if let Some(flags) = self.shared.as_ref().and_then(|s| s.flags.as_ref()) {
+            flags.flush(now, false);
         }
     }
 

@@ -58,6 +58,9 @@ impl Stream {
         if let (Some(status), Some(tokens)) = (decision.token, shared.tokens.as_ref()) {
             tokens.count(status);
         }
+        if let Some(flags) = shared.flags.as_ref() {
+            flags.count(&decision.flags);
+        }
         let plan = decision.response_plan();
         if plan.assigned.is_some() {
             self.plan = Some(plan);

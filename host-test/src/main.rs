@@ -306,7 +306,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let Some(config) = parse_config(&name, &bytes) else {
                 return Ok(ExitCode::FAILURE);
             };
-            println!("{name}: ok ({})", counts(&config));
+            // The revision Envoy's rollout_config_info and Server-Timing name it by.
+            println!(
+                "{name}: ok ({}), revision {}",
+                counts(&config),
+                config.digest_text()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Explain {

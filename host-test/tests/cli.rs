@@ -39,7 +39,18 @@ fn validate_lists_every_error_path_and_fails() {
     }
     let good = rollout(&["validate", "examples/checkout.json"]);
     assert_eq!(good.status.code(), Some(0), "{}", text(&good.stderr));
-    assert!(text(&good.stdout).contains("ok (1 rollout(s), 3 version(s), 4 flag(s))"));
+    let revision = rollout_core::Config::from_json(
+        &std::fs::read(workspace_root().join("examples/checkout.json")).unwrap(),
+    )
+    .unwrap()
+    .digest_text();
+    assert!(
+        text(&good.stdout).contains(&format!(
+            "ok (1 rollout(s), 3 version(s), 4 flag(s)), revision {revision}"
+        )),
+        "{}",
+        text(&good.stdout)
+    );
 }
 
 #[test]

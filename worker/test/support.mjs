@@ -5,6 +5,9 @@
 import { after } from "node:test";
 import http from "node:http";
 import { createHmac } from "node:crypto";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { Miniflare } from "miniflare";
 
 export const ROOT = new URL("../../", import.meta.url).pathname;
@@ -97,6 +100,26 @@ export async function worker({
 export function mint(keyId, secret, claims, expiresS = Math.floor(Date.now() / 1000) + 3600) {
   const body = `r1.${keyId}.${expiresS}.${claims}`;
   return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
+}
+
+/** A config's revision as `rollout validate` prints it (the CLI is built before these tests). */
+export function revisionOf(config) {
+  const dir = mkdtempSync(`${tmpdir()}/rollout-revision-`);
+  try {
+    writeFileSync(`${dir}/config.json`, JSON.stringify(config));
+    const out = execFileSync(`${ROOT}target/release/rollout`, ["validate", `${dir}/config.json`], { encoding: "utf8" });
+    return /revision ([0-9a-f]{16})$/.exec(out.trim())[1];
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Expected response headers with the Server-Timing config revision replaced: for a config a
+ * test shifted in time, which is a config of its own. */
+export function withRevision(response, revision) {
+  const out = { ...response };
+  if (out["server-timing"]) out["server-timing"] = out["server-timing"].replace(/rollout-config;desc="[0-9a-f]{16}"/, `rollout-config;desc="${revision}"`);
+  return out;
 }
 
 /** The config without `overrides.keys`: what goes to KV, the keys going to the secret. */

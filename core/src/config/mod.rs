@@ -55,6 +55,10 @@ pub struct Config {
     /// `metrics.responses`: whether hosts count and time every rollout's responses, or only
     /// a guarded one's (see [`Config::counts_responses`]).
     pub(crate) count_responses: bool,
+    /// `metrics.flags`: whether hosts count flag evaluations by value.
+    pub(crate) count_flags: bool,
+    /// See [`Config::digest`].
+    pub(crate) digest: u64,
     /// `overrides`: where signed tester tokens are read, and the keys that sign them.
     pub(crate) overrides: Option<Overrides>,
     /// `assign`: the cookie a keyless user is given a key in.
@@ -232,6 +236,8 @@ impl Config {
             rollouts: Vec::new(),
             flags: Vec::new(),
             count_responses: true,
+            count_flags: false,
+            digest: walk::digest(&Value::Object(json::Object::default())),
             overrides: None,
             assign: None,
         }
@@ -291,6 +297,24 @@ impl Config {
     /// The header names of the header contract.
     pub fn header_names(&self) -> &HeaderNames {
         &self.headers
+    }
+
+    /// The config's revision: FNV-1a 64 of its canonical JSON text (keys sorted, whitespace
+    /// dropped, numbers as written), so every host names the same config alike however it
+    /// was formatted. Hosts show it as [`Config::digest_text`].
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// [`Config::digest`] as 16 lowercase hex digits: the `rollout-config` entry of
+    /// `Server-Timing`, Envoy's `rollout_config_info{hash}`, `rollout validate`.
+    pub fn digest_text(&self) -> String {
+        format!("{:016x}", self.digest)
+    }
+
+    /// Whether hosts count each flag's evaluations by value (`metrics.flags`).
+    pub fn counts_flags(&self) -> bool {
+        self.count_flags
     }
 
     /// Every (rollout, version) pair, in config order of versions; hosts use it to define
@@ -436,9 +460,57 @@ mod tests {
     #[test]
     fn a_schema_key_is_accepted_for_editors_and_must_be_a_string() {
         let with = Config::from_json(br#"{"$schema": "./docs/rollout.schema.json"}"#).unwrap();
-        assert_eq!(with, Config::empty());
+        // The same config as `{}` but for its revision: the text differs.
+        assert_ne!(with.digest(), Config::empty().digest());
+        assert_eq!(
+            Config { digest: 0, ..with },
+            Config {
+                digest: 0,
+                ..Config::empty()
+            }
+        );
         let errors = Config::from_json(br#"{"$schema": 1}"#).unwrap_err();
         let lines: Vec<String> = errors.lines("").map(|l| l.to_string()).collect();
         assert_eq!(lines, ["$schema: expected a string, found a number"]);
+    }
+
+    #[test]
+    fn the_revision_names_the_config_whatever_its_layout() {
+        let a = Config::from_json(br#"{"flags": {"f": {"percentage": 12.5}}, "user_key": []}"#);
+        let b = Config::from_json(
+            b"{\n  \"user_key\" : [ ],\n  \"flags\":{\"f\":{\"percentage\":12.5}}\n}",
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.digest_text().len(), 16);
+        assert_eq!(a.digest_text(), format!("{:016x}", b.digest()));
+        // Any edit is a new revision, one that changes no decision too.
+        let c = Config::from_json(br#"{"flags": {"f": {"percentage": 12.5, "owner": "x"}}}"#);
+        assert_ne!(a.digest(), c.unwrap().digest());
+        let d = Config::from_json(br#"{"flags": {"f": {"percentage": 12.6}}}"#).unwrap();
+        assert_ne!(a.digest(), d.digest());
+        assert_eq!(
+            Config::empty().digest(),
+            Config::from_json(b" { } ").unwrap().digest()
+        );
+        // Secrets are left out: the Worker's come from a secret, not the config.
+        let secret = "k".repeat(32);
+        let with_keys =
+            format!(r#"{{"overrides": {{"header": "x-o", "keys": {{"k1": "{secret}"}}}}}}"#);
+        let without = Config::from_json(br#"{"overrides": {"header": "x-o"}}"#).unwrap();
+        let other = Config::from_json(br#"{"overrides": {"header": "x-p"}}"#).unwrap();
+        let with_keys = Config::from_json(with_keys.as_bytes()).unwrap();
+        assert_eq!(with_keys.digest(), without.digest());
+        assert_ne!(other.digest(), without.digest());
+    }
+
+    #[test]
+    fn flag_counting_is_opt_in() {
+        assert!(!Config::empty().counts_flags());
+        let on = Config::from_json(br#"{"metrics": {"flags": true}}"#).unwrap();
+        assert!(on.counts_flags());
+        let errors = Config::from_json(br#"{"metrics": {"flags": "yes"}}"#).unwrap_err();
+        let lines: Vec<String> = errors.lines("").map(|l| l.to_string()).collect();
+        assert_eq!(lines, ["metrics.flags: expected a boolean, found a string"]);
     }
 }

@@ -1,10 +1,10 @@
 //! Lowering of rollouts: match, salt, versions with weights, the stable version, and the
 //! check that no two rollouts claim the same requests.
 
-use crate::json::Value;
+use crate::json::{TextHash, Value};
 
 use super::lifecycle::FIELDS;
-use super::walk::{Walk, json_type};
+use super::walk::{Walk, json_type, write_kept};
 use super::{NoKey, Rollout, Target, Version};
 use crate::error::ErrorKind;
 use crate::hash::SaltState;
@@ -357,33 +357,7 @@ impl Walk {
 /// lifecycle fields are left out: a new owner or description changes no decision, and must
 /// not lift a trip. Without them the text is the value's own canonical text.
 fn revision(value: &Value) -> u64 {
-    use core::fmt::Write;
-    use core::hash::Hasher;
-    /// Hashes the text as it is written, without building it: FNV-1a is byte by byte.
-    struct Hashing(fnv::FnvHasher);
-    impl Write for Hashing {
-        fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            self.0.write(s.as_bytes());
-            Ok(())
-        }
-    }
-    let mut hashing = Hashing(fnv::FnvHasher::default());
-    // Writing to a hasher cannot fail.
-    match value.as_object() {
-        Some(map) => {
-            let _ = hashing.write_str("{");
-            let kept = map.iter().filter(|(k, _)| !FIELDS.contains(&k.as_str()));
-            for (i, (key, value)) in kept.enumerate() {
-                let sep = if i > 0 { "," } else { "" };
-                // A key needs no escaping: a valid rollout has only its known fields, and
-                // an invalid one is never put in force.
-                let _ = write!(hashing, "{sep}\"{key}\":{value}");
-            }
-            let _ = hashing.write_str("}");
-        }
-        None => {
-            let _ = write!(hashing, "{value}");
-        }
-    }
-    hashing.0.finish()
+    let mut hashing = TextHash::default();
+    write_kept(&mut hashing, value, &FIELDS, None);
+    hashing.finish()
 }

@@ -2,7 +2,7 @@
 //! so far, readers for each JSON shape that report a wrong one, and the config's top level.
 //! Rollouts and flags are lowered in `rollout.rs` and `flag.rs`.
 
-use crate::json::{Object, Value};
+use crate::json::{Object, TextHash, Value};
 
 use super::{Config, HeaderNames, PSEUDO_HEADERS, Rollout, Source};
 use crate::error::{ConfigError, ErrorKind};
@@ -241,6 +241,7 @@ impl Walk {
 
     pub(super) fn config(&mut self, value: &Value) -> Config {
         let mut config = Config::empty();
+        config.digest = digest(value);
         let Some(map) = self.object(
             value,
             &[
@@ -275,13 +276,18 @@ impl Walk {
         }
         if let Some(v) = map.get("metrics") {
             self.at_key("metrics", |w| {
-                let Some(map) = w.object(v, &["responses"]) else {
+                let Some(map) = w.object(v, &["responses", "flags"]) else {
                     return;
                 };
                 if let Some(v) = map.get("responses")
                     && let Some(b) = w.at_key("responses", |w| w.boolean(v))
                 {
                     config.count_responses = b;
+                }
+                if let Some(v) = map.get("flags")
+                    && let Some(b) = w.at_key("flags", |w| w.boolean(v))
+                {
+                    config.count_flags = b;
                 }
             });
         }
@@ -399,4 +405,46 @@ impl Walk {
             seen.push(v.as_str().unwrap_or_default());
         }
     }
+}
+
+/// The config's revision (see [`Config::digest`]): the hash of its canonical JSON text (keys
+/// sorted, whitespace dropped, numbers as written), so that the same config gives the same
+/// revision however a host or a person formats it. `overrides.keys` is left out: secrets must
+/// not shape a value every response shows, and the Worker takes its keys from a secret, not
+/// from the config, so both hosts name the same config alike.
+pub(super) fn digest(value: &Value) -> u64 {
+    let mut hashing = TextHash::default();
+    write_kept(&mut hashing, value, &[], Some(("overrides", &["keys"])));
+    hashing.finish()
+}
+
+/// Writes a value's canonical text without the object keys in `skip`, and, in the member
+/// `inner.0`, without the keys in `inner.1`. A key is written unescaped: the objects given
+/// here have known field names only, since an invalid config is never put in force.
+pub(super) fn write_kept(
+    out: &mut TextHash,
+    value: &Value,
+    skip: &[&str],
+    inner: Option<(&str, &[&str])>,
+) {
+    use core::fmt::Write;
+    // Writing to a hasher cannot fail.
+    let Some(map) = value.as_object() else {
+        let _ = write!(out, "{value}");
+        return;
+    };
+    let _ = out.write_str("{");
+    let kept = map.iter().filter(|(k, _)| !skip.contains(&k.as_str()));
+    for (i, (key, value)) in kept.enumerate() {
+        for part in [if i > 0 { ",\"" } else { "\"" }, key, "\":"] {
+            let _ = out.write_str(part);
+        }
+        match inner {
+            Some((name, inner_skip)) if name == key => write_kept(out, value, inner_skip, None),
+            _ => {
+                let _ = write!(out, "{value}");
+            }
+        }
+    }
+    let _ = out.write_str("}");
 }
