@@ -2,19 +2,23 @@
 loads (panels with targets, unique ids, a grid position each, every query on the `datasource`
 variable), every metric name its PromQL reads is either exposed by a real Envoy running the
 shipped static config after some requests or recorded by envoy/prometheus/rules.yaml, with
-the labels it filters on, and promtool parses every expression. The name checker is shown to
-catch a misspelt name, and promtool a broken expression."""
+the labels it filters on, and promtool parses every expression (the name checker is shown to
+catch a misspelt name or label, and promtool a broken expression). Then a real Prometheus with
+rules.yaml, scraping a real Envoy under traffic, answers every panel's query with the values the
+proxy produced, and the guard-trip annotation marks a trip on synthetic series (promtool)."""
 
 import copy
 import json
+import math
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 import yaml
 
-from harness import ROOT, STATIC_CONFIG, Traffic, load, plugin_configuration, set_plugin_configuration
+from harness import ROOT, STATIC_CONFIG, Envoy, Traffic, Upstream, load, plugin_configuration, set_plugin_configuration
 
 DASHBOARD = ROOT / "envoy/grafana/rollout-dashboard.json"
 RULES = ROOT / "envoy/prometheus/rules.yaml"
@@ -282,3 +286,85 @@ def test_promtool_parses_every_expression(tmp_path):
 def test_promtool_check_catches_a_broken_expression(tmp_path):
     code, output = promtool_check([("broken", "sum by (version (rate(rollout_requests_total[1m]))")], tmp_path)
     assert code != 0, output
+
+
+@needs_promtool
+@pytest.mark.parametrize("eval_time, marked", [("2m30s", True), ("3m", True), ("3m30s", False), ("1m", False)])
+def test_the_guard_trip_annotation_marks_the_minute_after_a_trip(tmp_path, eval_time, marked):
+    """The annotation's query on a synthetic gauge (promtool's unit tests, 15 s samples): a
+    proxy's guard trips at 2m15s and stays tripped; only the next minute is marked."""
+    [annotation] = [a for a in dashboard()["annotations"]["list"] if a["name"] == "Guard trips"]
+    # promtool runs a query at the last step of its evaluation grid (1 m by default) up to
+    # eval_time, as seen with 2m30s read at 2m: a 15 s grid puts 2m30s on it.
+    tests = {"evaluation_interval": "15s", "tests": [{
+        "interval": "15s",
+        "input_series": [
+            {"series": 'rollout_guard_tripped{rollout="checkout",version="v2",instance="a"}', "values": "0+0x8 1+0x20"},
+            {"series": 'rollout_guard_tripped{rollout="checkout",version="v3",instance="a"}', "values": "0+0x28"},
+        ],
+        "promql_expr_test": [{
+            "expr": for_checkout(annotation["expr"], "1m"), "eval_time": eval_time,
+            "exp_samples": [{"labels": '{rollout="checkout",version="v2"}', "value": 1}] if marked else [],
+        }],
+    }]}
+    path = tmp_path / "annotation_test.yaml"
+    path.write_text(yaml.safe_dump(tests))
+    run = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "SUCCESS" in run.stdout, run.stdout + run.stderr
+
+
+# --- (d) the panels' queries, run by a real Prometheus, show what the proxy did --------------
+
+
+def for_checkout(query, rate_interval):
+    """A panel's query as Grafana sends it with rollout `checkout` and every version chosen."""
+    values = {"rollout": "checkout", "version": ".+", "__rate_interval": rate_interval}
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], query)
+
+
+def test_a_real_prometheus_answers_every_panel_query(tmp_path):
+    """A real Prometheus (1 s scrapes, rules.yaml loaded) scraping a real Envoy whose `checkout`
+    is scheduled at 50% for v2 and guarded (limits too loose to trip), v2's upstream failing one
+    request in five: every panel's query returns series, and the main ones the right values.
+    Annotations are left out: they need a minute of history (`offset 1m`) or a config change."""
+    from test_prometheus import Prometheus  # the same real Prometheus the rules are tested with
+
+    config = load(STATIC_CONFIG)
+    rollout_config = plugin_configuration(config)
+    rollout_config["rollouts"]["checkout"] = {
+        "stable": "v1", "versions": [{"name": "v1"}, {"name": "v2"}],
+        "schedule": {"start": "2026-01-01T00:00:00Z", "steps": [{"percent": 50}]},
+        "guard": {"errors": {"max_ratio": 0.9}, "latency": {"bound": "10s"}},
+    }
+    set_plugin_configuration(config, json.dumps(rollout_config))
+    upstreams = {"v1": Upstream("v1"), "v2": Upstream("v2", fail_ratio=0.2)}
+    started = []
+    try:
+        envoy = Envoy(config, tmp_path, {8081: upstreams["v1"].port, 8082: upstreams["v2"].port})
+        started.append(envoy)
+        prometheus = Prometheus(tmp_path, envoy.admin_port)
+        started.append(prometheus)
+        started.append(Traffic(envoy.port, [f"user-{i}" for i in range(100_000)], threads=1, pause=0.005))
+        queries = [(f"panel {p['id']} {t['refId']}", for_checkout(t["expr"], "15s"))
+                   for p in dashboard()["panels"] for t in p["targets"]]
+        deadline, answers = time.monotonic() + 30, {}
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            answers = {where: prometheus.query(query) for where, query in queries}
+            if all(a and all(math.isfinite(v) for v in a.values()) for a in answers.values()):
+                break
+        empty = [where for where, a in answers.items() if not a or not all(math.isfinite(v) for v in a.values())]
+        assert not empty, f"no finite answer after 30 s from {empty}: {answers}"
+        print(f"every panel query answered {30 - (deadline - time.monotonic()):.1f} s after traffic started: {answers}")
+    finally:
+        for part in reversed(started):
+            part.stop()
+        for upstream in upstreams.values():
+            upstream.close()
+    # Panel 2: v2 fails one in five, v1 never; panel 4: about half each, the weight exactly half;
+    # panel 6: the guard did not trip; panel 7: the schedule's only step.
+    assert answers["panel 2 A"]["v1"] == 0 and 0.1 < answers["panel 2 A"]["v2"] < 0.3, answers["panel 2 A"]
+    assert 0.35 < answers["panel 4 A"]["v2"] < 0.65 and answers["panel 4 B"] == {"v1": 0.5, "v2": 0.5}, answers
+    assert answers["panel 6 A"] == {"v2": 0}, answers["panel 6 A"]  # stable has no guard gauge
+    assert answers["panel 7 A"] == {None: 1}, answers["panel 7 A"]
+    assert 0 < answers["panel 3 A"]["v1"] <= answers["panel 3 B"]["v1"], answers
