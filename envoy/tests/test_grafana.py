@@ -210,7 +210,8 @@ def exposed(upstreams, start_envoy):
     """{metric name: label names} of /stats/prometheus of a real Envoy running the shipped static
     config after 200 requests. The config gets one more rollout, `search` (not matched by the
     traffic), with a schedule and a guard with a latency bound: the schedule, guard and
-    slow-response series exist only for such a rollout. The shipped `checkout` is unchanged."""
+    slow-response series exist only for such a rollout; and the opt-in flag counts. The shipped
+    `checkout` is unchanged."""
     config = load(STATIC_CONFIG)
     rollout_config = plugin_configuration(config)
     rollout_config["rollouts"]["search"] = {
@@ -218,6 +219,7 @@ def exposed(upstreams, start_envoy):
         "schedule": {"start": "2026-01-01T00:00:00Z", "steps": [{"percent": 10, "hold": "1h"}, {"percent": 50}]},
         "guard": {"latency": {"bound": "500ms"}},
     }
+    rollout_config["metrics"] = {"flags": True}
     set_plugin_configuration(config, json.dumps(rollout_config))
     envoy = start_envoy(config)
     replies = Traffic(envoy.port, [f"user-{i}" for i in range(100)], threads=2, rounds=2).stop(wait=True)
@@ -336,6 +338,7 @@ def test_a_real_prometheus_answers_every_panel_query(tmp_path):
         "schedule": {"start": "2026-01-01T00:00:00Z", "steps": [{"percent": 50}]},
         "guard": {"errors": {"max_ratio": 0.9}, "latency": {"bound": "10s"}},
     }
+    rollout_config["metrics"] = {"flags": True}
     set_plugin_configuration(config, json.dumps(rollout_config))
     upstreams = {"v1": Upstream("v1"), "v2": Upstream("v2", fail_ratio=0.2)}
     started = []
@@ -367,4 +370,7 @@ def test_a_real_prometheus_answers_every_panel_query(tmp_path):
     assert 0.35 < answers["panel 4 A"]["v2"] < 0.65 and answers["panel 4 B"] == {"v1": 0.5, "v2": 0.5}, answers
     assert answers["panel 6 A"] == {"v2": 0}, answers["panel 6 A"]  # stable has no guard gauge
     assert answers["panel 7 A"] == {None: 1}, answers["panel 7 A"]
+    # Panel 8: one proxy, on one revision; panel 9: the shipped flag is evaluated.
+    assert answers["panel 8 A"] == {None: 1}, answers["panel 8 A"]
+    assert all(v > 0 for v in answers["panel 9 A"].values()), answers["panel 9 A"]
     assert 0 < answers["panel 3 A"]["v1"] <= answers["panel 3 B"]["v1"], answers
