@@ -6,18 +6,20 @@
 # per worker VM and the time to load a 200-flag config, the Worker's CPU per request in workerd
 # beside a plain JavaScript Worker, also with a guard, and its Durable Object per batched call
 # (printed, in target/bench-results/worker_*.json); and a
-# profile: allocations per decision, filter/host crossings per request, module size by crate.
-# Took 11.5 minutes on 2 cores with the tools installed (2026-11-24; envoy/bench_memory.py is
-# about 3 of them); run it on an otherwise idle machine.
+# profile: allocations per decision, filter/host crossings per request, module size by crate;
+# and a 5-minute soak of the live source (envoy/soak.py, printed and in soak.json).
+# Took 11.5 minutes on 2 cores with the tools installed before the soak was added (2026-11-24;
+# envoy/bench_memory.py is about 3 of them), so about 16.5 with it; run it on an otherwise idle
+# machine.
 #
 #     scripts/bench.sh [--quick]     (--quick: shorter runs, for trying the script out)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 
-rounds=3 seconds=8 flips=40 criterion=() memory=() worker_cpu=() worker_state=()
+rounds=3 seconds=8 flips=40 soak=300 criterion=() memory=() worker_cpu=() worker_state=()
 if [ "${1:-}" = "--quick" ]; then
-    rounds=1 seconds=2 flips=6 criterion=(--warm-up-time 1 --measurement-time 2) memory=(--quick)
+    rounds=1 seconds=2 flips=6 soak=20 criterion=(--warm-up-time 1 --measurement-time 2) memory=(--quick)
     worker_cpu=(--requests 500 --rounds 2 --warmup 100) worker_state=(--calls 200 --rounds 2)
 fi
 out=target/bench-results
@@ -52,6 +54,9 @@ step "Envoy under load: $rounds interleaved rounds of $seconds s per variant"
 step "config propagation: $flips flips"
 .venv/bin/python envoy/bench_propagation.py "$flips" --json "$out/propagation.json"
 .venv/bin/python envoy/bench_poll.py --flips "$flips" --seconds "$seconds" --json "$out/poll.json"
+
+step "soak: $soak s under wrk while the live source changes or misbehaves every second"
+.venv/bin/python envoy/soak.py "$soak" --json "$out/soak.json"
 
 step "Envoy's RSS per worker VM (1, 2, 4 workers) and the time to load a 200-flag config"
 .venv/bin/python envoy/bench_memory.py "${memory[@]}" --json "$out/memory.json"
