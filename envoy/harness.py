@@ -377,7 +377,10 @@ class Traffic:
                         return
                     sent = time.time()
                     status, headers, body = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", user)])
-                    echoed = json.loads(body)
+                    try:
+                        echoed = json.loads(body)
+                    except ValueError:
+                        raise AssertionError(f"not from the echo upstream: {status} {body[:200]!r}") from None
                     self.replies.append(Reply(
                         sent, time.time(), user, echoed["upstream"], status, dict(headers).get("x-rollout-reason"),
                         dict(echoed["headers"]).get("x-rollout-reason")))
