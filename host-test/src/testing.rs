@@ -37,6 +37,26 @@ pub fn exchange(request: &[(String, String)], response: &[(String, String)]) -> 
     }
 }
 
+/// A user's `GET path` (key in `x-user-id`) answered `200` by the upstream.
+pub fn user_request(path: &str, user: &str) -> Exchange {
+    exchange(
+        &[
+            (":method".into(), "GET".into()),
+            (":path".into(), path.into()),
+            ("x-user-id".into(), user.into()),
+        ],
+        &[(":status".into(), "200".into())],
+    )
+}
+
+/// The first value of a header in a report's header list.
+pub fn header<'r>(headers: &'r [(String, String)], name: &str) -> Option<&'r str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// The filter's request counter for a version, as the filter names it (labels embedded for
 /// Envoy's `stats_tags`).
 pub fn requests_metric(rollout: &str, version: &str) -> String {

@@ -10,8 +10,10 @@
     reason = "a failing check in a test should panic with its message"
 )]
 
-use host_test::testing::{filter_wasm_path, requests_metric, responses_metric};
-use host_test::{CallCounts, Exchange, ExchangeReport, FilterModule, Headers, VmOptions};
+use host_test::testing::{
+    filter_wasm_path, header, requests_metric, responses_metric, user_request,
+};
+use host_test::{CallCounts, ExchangeReport, FilterModule, VmOptions};
 
 fn config(extra: &str) -> String {
     format!(
@@ -25,26 +27,6 @@ fn config(extra: &str) -> String {
     )
 }
 
-fn request(path: &str, user: &str) -> Exchange {
-    let headers: Headers = vec![
-        (":method".into(), b"GET".to_vec()),
-        (":path".into(), path.as_bytes().to_vec()),
-        ("x-user-id".into(), user.as_bytes().to_vec()),
-    ];
-    Exchange {
-        request_headers: headers,
-        response_headers: vec![(":status".into(), b"200".to_vec())],
-        ..Exchange::default()
-    }
-}
-
-fn header<'r>(headers: &'r [(String, String)], name: &str) -> Option<&'r str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
 /// Runs 20 users through `path` on a fresh VM of `config`; the module (for its metrics), the
 /// last report, and the most calls any one request made each way.
 fn run(config: &str, path: &str) -> (FilterModule, ExchangeReport, CallCounts) {
@@ -54,7 +36,9 @@ fn run(config: &str, path: &str) -> (FilterModule, ExchangeReport, CallCounts) {
     let mut most = CallCounts::default();
     let mut last = None;
     for i in 0..20 {
-        let report = vm.exchange(&request(path, &format!("user-{i}"))).unwrap();
+        let report = vm
+            .exchange(&user_request(path, &format!("user-{i}")))
+            .unwrap();
         most.into_host = most.into_host.max(report.calls.into_host);
         most.into_filter = most.into_filter.max(report.calls.into_filter);
         last = Some(report);

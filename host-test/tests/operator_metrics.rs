@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use host_test::testing::filter_wasm_path;
-use host_test::{Exchange, FilterModule, Headers, Vm, VmOptions};
+use host_test::testing::{filter_wasm_path, header, user_request};
+use host_test::{FilterModule, Vm, VmOptions};
 use rollout_core::Config;
 
 const FLAGS: &str = r#""flags": {
@@ -30,26 +30,6 @@ fn config(metrics: &str) -> String {
         "rollouts": {{"web": {{"versions": [{{"name": "v1", "weight": 1}}, {{"name": "v2", "weight": 1}}]}}}},
         {FLAGS}}}"#
     )
-}
-
-fn request(user: &str) -> Exchange {
-    let headers: Headers = vec![
-        (":method".into(), b"GET".to_vec()),
-        (":path".into(), b"/".to_vec()),
-        ("x-user-id".into(), user.as_bytes().to_vec()),
-    ];
-    Exchange {
-        request_headers: headers,
-        response_headers: vec![(":status".into(), b"200".to_vec())],
-        ..Exchange::default()
-    }
-}
-
-fn header<'r>(headers: &'r [(String, String)], name: &str) -> Option<&'r str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 fn info_metric(config: &str) -> String {
@@ -73,7 +53,9 @@ fn send(vm: &mut Vm, users: std::ops::Range<u32>) -> (BTreeMap<String, i64>, u32
     let mut seen = BTreeMap::new();
     let mut most_calls = 0;
     for i in users {
-        let report = vm.exchange(&request(&format!("user-{i}"))).unwrap();
+        let report = vm
+            .exchange(&user_request("/", &format!("user-{i}")))
+            .unwrap();
         most_calls = most_calls.max(report.calls.into_host);
         let flags = header(&report.upstream_request_headers, "x-rollout-flags").unwrap();
         for pair in flags.split(',') {
@@ -89,7 +71,7 @@ fn the_config_in_force_is_a_gauge_and_a_server_timing_entry() {
     let first = config("");
     let mut vm = start(&module, &first);
     assert_eq!(module.metric(&info_metric(&first)), Some(1));
-    let report = vm.exchange(&request("user-1")).unwrap();
+    let report = vm.exchange(&user_request("/", "user-1")).unwrap();
     let hash = Config::from_json(first.as_bytes()).unwrap().digest_text();
     let timing = header(&report.client_response_headers, "server-timing").unwrap();
     assert!(
