@@ -2,9 +2,10 @@
 //! example's config, a live source whose cluster answers, hangs, refuses, is answered by the
 //! input or does not exist, or a config with a few bytes changed), some of the host's imports
 //! failing with arbitrary statuses, one or two VMs (as Envoy workers sharing metrics and
-//! shared data), then operations in any order: exchanges, streams begun and finished later,
-//! the clock moved (ticks and call timeouts), ticks, answers to pending calls, queue wake-ups
-//! and reconfigurations. The check: the filter never traps (no report carries a trap, no VM
+//! shared data, each with its own failing imports), then operations in any order: exchanges,
+//! streams begun and finished later, the clock moved (ticks and call timeouts), ticks,
+//! answers to pending calls, queue wake-ups, reconfigurations and a VM replaced by a fresh one
+//! with other failing imports. The check: the filter never traps (no report carries a trap, no VM
 //! fails, no harness error is a trap); a trap fails with its message.
 #![no_main]
 
@@ -144,6 +145,9 @@ struct Input {
     errors: Vec<(u8, Status)>,
     /// A second VM of the same module, as a second Envoy worker.
     two_vms: bool,
+    /// The second VM's failing imports, if not the first's: workers that fail differently
+    /// still share metrics and shared data (a live source's lease and published config).
+    second_errors: Option<Vec<(u8, Status)>>,
     ops: Vec<Op>,
 }
 
@@ -249,6 +253,12 @@ enum Op {
         second: bool,
         plugin: Plugin,
     },
+    /// A fresh VM replaces one (its open streams are dropped), with other failing imports,
+    /// configured as the one it replaces was last, at the same point of the clock.
+    Restart {
+        second: bool,
+        errors: Vec<(u8, Status)>,
+    },
 }
 
 #[derive(Debug, Arbitrary)]
@@ -288,6 +298,17 @@ enum Reply {
 }
 
 impl World {
+    /// The imports to fail, by name.
+    fn host_errors(&self, errors: &[(u8, Status)]) -> HashMap<String, i32> {
+        let mut out = HashMap::new();
+        for (import, status) in errors {
+            if let Some(name) = pick(&self.imports, *import) {
+                out.insert((*name).to_owned(), status.code());
+            }
+        }
+        out
+    }
+
     fn plugin(&self, plugin: &Plugin) -> (Vec<u8>, Vec<Cluster>) {
         let config = |i: u8| pick(&self.configs, i).cloned().unwrap_or_default();
         match plugin {
@@ -412,10 +433,13 @@ fn check(result: anyhow::Result<()>, during: &str) {
     }
 }
 
-/// One VM and the streams it has open.
+/// One VM, the streams it has open, the plugin configuration it was last given, and how far
+/// its clock has moved.
 struct Worker {
     vm: Vm,
     open: Vec<(StreamId, Exchange)>,
+    plugin: Vec<u8>,
+    elapsed: Duration,
 }
 
 fn check_vm(worker: &Worker, during: &str) {
@@ -428,23 +452,27 @@ fuzz_target!(|input: Input| {
     let world = world();
     let module = world.module.with_fresh_state();
     let (plugin, clusters) = world.plugin(&input.plugin);
-    let mut host_errors = HashMap::new();
-    for (import, status) in &input.errors {
-        if let Some(name) = pick(&world.imports, *import) {
-            host_errors.insert((*name).to_owned(), status.code());
+    let options = |errors: &[(u8, Status)], elapsed: Duration| {
+        let start = VmOptions::default().start_time_ns;
+        VmOptions {
+            host_errors: world.host_errors(errors),
+            clusters: clusters.clone(),
+            start_time_ns: start + elapsed.as_nanos() as u64,
+            ..VmOptions::default()
         }
-    }
-    let options = VmOptions {
-        host_errors,
-        clusters,
-        ..VmOptions::default()
     };
     let mut workers = Vec::new();
-    for _ in 0..(1 + usize::from(input.two_vms)) {
-        match module.start_vm(options.clone()) {
+    for i in 0..(1 + usize::from(input.two_vms)) {
+        let errors = match (&input.second_errors, i) {
+            (Some(second), 1) => second,
+            _ => &input.errors,
+        };
+        match module.start_vm(options(errors, Duration::ZERO)) {
             Ok(vm) => workers.push(Worker {
                 vm,
                 open: Vec::new(),
+                plugin: plugin.clone(),
+                elapsed: Duration::ZERO,
             }),
             // The filter may refuse to start when the host fails it: fine, unless it trapped.
             Err(e) => return check(Err(e), "start-up"),
@@ -504,6 +532,7 @@ fuzz_target!(|input: Input| {
                 let by = Duration::from_millis(u64::from(*ms) % MAX_ADVANCE_MS);
                 for (i, worker) in workers.iter_mut().enumerate() {
                     if second.is_none_or(|s| index(s) == i) {
+                        worker.elapsed += by;
                         check(worker.vm.advance(by), &during);
                     }
                 }
@@ -547,10 +576,20 @@ fuzz_target!(|input: Input| {
             Op::Configure { second, plugin } => {
                 // The clusters stay the VM's own: a reconfiguration changes the plugin alone.
                 let (bytes, _) = world.plugin(plugin);
-                check(
-                    workers[index(*second)].vm.configure(&bytes).map(drop),
-                    &during,
-                );
+                let worker = &mut workers[index(*second)];
+                check(worker.vm.configure(&bytes).map(drop), &during);
+                worker.plugin = bytes;
+            }
+            Op::Restart { second, errors } => {
+                let worker = &mut workers[index(*second)];
+                match module.start_vm(options(errors, worker.elapsed)) {
+                    Ok(vm) => {
+                        worker.vm = vm;
+                        worker.open.clear();
+                        check(worker.vm.configure(&worker.plugin).map(drop), &during);
+                    }
+                    Err(e) => check(Err(e), &during),
+                }
             }
         }
         for worker in &workers {
