@@ -117,6 +117,29 @@ fn responses_are_counted_by_status_class_including_odd_statuses() {
     assert_eq!(module.metric(&requests_metric("web", "v2")), Some(0));
 }
 
+/// A copy of a module with state of its own (how the fuzz target `harness_chaos` keeps its
+/// inputs apart): the same filter, none of the original's metrics, and the original keeps its.
+#[test]
+fn a_module_with_fresh_state_counts_apart_from_the_original() {
+    let module = module();
+    let request = Exchange {
+        request_headers: raw(&[]),
+        ..Exchange::default()
+    };
+    let mut vm = module.start_vm(VmOptions::default()).unwrap();
+    assert!(vm.configure(CONFIG.as_bytes()).unwrap());
+    for _ in 0..3 {
+        vm.exchange(&request).unwrap();
+    }
+    let fresh = module.with_fresh_state();
+    assert_eq!(fresh.metric(&requests_metric("web", "v1")), None);
+    let mut vm = fresh.start_vm(VmOptions::default()).unwrap();
+    assert!(vm.configure(CONFIG.as_bytes()).unwrap());
+    vm.exchange(&request).unwrap();
+    assert_eq!(fresh.metric(&requests_metric("web", "v1")), Some(1));
+    assert_eq!(module.metric(&requests_metric("web", "v1")), Some(3));
+}
+
 #[test]
 fn a_vm_without_a_config_passes_requests_through_untouched() {
     let module = module();

@@ -78,6 +78,16 @@ impl FilterModule {
         FilterModule::new(&bytes)
     }
 
+    /// The same compiled module with shared state of its own (metrics, shared data, queues,
+    /// VM count), as a fresh Envoy process has: for runs that reuse one compilation yet must
+    /// not see each other's state (the fuzz target `harness_chaos`).
+    pub fn with_fresh_state(&self) -> FilterModule {
+        FilterModule {
+            shared: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// Imports of the module that the host does not implement (they trap if called).
     pub fn unimplemented_imports(&self) -> Result<Vec<String>> {
         Ok(self.unimplemented.clone())
