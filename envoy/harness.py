@@ -351,6 +351,43 @@ class Reply(typing.NamedTuple):
     upstream_reason: str | None
 
 
+class Steady:
+    """Ordinary client traffic on its own connections while a test does something hostile or
+    changes the source: every answer must be a 200 from an upstream (with `decided`, carrying
+    the contract's version header). `stop()` gives (requests sent, the failed ones)."""
+
+    def __init__(self, port, connections=2, pause=0.0, decided=False):
+        self.clients = [Client(port) for _ in range(connections)]
+        self.pause, self.decided = pause, decided
+        self.bad, self.count = [], 0
+        self.running = True
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        i = 0
+        while self.running:
+            try:
+                status, headers, _ = self.clients[i % len(self.clients)].send(
+                    [(":path", "/"), (":authority", "a"), ("x-user-id", f"steady-{i}")])
+                if status != 200 or (self.decided and "x-rollout-version" not in dict(headers)):
+                    self.bad.append((i, status))
+            except OSError as e:
+                self.bad.append((i, repr(e)))
+            self.count += 1
+            i += 1
+            if self.pause:
+                time.sleep(self.pause)
+
+    def stop(self):
+        """Stops; (requests sent, the failed ones)."""
+        self.running = False
+        self.thread.join(10)
+        for c in self.clients:
+            c.close()
+        return self.count, self.bad
+
+
 class Traffic:
     """Load from many users: `threads` keep-alive clients, each cycling over its own share of
     `users` (as x-user-id), so one user's requests are sequential; every exchange is kept as a

@@ -36,7 +36,8 @@ pub mod vectors;
 pub use config::{
     Config, DEFAULT_FLAGS_HEADER, DEFAULT_OVERRIDE_HEADER, DEFAULT_REASON_HEADER,
     DEFAULT_ROLLOUT_HEADER, DEFAULT_VERSION_HEADER, FlagShape, HeaderNames, Lifecycle,
-    MAX_KEY_BYTES, OPERATOR_DEFS, OPERATORS, Operand, Operator, RolloutShape, Source,
+    MAX_CONFIG_BYTES, MAX_KEY_BYTES, OPERATOR_DEFS, OPERATORS, Operand, Operator, RolloutShape,
+    Source,
 };
 pub use contract::{
     ContractNames, HeaderMapMut, ResponsePlan, SERVER_TIMING_CONFIG_METRIC, SERVER_TIMING_METRIC,

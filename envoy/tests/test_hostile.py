@@ -16,8 +16,8 @@ from harness import (
     LIVE_CONFIG,
     ROLLOUT_CLI,
     STATIC_CONFIG,
-    Client,
     Probes,
+    Steady,
     load,
     plugin_configuration,
     rollout,
@@ -26,40 +26,6 @@ from harness import (
 
 # What Envoy logs when a wasm callback traps or the Rust code panics: none may appear.
 TRAP_MARKERS = ("panicked", "Function: proxy_on_", "RuntimeError", "wasm trap", "VM failed")
-
-
-class Steady:
-    """An ordinary client on its own connections for the whole test: every answer must be a
-    200 from an upstream, with the contract's version header."""
-
-    def __init__(self, port, connections=2):
-        self.clients = [Client(port) for _ in range(connections)]
-        self.bad, self.count = [], 0
-        self.running = True
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        i = 0
-        while self.running:
-            try:
-                status, headers, _ = self.clients[i % len(self.clients)].send(
-                    [(":path", "/"), (":authority", "a"), ("x-user-id", f"steady-{i}")])
-                if status != 200 or "x-rollout-version" not in dict(headers):
-                    self.bad.append((i, status))
-            except OSError as e:
-                self.bad.append((i, repr(e)))
-            self.count += 1
-            i += 1
-            time.sleep(0.002)
-
-    def stop(self):
-        """Stops; (requests sent, the failed ones)."""
-        self.running = False
-        self.thread.join(10)
-        for c in self.clients:
-            c.close()
-        return self.count, self.bad
 
 
 def raw_request(port, header_lines, path=b"/", timeout=10):
@@ -116,7 +82,7 @@ def explain(config, header_args, tmp_path):
 @pytest.fixture(scope="module")
 def static(start_envoy):
     envoy = start_envoy(STATIC_CONFIG)
-    steady = Steady(envoy.port)
+    steady = Steady(envoy.port, pause=0.002, decided=True)
     yield envoy
     count, bad = steady.stop()
     assert count > 50 and not bad, f"the ordinary client failed {len(bad)} of {count}: {bad[:5]}"
@@ -300,7 +266,7 @@ def test_a_source_serving_100_mb_or_never_finishing_is_refused_and_the_config_in
         timeout_s = plugin_configuration(load(LIVE_CONFIG))["config_source"]["timeout_ms"] / 1000
         probes = Probes(envoy.port, connections=4)
         wait_until(lambda: set(probes.versions()) == {"v2"}, what="the good config")
-        steady = Steady(envoy.port)
+        steady = Steady(envoy.port, pause=0.002, decided=True)
         for mode, size, line in HOSTILE_ANSWERS:
             if size is not None:
                 source.SIZES[mode] = size

@@ -5,43 +5,11 @@ nor a failing source ever fail a client request. With `long_poll_s`, a source th
 
 import json
 import statistics
-import threading
 import time
 
 import pytest
 
-from harness import LIVE_CONFIG, Client, ConfigServer, Probes, flip_and_time, live_config_with, rollout, wait_until
-
-
-class Load:
-    """Steady client traffic on its own connections while a test changes the source: every
-    response must be a 200."""
-
-    def __init__(self, port, connections=4):
-        self.clients = [Client(port) for _ in range(connections)]
-        self.statuses = []
-        self.running = True
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        i = 0
-        while self.running:
-            client = self.clients[i % len(self.clients)]
-            try:
-                status, _, _ = client.send([(":path", "/"), (":authority", "a"), ("x-user-id", f"load-{i}")])
-            except OSError as e:
-                status = f"error {e}"
-            self.statuses.append(status)
-            i += 1
-
-    def stop(self):
-        self.running = False
-        self.thread.join(10)
-        for c in self.clients:
-            c.close()
-        failed = [s for s in self.statuses if s != 200]
-        return len(self.statuses), failed
+from harness import LIVE_CONFIG, ConfigServer, Probes, Steady, flip_and_time, live_config_with, rollout, wait_until
 
 
 @pytest.fixture
@@ -66,7 +34,7 @@ def metric(envoy, name):
 def test_config_flips_reach_every_worker_fast_with_zero_failed_requests(live, source):
     envoy, probes = live
     wait_until(lambda: set(probes.versions()) == {"v1"}, what="the first config")
-    load = Load(envoy.port)
+    load = Steady(envoy.port, connections=4)
     started, requests_before = time.monotonic(), source.requests
     delays = flip_and_time(source, probes, 10)
     elapsed = time.monotonic() - started
@@ -85,7 +53,7 @@ def test_bad_configs_and_failing_sources_never_fail_a_request_or_replace_the_con
     envoy, probes = live
     source.set(rollout(0, 1))
     wait_until(lambda: set(probes.versions()) == {"v2"}, what="the good config")
-    load = Load(envoy.port)
+    load = Steady(envoy.port, connections=4)
     rejected = metric(envoy, "rollout_config_rejected_total")
     source.set(rollout(1, -1))  # fails validation
     wait_until(lambda: metric(envoy, "rollout_config_rejected_total") == rejected + 1, what="the rejection")
@@ -161,7 +129,7 @@ def test_long_polling_propagates_changes_and_costs_about_one_poll_per_wait_at_re
     envoy = start_envoy(live_config_with(long_poll_s=1), ports={8090: source.port})
     probes = Probes(envoy.port)
     wait_until(lambda: set(probes.versions()) == {"v1"}, what="the first config")
-    load = Load(envoy.port)
+    load = Steady(envoy.port, connections=4)
     delays = flip_and_time(source, probes, 6)
     # At rest each held poll ends after the 1 s wait: about 3 polls in 3 s, where polling every
     # 50 ms (the shipped poll_interval_ms) would make about 60.

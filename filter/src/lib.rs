@@ -33,8 +33,6 @@ use metrics::{FlagCounts, TokenMetrics, VersionMetrics};
 /// How often every VM checks shared data for a config another VM published: the bound on
 /// how long a worker lags behind the one that fetched it.
 const TICK_MS: u32 = 10;
-/// A config from a source larger than this is refused, not parsed.
-const MAX_CONFIG_BYTES: usize = 4 << 20;
 
 /// Logs and moves on: a log line that cannot be written is no reason to fail a request.
 fn log(level: LogLevel, message: &str) {

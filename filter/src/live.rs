@@ -4,11 +4,11 @@
 //! and publishes it with a generation number; every VM's tick takes up a newer generation.
 
 use crate::host::{self, BufferType, HeaderMap, LogLevel};
+use crate::log;
 use crate::metrics::increment;
 use crate::root::Root;
 use crate::source::{LiveSource, OverrideKeys, SharedKeys};
-use crate::{MAX_CONFIG_BYTES, log};
-use rollout_core::Config;
+use rollout_core::{Config, MAX_CONFIG_BYTES};
 
 /// State of a live source in one VM.
 pub(crate) struct Live {

@@ -125,18 +125,12 @@ impl Answer {
     /// As an HTTP/1 server sends it: `:status`, its headers, `content-length` unless given.
     fn headers(&self) -> Headers {
         let mut headers = vec![(":status".to_owned(), self.status.to_string().into_bytes())];
-        push_lowercase(&mut headers, &self.headers);
+        headers.extend(host_test::headers(&self.headers));
         if !headers.iter().any(|(k, _)| k == "content-length") {
             let length = self.body.len().to_string().into_bytes();
             headers.push(("content-length".to_owned(), length));
         }
         headers
-    }
-}
-
-fn push_lowercase(out: &mut Headers, pairs: &[(String, String)]) {
-    for (k, v) in pairs {
-        out.push((k.to_ascii_lowercase(), v.as_bytes().to_vec()));
     }
 }
 
@@ -176,7 +170,7 @@ impl RequestSpec {
             (":method".to_owned(), self.method.as_bytes().to_vec()),
             (":scheme".to_owned(), b"http".to_vec()),
         ];
-        push_lowercase(&mut headers, &self.headers);
+        headers.extend(host_test::headers(&self.headers));
         if !self.body.is_empty() {
             headers.push((
                 "content-length".to_owned(),

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use rollout_core::Config;
+use rollout_core::{Config, MAX_CONFIG_BYTES};
 use worker::{Date, Env, Method, Request, RequestInit, console_error, console_log, console_warn};
 
 use crate::guard::STATE_BINDING;
@@ -21,11 +21,6 @@ pub(crate) const KV_BINDING: &str = "ROLLOUT_CONFIG";
 /// How long an isolate without any config waits for the Durable Object: every request waits
 /// for its first config anyway, as for a KV read.
 pub(crate) const FIRST_READ_WAIT_MS: u64 = 5_000;
-
-/// A config text larger than this is refused, not parsed: the filter's limit for a config
-/// from its source (`MAX_CONFIG_BYTES` in filter/src/lib.rs), so both hosts take the same
-/// configs, and a 25 MiB KV value (KV's own limit) costs no parse.
-const MAX_CONFIG_BYTES: usize = 4 << 20;
 
 /// The config in force in this isolate, and when its source was last read.
 #[derive(Default)]

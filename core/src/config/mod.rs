@@ -38,6 +38,9 @@ pub const DEFAULT_FLAGS_HEADER: &str = "x-rollout-flags";
 pub const DEFAULT_REASON_HEADER: &str = "x-rollout-reason";
 /// Keys longer than this are ignored, as if absent: a multi-kilobyte "user id" is not one.
 pub const MAX_KEY_BYTES: usize = 256;
+/// A config text from a live source (the filter's cluster, the Worker's KV or Durable Object)
+/// larger than this is refused unparsed, on every host alike.
+pub const MAX_CONFIG_BYTES: usize = 4 << 20;
 
 /// Pseudo-headers a rule may read, with Envoy's names; the Worker maps its URL onto them.
 pub(crate) const PSEUDO_HEADERS: &[&str] = &[":authority", ":path", ":method", ":scheme"];
