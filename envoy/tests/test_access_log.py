@@ -48,8 +48,11 @@ def json_format(doc):
 
 def access_lines(envoy):
     """Every access-log line Envoy wrote so far, parsed. Envoy's own log lines (on stderr, in the
-    same file) start with `[`; a line that starts with `{` must be one whole JSON object."""
-    return [json.loads(line) for line in envoy.log_text().splitlines() if line.startswith("{")]
+    same file) start with `[`; a finished line that starts with `{` must be one whole JSON object.
+    The last line is left out until its newline is written: Envoy may be writing it as we read."""
+    text = envoy.log_text()
+    finished = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in finished.splitlines() if line.startswith("{")]
 
 
 def logged(envoy, count):
