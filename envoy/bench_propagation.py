@@ -116,6 +116,7 @@ def main(flips, json_path=None, long_poll_s=0):
     envoy = Envoy(config, pathlib.Path(tempfile.mkdtemp()), {8090: source.port})
     # The source answers from a thread of this process; a thread waiting for the interpreter
     # lock waits up to the switch interval (5 ms by default), which would be timed too.
+    switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     try:
         probes = Probes(envoy.port)
@@ -142,6 +143,7 @@ def main(flips, json_path=None, long_poll_s=0):
             pathlib.Path(json_path).write_text(json.dumps(result, indent=2))
         return result
     finally:
+        sys.setswitchinterval(switch_interval)
         envoy.stop()
         source.stop()
 
