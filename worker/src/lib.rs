@@ -27,14 +27,23 @@ use std::task::Poll;
 use std::time::Duration;
 
 use rollout_core::{Config, HostInputs};
+use wasm_bindgen::{JsCast, JsValue, prelude::wasm_bindgen};
+use worker::wasm_bindgen_futures::JsFuture;
 use worker::{
-    AbortController, Context, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
-    Response, Result, console_error, event, js_sys, worker_sys::web_sys,
+    AbortController, Context, Date, Delay, Env, Headers, Request, Response, Result, console_error,
+    event, js_sys, worker_sys::web_sys,
 };
 
 use crate::analytics::record;
 use crate::headers::WorkerHeaders;
 use crate::settings::Settings;
+
+#[wasm_bindgen]
+extern "C" {
+    /// The runtime's global `fetch`, called with the request alone.
+    #[wasm_bindgen(js_name = fetch)]
+    fn global_fetch(request: &web_sys::Request) -> js_sys::Promise;
+}
 
 thread_local! {
     /// Vars do not change within an isolate: parse them (ROLLOUT_ORIGINS is JSON) once.
@@ -167,15 +176,26 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
     // The flags header value, for the data point.
     let flags = decision.flags_header_value().unwrap_or_default();
     let upstream_url = format!("{}{path}", origin.trim_end_matches('/'));
-    let mut init = RequestInit::new();
-    let method = Method::from(method);
-    init.with_method(method.clone()).with_headers(headers);
-    if !matches!(method, Method::Get | Method::Head) {
-        init.with_body(req.body().map(Into::into));
+    // The upstream request goes to the runtime as the runtime's own objects, built once and
+    // fetched as is (what a JavaScript Worker does): `worker::Request` with a `worker::RequestInit`
+    // converts its init field by field (reading the headers' keys to test for emptiness), and
+    // `Fetch` calls `fetch(request, {signal})`, which makes the runtime build the request a
+    // second time.
+    // A silent origin would hold the request for as long as the client waits: bounded, and
+    // aborted so the subrequest does not outlive the answer.
+    let controller = AbortController::default();
+    let signal = controller.signal();
+    let init = web_sys::RequestInit::new();
+    init.set_method(&method);
+    init.set_headers(&headers.0);
+    init.set_signal(Some(&*signal));
+    if !matches!(method.as_str(), "GET" | "HEAD") {
+        init.set_body(&req.body().map_or(JsValue::NULL, Into::into));
     }
-    let upstream = match Request::new_with_init(&upstream_url, &init) {
+    let upstream = match web_sys::Request::new_with_str_and_init(&upstream_url, &init) {
         Ok(upstream) => upstream,
         Err(e) => {
+            let e = worker::Error::from(e);
             console_error!(
                 "rollout: ROLLOUT_ORIGINS.{entry}: {origin:?} is not a usable origin URL ({e})"
             );
@@ -184,12 +204,10 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
         }
     };
     let started = Date::now().as_millis();
-    // A silent origin would hold the request for as long as the client waits: bounded, and
-    // aborted so the subrequest does not outlive the answer.
-    let controller = AbortController::default();
-    let signal = controller.signal();
-    let upstream = Fetch::Request(upstream);
-    let fetch = upstream.send_with_signal(&signal);
+    let fetch = async {
+        let response = JsFuture::from(global_fetch(&upstream)).await?;
+        Ok::<_, worker::Error>(Response::from(response.dyn_into::<web_sys::Response>()?))
+    };
     let failure = match within(settings.origin_timeout_ms, fetch).await {
         Some(Ok(response)) => Ok(response),
         Some(Err(e)) => {
