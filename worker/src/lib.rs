@@ -99,23 +99,28 @@ fn facts<'a>(
 // The request as the runtime's object: `worker::Request` would read its `cf` properties, which
 // workerd parses from JSON text on every read, and this Worker never uses them.
 #[event(fetch)]
-async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> Result<web_sys::Response> {
     match handle(req, &env, &ctx).await {
         Ok(response) => Ok(response),
         Err(e) => {
             console_error!("rollout: {e}");
-            Response::error("rollout worker: internal error", 500)
+            Response::error("rollout worker: internal error", 500).map(Into::into)
         }
     }
 }
 
-async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Response> {
+// The runtime's own `Response` out: the origin's response is passed on as the runtime's
+// objects, not converted to a `worker::Response` and back (a body stream read out, a builder's
+// init converted field by field).
+async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<web_sys::Response> {
     let settings = SETTINGS.with(|s| s.get_or_init(|| Rc::new(Settings::from_env(env))).clone());
     let url = req.url();
     let (authority, path) = authority_and_path(&url);
     if admin::is_admin(&settings, path) {
         let config = source::config(env, &settings).await;
-        return admin::serve(Request::from(req), env, &settings, path, config).await;
+        return admin::serve(Request::from(req), env, &settings, path, config)
+            .await
+            .map(Into::into);
     }
     let config = match source::config(env, &settings).await {
         Some(config) => config,
@@ -152,7 +157,7 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
     else {
         console_error!("rollout: no origin for {origin_key} in ROLLOUT_ORIGINS");
         let body = format!("rollout worker: no origin configured for {origin_key}");
-        return local_reply(&config, &decision, UNREACHABLE, body);
+        return local_reply(&config, &decision, UNREACHABLE, body).map(Into::into);
     };
 
     // The upstream request: everything as the client sent it, with the header contract applied
@@ -200,13 +205,13 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
                 "rollout: ROLLOUT_ORIGINS.{entry}: {origin:?} is not a usable origin URL ({e})"
             );
             let body = format!("rollout worker: no usable origin configured for {origin_key}");
-            return local_reply(&config, &decision, UNREACHABLE, body);
+            return local_reply(&config, &decision, UNREACHABLE, body).map(Into::into);
         }
     };
     let started = Date::now().as_millis();
     let fetch = async {
         let response = JsFuture::from(global_fetch(&upstream)).await?;
-        Ok::<_, worker::Error>(Response::from(response.dyn_into::<web_sys::Response>()?))
+        Ok::<_, worker::Error>(response.dyn_into::<web_sys::Response>()?)
     };
     let failure = match within(settings.origin_timeout_ms, fetch).await {
         Some(Ok(response)) => Ok(response),
@@ -233,18 +238,18 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
             }
             record(env, &decision, &flags, status, latency_ms);
             let body = format!("rollout worker: origin for {origin_key} {what}");
-            return local_reply(&config, &decision, status, body);
+            return local_reply(&config, &decision, status, body).map(Into::into);
         }
     };
     let latency_ms = Date::now().as_millis().saturating_sub(started);
+    let status = response.status();
     if let Some(slot) = slot {
-        guard::count(&config, slot, response.status_code(), latency_ms);
+        guard::count(&config, slot, status, latency_ms);
     }
-    record(env, &decision, &flags, response.status_code(), latency_ms);
+    record(env, &decision, &flags, status, latency_ms);
 
     // Fetched responses have immutable headers: build the client's response on a copy.
-    let status = response.status_code();
-    let mut out_headers = WorkerHeaders::copy_of(response.headers())?;
+    let mut out_headers = WorkerHeaders::copy_of(&Headers(response.headers()))?;
     if decision.rollout.is_none() {
         // Nothing decided (no rollout matched, or no config is in force): the origin's own
         // version and reason headers would read as the Worker's decision.
@@ -254,11 +259,13 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
     }
     config.apply_response_contract(decision.response_plan(), &mut out_headers);
     let out_headers = out_headers.finish()?;
-    let (_, body) = response.into_parts();
-    Ok(Response::builder()
-        .with_status(status)
-        .with_headers(out_headers)
-        .body(body))
+    let init = web_sys::ResponseInit::new();
+    init.set_status(status);
+    init.set_headers(&out_headers.0);
+    Ok(web_sys::Response::new_with_opt_readable_stream_and_init(
+        response.body().as_ref(),
+        &init,
+    )?)
 }
 
 /// The status of a request whose origin cannot be reached or is not configured: Envoy's for an
