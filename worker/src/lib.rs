@@ -27,14 +27,23 @@ use std::task::Poll;
 use std::time::Duration;
 
 use rollout_core::{Config, HostInputs};
+use wasm_bindgen::{JsCast, JsValue, prelude::wasm_bindgen};
+use worker::wasm_bindgen_futures::JsFuture;
 use worker::{
-    AbortController, Context, Date, Delay, Env, Fetch, Headers, Method, Request, RequestInit,
-    Response, Result, console_error, event, js_sys, worker_sys::web_sys,
+    AbortController, Context, Date, Delay, Env, Headers, Request, Response, Result, console_error,
+    event, js_sys, worker_sys::web_sys,
 };
 
 use crate::analytics::record;
 use crate::headers::WorkerHeaders;
 use crate::settings::Settings;
+
+#[wasm_bindgen]
+extern "C" {
+    /// The runtime's global `fetch`, called with the request alone.
+    #[wasm_bindgen(js_name = fetch)]
+    fn global_fetch(request: &web_sys::Request) -> js_sys::Promise;
+}
 
 thread_local! {
     /// Vars do not change within an isolate: parse them (ROLLOUT_ORIGINS is JSON) once.
@@ -90,23 +99,28 @@ fn facts<'a>(
 // The request as the runtime's object: `worker::Request` would read its `cf` properties, which
 // workerd parses from JSON text on every read, and this Worker never uses them.
 #[event(fetch)]
-async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> Result<Response> {
+async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> Result<web_sys::Response> {
     match handle(req, &env, &ctx).await {
         Ok(response) => Ok(response),
         Err(e) => {
             console_error!("rollout: {e}");
-            Response::error("rollout worker: internal error", 500)
+            Response::error("rollout worker: internal error", 500).map(Into::into)
         }
     }
 }
 
-async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Response> {
+// The runtime's own `Response` out: the origin's response is passed on as the runtime's
+// objects, not converted to a `worker::Response` and back (a body stream read out, a builder's
+// init converted field by field).
+async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<web_sys::Response> {
     let settings = SETTINGS.with(|s| s.get_or_init(|| Rc::new(Settings::from_env(env))).clone());
     let url = req.url();
     let (authority, path) = authority_and_path(&url);
     if admin::is_admin(&settings, path) {
         let config = source::config(env, &settings).await;
-        return admin::serve(Request::from(req), env, &settings, path, config).await;
+        return admin::serve(Request::from(req), env, &settings, path, config)
+            .await
+            .map(Into::into);
     }
     let config = match source::config(env, &settings).await {
         Some(config) => config,
@@ -143,7 +157,7 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
     else {
         console_error!("rollout: no origin for {origin_key} in ROLLOUT_ORIGINS");
         let body = format!("rollout worker: no origin configured for {origin_key}");
-        return local_reply(&config, &decision, UNREACHABLE, body);
+        return local_reply(&config, &decision, UNREACHABLE, body).map(Into::into);
     };
 
     // The upstream request: everything as the client sent it, with the header contract applied
@@ -167,29 +181,38 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
     // The flags header value, for the data point.
     let flags = decision.flags_header_value().unwrap_or_default();
     let upstream_url = format!("{}{path}", origin.trim_end_matches('/'));
-    let mut init = RequestInit::new();
-    let method = Method::from(method);
-    init.with_method(method.clone()).with_headers(headers);
-    if !matches!(method, Method::Get | Method::Head) {
-        init.with_body(req.body().map(Into::into));
-    }
-    let upstream = match Request::new_with_init(&upstream_url, &init) {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            console_error!(
-                "rollout: ROLLOUT_ORIGINS.{entry}: {origin:?} is not a usable origin URL ({e})"
-            );
-            let body = format!("rollout worker: no usable origin configured for {origin_key}");
-            return local_reply(&config, &decision, UNREACHABLE, body);
-        }
-    };
-    let started = Date::now().as_millis();
+    // The upstream request goes to the runtime as the runtime's own objects, built once and
+    // fetched as is (what a JavaScript Worker does): `worker::Request` with a `worker::RequestInit`
+    // converts its init field by field (reading the headers' keys to test for emptiness), and
+    // `Fetch` calls `fetch(request, {signal})`, which makes the runtime build the request a
+    // second time.
     // A silent origin would hold the request for as long as the client waits: bounded, and
     // aborted so the subrequest does not outlive the answer.
     let controller = AbortController::default();
     let signal = controller.signal();
-    let upstream = Fetch::Request(upstream);
-    let fetch = upstream.send_with_signal(&signal);
+    let init = web_sys::RequestInit::new();
+    init.set_method(&method);
+    init.set_headers(&headers.0);
+    init.set_signal(Some(&*signal));
+    if !matches!(method.as_str(), "GET" | "HEAD") {
+        init.set_body(&req.body().map_or(JsValue::NULL, Into::into));
+    }
+    let upstream = match web_sys::Request::new_with_str_and_init(&upstream_url, &init) {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            let e = worker::Error::from(e);
+            console_error!(
+                "rollout: ROLLOUT_ORIGINS.{entry}: {origin:?} is not a usable origin URL ({e})"
+            );
+            let body = format!("rollout worker: no usable origin configured for {origin_key}");
+            return local_reply(&config, &decision, UNREACHABLE, body).map(Into::into);
+        }
+    };
+    let started = Date::now().as_millis();
+    let fetch = async {
+        let response = JsFuture::from(global_fetch(&upstream)).await?;
+        Ok::<_, worker::Error>(response.dyn_into::<web_sys::Response>()?)
+    };
     let failure = match within(settings.origin_timeout_ms, fetch).await {
         Some(Ok(response)) => Ok(response),
         Some(Err(e)) => {
@@ -215,18 +238,18 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
             }
             record(env, &decision, &flags, status, latency_ms);
             let body = format!("rollout worker: origin for {origin_key} {what}");
-            return local_reply(&config, &decision, status, body);
+            return local_reply(&config, &decision, status, body).map(Into::into);
         }
     };
     let latency_ms = Date::now().as_millis().saturating_sub(started);
+    let status = response.status();
     if let Some(slot) = slot {
-        guard::count(&config, slot, response.status_code(), latency_ms);
+        guard::count(&config, slot, status, latency_ms);
     }
-    record(env, &decision, &flags, response.status_code(), latency_ms);
+    record(env, &decision, &flags, status, latency_ms);
 
     // Fetched responses have immutable headers: build the client's response on a copy.
-    let status = response.status_code();
-    let mut out_headers = WorkerHeaders::copy_of(response.headers())?;
+    let mut out_headers = WorkerHeaders::copy_of(&Headers(response.headers()))?;
     if decision.rollout.is_none() {
         // Nothing decided (no rollout matched, or no config is in force): the origin's own
         // version and reason headers would read as the Worker's decision.
@@ -236,11 +259,13 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<Respo
     }
     config.apply_response_contract(decision.response_plan(), &mut out_headers);
     let out_headers = out_headers.finish()?;
-    let (_, body) = response.into_parts();
-    Ok(Response::builder()
-        .with_status(status)
-        .with_headers(out_headers)
-        .body(body))
+    let init = web_sys::ResponseInit::new();
+    init.set_status(status);
+    init.set_headers(&out_headers.0);
+    Ok(web_sys::Response::new_with_opt_readable_stream_and_init(
+        response.body().as_ref(),
+        &init,
+    )?)
 }
 
 /// The status of a request whose origin cannot be reached or is not configured: Envoy's for an
