@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::decide::{AssignedKey, cookie_headers, cookie_pairs};
-use crate::{Config, Decision, RequestFacts, VersionReason};
+use crate::{Config, Decision, RequestFacts, Source, VersionReason};
 
 /// A header map the core can write to. Names come in lowercase.
 pub trait HeaderMapMut {
@@ -123,6 +123,41 @@ impl Config {
             response.push(SET_COOKIE_HEADER);
         }
         ContractNames { request, response }
+    }
+
+    /// Every request header that deciding and the request contract can read under this
+    /// config, lowercase, each once, pseudo-headers aside (a host makes those from its URL).
+    /// A host whose headers are dear to read whole (the Worker: workerd's header iteration)
+    /// reads only these and decides and edits exactly as with all of them; the golden
+    /// vectors check that on every case.
+    pub fn request_headers(&self) -> Vec<String> {
+        let rules = self
+            .rollouts
+            .iter()
+            .flat_map(|r| r.rules.iter().flat_map(|t| &t.when))
+            .chain(
+                self.flags
+                    .iter()
+                    .flat_map(|f| f.rules.iter().flat_map(|r| &r.when)),
+            )
+            .map(|c| &c.attribute);
+        let mut names: Vec<String> = Vec::new();
+        for source in self.user_key.iter().chain(rules) {
+            match source {
+                Source::Header(name) => names.push(name.to_ascii_lowercase()),
+                Source::Cookie(_) => names.push(COOKIE_HEADER.to_owned()),
+                Source::Key => {}
+            }
+        }
+        let contract = self.contract_names().request;
+        names.extend(contract.iter().map(|n| n.to_ascii_lowercase()));
+        if self.overrides.as_ref().is_some_and(|o| o.cookie.is_some()) {
+            names.push(COOKIE_HEADER.to_owned());
+        }
+        names.retain(|n| !n.starts_with(':'));
+        names.sort_unstable();
+        names.dedup();
+        names
     }
 
     /// Applies the contract to the upstream request: each contract header is set to the

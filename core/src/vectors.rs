@@ -223,6 +223,18 @@ pub fn check_native(config: &Config, case: &Case) -> Vec<String> {
     let got = case.request.observe(config);
     let expected = &case.expected;
     let mut problems = Vec::new();
+    // A host that reads only the config's request headers (the Worker) must see the same.
+    let read = config.request_headers();
+    let mut narrow = case.request.clone();
+    narrow.headers.retain(|(name, _)| {
+        name.starts_with(':') || read.iter().any(|r| r.eq_ignore_ascii_case(name))
+    });
+    let narrow = narrow.observe(config);
+    if narrow != got {
+        problems.push(format!(
+            "reading only {read:?}: {narrow:?}, with every header: {got:?}"
+        ));
+    }
     if got.decision != expected.decision {
         problems.push(format!(
             "decision: expected {}, got {}",

@@ -34,6 +34,30 @@ extern "C" {
     ) -> std::result::Result<web_sys::Headers, JsValue>;
 }
 
+// Only the headers the config reads cross into wasm, in one call: iterating a whole `Headers`
+// (`Array.from(headers)`) goes through workerd's C++ per entry, and measured as the largest
+// single cost of a Worker that calls the core once per request (issue 12, benches/STEPS.md).
+#[wasm_bindgen(inline_js = r#"
+export function rollout_read_headers(headers, names) {
+  let out = "";
+  for (const name of names.split("\n")) {
+    const value = headers.get(name);
+    if (value !== null) out += name + "," + value + "\n";
+  }
+  return out;
+}
+"#)]
+extern "C" {
+    /// The values of `names` (separated by newlines) that `headers` has, as `name,value` lines
+    /// (several values of one name joined by the runtime, as iterating would join them).
+    fn rollout_read_headers(headers: &web_sys::Headers, names: &str) -> String;
+}
+
+/// The request headers named in `names` (newline-separated, lowercase) as `name,value` lines.
+pub(crate) fn read_lines(headers: &Headers, names: &str) -> String {
+    rollout_read_headers(&headers.0, names)
+}
+
 /// A copy of a `Headers` object that the core's header contract writes to. The edits are
 /// collected and made by the runtime in one call, in [`Self::finish`], which returns the first
 /// error (an invalid name or value).

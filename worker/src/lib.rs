@@ -48,6 +48,9 @@ extern "C" {
 thread_local! {
     /// Vars do not change within an isolate: parse them (ROLLOUT_ORIGINS is JSON) once.
     static SETTINGS: std::cell::OnceCell<Rc<Settings>> = const { std::cell::OnceCell::new() };
+    /// The names [`read_names`] made, and the config they are for.
+    static READ_NAMES: std::cell::RefCell<Option<(Rc<Config>, Rc<str>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Random bits from the isolate's generator, for keyless `no_key: random` requests and new
@@ -71,15 +74,31 @@ fn authority_and_path(url: &str) -> (&str, &str) {
     (host, if path.is_empty() { "/" } else { path })
 }
 
-/// A header map's pairs as `name,value` lines, read in two calls into JavaScript
-/// (`Array.from(headers).join("\n")`) instead of about six calls and two string copies per
-/// header through the entries iterator. Unambiguous: a header name holds no comma and a value
-/// no newline, and names come lowercased.
-fn header_lines(headers: &Headers) -> String {
-    js_sys::Array::from(&headers.0).join("\n").into()
+/// The headers the Worker reads besides the config's: how it forwards (see `handle`).
+const FORWARDING_HEADERS: [&str; 2] = ["host", "x-forwarded-proto"];
+
+/// The request headers read under `config`, newline-separated: the config's
+/// [`Config::request_headers`] and [`FORWARDING_HEADERS`], computed once per config in force.
+fn read_names(config: &Rc<Config>) -> Rc<str> {
+    READ_NAMES.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if let Some((for_config, names)) = cached.as_ref()
+            && Rc::ptr_eq(for_config, config)
+        {
+            return names.clone();
+        }
+        let mut names = config.request_headers();
+        names.extend(FORWARDING_HEADERS.map(str::to_owned));
+        names.sort_unstable();
+        names.dedup();
+        let names: Rc<str> = names.join("\n").into();
+        *cached = Some((config.clone(), names.clone()));
+        names
+    })
 }
 
-/// The request as the core sees it: lowercase header names (`lines` from [`header_lines`]),
+/// The request as the core sees it: lowercase header names (`lines` from
+/// [`headers::read_lines`]),
 /// with Envoy's pseudo-headers made from the URL, so both hosts decide from the same facts.
 fn facts<'a>(
     method: &'a str,
@@ -130,7 +149,7 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<web_s
     };
     let method = req.method();
     let request_headers = Headers(req.headers());
-    let lines = header_lines(&request_headers);
+    let lines = headers::read_lines(&request_headers, &read_names(&config));
     let facts = facts(&method, authority, path, &lines);
     // Schedules and token expiry read the time; the guard's trips come from the rollouts'
     // Durable Objects. A keyless user is given a key (the config's `assign`) by the core, with
