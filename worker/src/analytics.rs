@@ -1,14 +1,41 @@
 //! Per-request data points for Cloudflare's Analytics Engine.
 
-use worker::{AnalyticsEngineDataPointBuilder, Env, console_warn};
+use wasm_bindgen::{JsValue, prelude::wasm_bindgen};
+use worker::{Env, console_warn};
 
-/// The optional Analytics Engine binding that gets one data point per request.
-const ANALYTICS_BINDING: &str = "ROLLOUT_ANALYTICS";
+// The binding is looked up and the point built on the JavaScript side, in one crossing:
+// workers-rs's builder makes a crossing per index and blob and copies the point, and the
+// binding's lookup is another two, on every request (issue 12).
+#[wasm_bindgen(inline_js = r#"
+export function rollout_write_point(env, rollout, version, flags, token, status, latency) {
+  const dataset = env.ROLLOUT_ANALYTICS;
+  if (dataset === undefined) return;
+  dataset.writeDataPoint({
+    indexes: [rollout],
+    blobs: [rollout, version, flags, String(status), token],
+    doubles: [status, latency],
+  });
+}
+"#)]
+extern "C" {
+    /// Writes one point to the `ROLLOUT_ANALYTICS` binding of `env`, if it is bound, as
+    /// [`record`] describes it; throws what `writeDataPoint` throws.
+    #[wasm_bindgen(catch)]
+    fn rollout_write_point(
+        env: &JsValue,
+        rollout: &str,
+        version: &str,
+        flags: &str,
+        token: &str,
+        status: f64,
+        latency: f64,
+    ) -> Result<(), JsValue>;
+}
 
-/// One Analytics Engine data point per request, if the binding exists: indexed by rollout,
-/// with rollout, version, flags, status and the override token's status (`valid`, `expired`,
-/// ...; empty without a token) as blobs, and status and latency as doubles. New blobs go at
-/// the end so that queries on the earlier positions keep working.
+/// One Analytics Engine data point per request, if the binding `ROLLOUT_ANALYTICS` exists:
+/// indexed by rollout, with rollout, version, flags, status and the override token's status
+/// (`valid`, `expired`, ...; empty without a token) as blobs, and status and latency as
+/// doubles. New blobs go at the end so that queries on the earlier positions keep working.
 pub(crate) fn record(
     env: &Env,
     decision: &rollout_core::Decision<'_>,
@@ -16,24 +43,23 @@ pub(crate) fn record(
     status: u16,
     latency_ms: u64,
 ) {
-    let Ok(dataset) = env.analytics_engine(ANALYTICS_BINDING) else {
-        return;
-    };
     let (rollout, version) = decision
         .rollout
         .map_or(("", ""), |r| (r.rollout, r.version));
-    let point = AnalyticsEngineDataPointBuilder::new()
-        .indexes([rollout])
-        .blobs([
-            rollout.to_owned(),
-            version.to_owned(),
-            flags.to_owned(),
-            status.to_string(),
-            decision.token.map_or("", |t| t.as_str()).to_owned(),
-        ])
-        .doubles([f64::from(status), latency_ms as f64])
-        .build();
-    if let Err(e) = dataset.write_data_point(&point) {
-        console_warn!("rollout: analytics data point not written: {e}");
+    let token = decision.token.map_or("", |t| t.as_str());
+    let written = rollout_write_point(
+        env.as_ref(),
+        rollout,
+        version,
+        flags,
+        token,
+        f64::from(status),
+        latency_ms as f64,
+    );
+    if let Err(e) = written {
+        console_warn!(
+            "rollout: analytics data point not written: {}",
+            worker::Error::from(e)
+        );
     }
 }
