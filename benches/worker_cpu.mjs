@@ -16,17 +16,13 @@
 // Engine binding, which discards points as Cloudflare's would store them), `rollout-noae` (no
 // Analytics Engine binding), `rollout-recorder` (the tests' recording binding, a service call
 // to node per point), and every NAME given with --build (like `rollout`, from DIR).
-// Miniflare is resolved from worker/node_modules, so it runs from any directory.
+// Miniflare is resolved from worker/node_modules, so it runs from any directory. What it shares
+// with benches/worker_profile.mjs is in benches/workerd_common.mjs.
 
-import http from "node:http";
-import { readFileSync, readdirSync, writeFileSync, existsSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { execSync } from "node:child_process";
-import { createRequire } from "node:module";
 import { parseArgs } from "node:util";
-
-const ROOT = new URL("../", import.meta.url).pathname;
-const require = createRequire(`${ROOT}worker/package.json`);
-const { Miniflare } = await import(require.resolve("miniflare"));
+import { ROOT, request, startOrigin, startVariant } from "./workerd_common.mjs";
 
 const { values: args } = parseArgs({
   options: {
@@ -46,146 +42,12 @@ const WARMUP = Number(args.warmup);
 const BLOCK = Math.max(1, Number(args.block));
 const CLOCK_TICKS = Number(execSync("getconf CLK_TCK").toString().trim());
 
-/** The origin: a small JSON body and the response headers a typical app sends. */
-function startOrigin() {
-  const body = JSON.stringify({ ok: true, items: [{ id: 42, qty: 1 }], total: "19.99" });
-  const server = http.createServer((req, res) => {
-    req.resume();
-    req.on("end", () => {
-      res.writeHead(200, {
-        "content-type": "application/json",
-        "cache-control": "private, no-store",
-        "x-request-id": "7f3c2a9e-1d4b-4c8a-9e2f-3b6a1c0d5e7f",
-        "content-length": Buffer.byteLength(body),
-      });
-      res.end(body);
-    });
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
-}
-
-/** What a user would write instead: a random 90/10 split, the origin's response returned with
- * one header added. */
-const JS_WORKER = `export default {
-  async fetch(request, env) {
-    const version = Math.random() < 0.9 ? "v1" : "v2";
-    const url = new URL(request.url);
-    const origin = version === "v1" ? env.ORIGIN_V1 : env.ORIGIN_V2;
-    const response = await fetch(new Request(origin + url.pathname + url.search, request));
-    const out = new Response(response.body, response);
-    out.headers.set("x-version", version);
-    return out;
-  },
-};`;
-
-/** workerd processes that are children of this process. */
-function workerdChildren() {
-  const pids = new Set();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const close = stat.lastIndexOf(")");
-      const comm = stat.slice(stat.indexOf("(") + 1, close);
-      const ppid = Number(stat.slice(close + 2).split(" ")[1]);
-      if (ppid === process.pid && comm.startsWith("workerd")) pids.add(Number(entry));
-    } catch {
-      // The process ended while listed.
-    }
-  }
-  return pids;
-}
-
 /** utime + stime of a process (all its threads), in ms. */
 function cpuMs(pid) {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   // Fields 14 and 15 of proc(5), counted from the state field (3).
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
-}
-
-function rolloutOptions(scriptDir, analytics, origins, config) {
-  const worker = {
-    name: "rollout",
-    modules: true,
-    scriptPath: `${scriptDir}/index.js`,
-    // Module names are paths under this root: a build outside the working directory needs it.
-    modulesRoot: scriptDir,
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
-    compatibilityDate: "2026-04-01",
-    kvNamespaces: ["ROLLOUT_CONFIG"],
-    bindings: {
-      ROLLOUT_CONFIG_KEY: "rollout.json",
-      ROLLOUT_CONFIG_TTL_MS: "10000",
-      ROLLOUT_ORIGINS: JSON.stringify(origins),
-    },
-  };
-  // As wrangler.toml declares it, when the build has the class (older builds measured with
-  // --build may not): a config with a guard then sends its batches to it.
-  if (readFileSync(`${scriptDir}/index.js`, "utf8").includes("RolloutState")) {
-    worker.durableObjects = { ROLLOUT_STATE: "RolloutState" };
-  }
-  const workers = [worker];
-  if (analytics === "local") {
-    worker.analyticsEngineDatasets = { ROLLOUT_ANALYTICS: { dataset: "rollout" } };
-  } else if (analytics === "recorder") {
-    worker.wrappedBindings = { ROLLOUT_ANALYTICS: { scriptName: "analytics-recorder" } };
-    workers.push({
-      name: "analytics-recorder",
-      modules: true,
-      script: `export default function (env) {
-        return { writeDataPoint(point) { env.SINK.fetch("http://sink/", { method: "POST", body: JSON.stringify(point) }); } };
-      }`,
-      serviceBindings: { SINK: async () => new Response("ok") },
-    });
-  }
-  return { workers, setup: async (mf) => (await mf.getKVNamespace("ROLLOUT_CONFIG", "rollout")).put("rollout.json", config) };
-}
-
-async function start(name, originUrl, config) {
-  const builds = Object.fromEntries(args.build.map((b) => b.split("=")));
-  const versions = Object.entries(JSON.parse(config).rollouts ?? {})
-    .flatMap(([r, body]) => (body.versions ?? []).map((v) => `${r}/${v.name}`));
-  const origins = Object.fromEntries([["default", originUrl], ...versions.map((v) => [v, originUrl])]);
-  let options;
-  if (name === "js") {
-    options = {
-      workers: [{
-        name: "js", modules: true, script: JS_WORKER, compatibilityDate: "2026-04-01",
-        bindings: { ORIGIN_V1: originUrl, ORIGIN_V2: originUrl },
-      }],
-    };
-  } else if (name in builds || name.startsWith("rollout")) {
-    const dir = builds[name] ?? `${ROOT}worker/build`;
-    if (!existsSync(`${dir}/index.js`)) throw new Error(`--build ${name}: no index.js in ${dir}`);
-    const analytics = { "rollout-noae": "none", "rollout-recorder": "recorder" }[name] ?? "local";
-    options = rolloutOptions(dir, analytics, origins, config);
-  } else {
-    throw new Error(`--variants: unknown variant ${name}`);
-  }
-  const before = workerdChildren();
-  const mf = new Miniflare({ workers: options.workers, handleStructuredLogs: () => {} });
-  const url = await mf.ready;
-  if (options.setup) await options.setup(mf);
-  const pids = [...workerdChildren()].filter((p) => !before.has(p));
-  if (pids.length !== 1) throw new Error(`${name}: expected one new workerd process, found ${pids}`);
-  return { name, mf, url, pid: pids[0] };
-}
-
-/** A browser-like request; the user id varies so both versions are served. */
-async function request(url, i) {
-  const res = await fetch(new URL(`/checkout/cart?item=${i % 97}`, url), {
-    headers: {
-      "x-user-id": `user-${i}`,
-      cookie: `uid=user-${i}; session=3b1f9c2e8a; theme=dark`,
-      accept: "application/json, text/plain, */*",
-      "accept-language": "en-GB,en;q=0.9",
-      "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
-      "x-app-version": "3.2.1",
-    },
-  });
-  if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
-  await res.arrayBuffer();
 }
 
 async function run(worker, count, offset) {
@@ -203,9 +65,10 @@ const origin = await startOrigin();
 const originUrl = `http://127.0.0.1:${origin.address().port}`;
 const config = readFileSync(args.config, "utf8");
 const names = [...new Set([...args.variants.split(",").filter(Boolean), ...args.build.map((b) => b.split("=")[0])])];
+const builds = Object.fromEntries(args.build.map((b) => b.split("=")));
 const workers = [];
 try {
-  for (const name of names) workers.push(await start(name, originUrl, config));
+  for (const name of names) workers.push(await startVariant(name, originUrl, config, builds));
   for (const w of workers) await run(w, WARMUP, 0);
   const perRound = Object.fromEntries(names.map((n) => [n, []]));
   for (let round = 0; round < ROUNDS; round++) {

@@ -22,19 +22,15 @@
 // perf needs kernel.perf_event_paranoid <= 1 or root; workerd's own symbols are in its binary,
 // JIT-compiled JavaScript and wasm show as unresolved addresses there.
 
-import http from "node:http";
 import net from "node:net";
-import { readFileSync, readdirSync, writeFileSync, existsSync, mkdtempSync, rmSync } from "node:fs";
+import { readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import { spawn, execFileSync } from "node:child_process";
-import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { parseArgs } from "node:util";
+import { ROOT, request, requireFromWorker, startOrigin, startVariant } from "./workerd_common.mjs";
 
-const ROOT = new URL("../", import.meta.url).pathname;
-const require = createRequire(`${ROOT}worker/package.json`);
-const { Miniflare } = await import(require.resolve("miniflare"));
 // Node 20 has no global WebSocket; miniflare depends on `ws`.
-const WebSocket = require("ws");
+const WebSocket = requireFromWorker("ws");
 
 const { values: args } = parseArgs({
   options: {
@@ -55,38 +51,6 @@ const REQUESTS = Number(args.requests);
 const WARMUP = Number(args.warmup);
 const TOP = Number(args.top);
 
-/** The origin of worker_cpu.mjs: a small JSON body and the response headers a typical app
- * sends. */
-function startOrigin() {
-  const body = JSON.stringify({ ok: true, items: [{ id: 42, qty: 1 }], total: "19.99" });
-  const server = http.createServer((req, res) => {
-    req.resume();
-    req.on("end", () => {
-      res.writeHead(200, {
-        "content-type": "application/json",
-        "cache-control": "private, no-store",
-        "x-request-id": "7f3c2a9e-1d4b-4c8a-9e2f-3b6a1c0d5e7f",
-        "content-length": Buffer.byteLength(body),
-      });
-      res.end(body);
-    });
-  });
-  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
-}
-
-/** worker_cpu.mjs's JavaScript Worker: a random 90/10 split, one header added. */
-const JS_WORKER = `export default {
-  async fetch(request, env) {
-    const version = Math.random() < 0.9 ? "v1" : "v2";
-    const url = new URL(request.url);
-    const origin = version === "v1" ? env.ORIGIN_V1 : env.ORIGIN_V2;
-    const response = await fetch(new Request(origin + url.pathname + url.search, request));
-    const out = new Response(response.body, response);
-    out.headers.set("x-version", version);
-    return out;
-  },
-};`;
-
 /** A port nothing listens on now, for workerd's inspector (Miniflare needs a number). */
 function freePort() {
   return new Promise((resolve) => {
@@ -95,90 +59,6 @@ function freePort() {
       s.close(() => resolve(port));
     });
   });
-}
-
-function workerdChildren() {
-  const pids = new Set();
-  for (const entry of readdirSync("/proc")) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      const close = stat.lastIndexOf(")");
-      const comm = stat.slice(stat.indexOf("(") + 1, close);
-      const ppid = Number(stat.slice(close + 2).split(" ")[1]);
-      if (ppid === process.pid && comm.startsWith("workerd")) pids.add(Number(entry));
-    } catch {
-      // The process ended while listed.
-    }
-  }
-  return pids;
-}
-
-function workerOptions(name, originUrl, config) {
-  if (name === "js") {
-    return {
-      workers: [{
-        name: "js", modules: true, script: JS_WORKER, compatibilityDate: "2026-04-01",
-        bindings: { ORIGIN_V1: originUrl, ORIGIN_V2: originUrl },
-      }],
-    };
-  }
-  const builds = Object.fromEntries(args.build.map((b) => b.split("=")));
-  const dir = builds[name] ?? `${ROOT}worker/build`;
-  if (!existsSync(`${dir}/index.js`)) throw new Error(`--build ${name}: no index.js in ${dir}`);
-  const versions = Object.entries(JSON.parse(config).rollouts ?? {})
-    .flatMap(([r, body]) => (body.versions ?? []).map((v) => `${r}/${v.name}`));
-  const origins = Object.fromEntries([["default", originUrl], ...versions.map((v) => [v, originUrl])]);
-  const worker = {
-    name: "rollout",
-    modules: true,
-    scriptPath: `${dir}/index.js`,
-    modulesRoot: dir,
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
-    compatibilityDate: "2026-04-01",
-    kvNamespaces: ["ROLLOUT_CONFIG"],
-    analyticsEngineDatasets: { ROLLOUT_ANALYTICS: { dataset: "rollout" } },
-    bindings: {
-      ROLLOUT_CONFIG_KEY: "rollout.json",
-      ROLLOUT_CONFIG_TTL_MS: "10000",
-      ROLLOUT_ORIGINS: JSON.stringify(origins),
-    },
-  };
-  if (readFileSync(`${dir}/index.js`, "utf8").includes("RolloutState")) {
-    worker.durableObjects = { ROLLOUT_STATE: "RolloutState" };
-  }
-  return {
-    workers: [worker],
-    setup: async (mf) => (await mf.getKVNamespace("ROLLOUT_CONFIG", "rollout")).put("rollout.json", config),
-  };
-}
-
-async function start(name, originUrl, config) {
-  const options = workerOptions(name, originUrl, config);
-  const inspectorPort = await freePort();
-  const before = workerdChildren();
-  const mf = new Miniflare({ workers: options.workers, inspectorPort, handleStructuredLogs: () => {} });
-  const url = await mf.ready;
-  if (options.setup) await options.setup(mf);
-  const pids = [...workerdChildren()].filter((p) => !before.has(p));
-  if (pids.length !== 1) throw new Error(`${name}: expected one new workerd process, found ${pids}`);
-  return { name, mf, url, pid: pids[0], inspectorPort, workerName: options.workers[0].name };
-}
-
-/** worker_cpu.mjs's browser-like request. */
-async function request(url, i) {
-  const res = await fetch(new URL(`/checkout/cart?item=${i % 97}`, url), {
-    headers: {
-      "x-user-id": `user-${i}`,
-      cookie: `uid=user-${i}; session=3b1f9c2e8a; theme=dark`,
-      accept: "application/json, text/plain, */*",
-      "accept-language": "en-GB,en;q=0.9",
-      "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
-      "x-app-version": "3.2.1",
-    },
-  });
-  if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
-  await res.arrayBuffer();
 }
 
 async function load(worker, count, offset) {
@@ -269,10 +149,12 @@ const origin = await startOrigin();
 const originUrl = `http://127.0.0.1:${origin.address().port}`;
 const config = readFileSync(args.config, "utf8");
 const names = [...new Set([...args.variants.split(",").filter(Boolean), ...args.build.map((b) => b.split("=")[0])])];
+const builds = Object.fromEntries(args.build.map((b) => b.split("=")));
 const results = [];
 try {
   for (const name of names) {
-    const worker = await start(name, originUrl, config);
+    const inspectorPort = await freePort();
+    const worker = { ...(await startVariant(name, originUrl, config, builds, { inspectorPort })), inspectorPort };
     try {
       await load(worker, WARMUP, 0);
       const session = await devtools(worker.inspectorPort, worker.workerName);

@@ -1,0 +1,152 @@
+// What benches/worker_cpu.mjs and benches/worker_profile.mjs share: the local origin, the plain
+// JavaScript Worker they compare with, the Miniflare options of each variant, the workerd
+// process a variant runs in, and the browser-like request they send.
+
+import http from "node:http";
+import { readFileSync, readdirSync, existsSync } from "node:fs";
+import { createRequire } from "node:module";
+
+export const ROOT = new URL("../", import.meta.url).pathname;
+// Miniflare is resolved from worker/node_modules, so the benches run from any directory.
+export const requireFromWorker = createRequire(`${ROOT}worker/package.json`);
+export const { Miniflare } = await import(requireFromWorker.resolve("miniflare"));
+
+/** The origin: a small JSON body and the response headers a typical app sends. */
+export function startOrigin() {
+  const body = JSON.stringify({ ok: true, items: [{ id: 42, qty: 1 }], total: "19.99" });
+  const server = http.createServer((req, res) => {
+    req.resume();
+    req.on("end", () => {
+      res.writeHead(200, {
+        "content-type": "application/json",
+        "cache-control": "private, no-store",
+        "x-request-id": "7f3c2a9e-1d4b-4c8a-9e2f-3b6a1c0d5e7f",
+        "content-length": Buffer.byteLength(body),
+      });
+      res.end(body);
+    });
+  });
+  return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
+}
+
+/** What a user would write instead: a random 90/10 split, the origin's response returned with
+ * one header added. */
+export const JS_WORKER = `export default {
+  async fetch(request, env) {
+    const version = Math.random() < 0.9 ? "v1" : "v2";
+    const url = new URL(request.url);
+    const origin = version === "v1" ? env.ORIGIN_V1 : env.ORIGIN_V2;
+    const response = await fetch(new Request(origin + url.pathname + url.search, request));
+    const out = new Response(response.body, response);
+    out.headers.set("x-version", version);
+    return out;
+  },
+};`;
+
+/** workerd processes that are children of this process. */
+export function workerdChildren() {
+  const pids = new Set();
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      const close = stat.lastIndexOf(")");
+      const comm = stat.slice(stat.indexOf("(") + 1, close);
+      const ppid = Number(stat.slice(close + 2).split(" ")[1]);
+      if (ppid === process.pid && comm.startsWith("workerd")) pids.add(Number(entry));
+    } catch {
+      // The process ended while listed.
+    }
+  }
+  return pids;
+}
+
+/** The rollout Worker built in `scriptDir`, bound as wrangler.toml binds it, with the config
+ * in KV; `analytics`: "local" (a local Analytics Engine dataset, which discards points as
+ * Cloudflare's would store them), "none", or "recorder" (the tests' recording binding, a
+ * service call to node per point). */
+function rolloutOptions(scriptDir, analytics, origins, config) {
+  const worker = {
+    name: "rollout",
+    modules: true,
+    scriptPath: `${scriptDir}/index.js`,
+    // Module names are paths under this root: a build outside the working directory needs it.
+    modulesRoot: scriptDir,
+    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    compatibilityDate: "2026-04-01",
+    kvNamespaces: ["ROLLOUT_CONFIG"],
+    bindings: {
+      ROLLOUT_CONFIG_KEY: "rollout.json",
+      ROLLOUT_CONFIG_TTL_MS: "10000",
+      ROLLOUT_ORIGINS: JSON.stringify(origins),
+    },
+  };
+  // As wrangler.toml declares it, when the build has the class (older builds measured with
+  // --build may not): a config with a guard then sends its batches to it.
+  if (readFileSync(`${scriptDir}/index.js`, "utf8").includes("RolloutState")) {
+    worker.durableObjects = { ROLLOUT_STATE: "RolloutState" };
+  }
+  const workers = [worker];
+  if (analytics === "local") {
+    worker.analyticsEngineDatasets = { ROLLOUT_ANALYTICS: { dataset: "rollout" } };
+  } else if (analytics === "recorder") {
+    worker.wrappedBindings = { ROLLOUT_ANALYTICS: { scriptName: "analytics-recorder" } };
+    workers.push({
+      name: "analytics-recorder",
+      modules: true,
+      script: `export default function (env) {
+        return { writeDataPoint(point) { env.SINK.fetch("http://sink/", { method: "POST", body: JSON.stringify(point) }); } };
+      }`,
+      serviceBindings: { SINK: async () => new Response("ok") },
+    });
+  }
+  return { workers, setup: async (mf) => (await mf.getKVNamespace("ROLLOUT_CONFIG", "rollout")).put("rollout.json", config) };
+}
+
+/** Starts variant `name` in its own Miniflare instance (its own workerd process): `js`, a
+ * `rollout*` variant of worker/build (`rollout-noae`, `rollout-recorder`: see
+ * rolloutOptions), or a NAME of `builds` ({NAME: DIR}). `miniflare`: more Miniflare options. */
+export async function startVariant(name, originUrl, config, builds, miniflare = {}) {
+  const versions = Object.entries(JSON.parse(config).rollouts ?? {})
+    .flatMap(([r, body]) => (body.versions ?? []).map((v) => `${r}/${v.name}`));
+  const origins = Object.fromEntries([["default", originUrl], ...versions.map((v) => [v, originUrl])]);
+  let options;
+  if (name === "js") {
+    options = {
+      workers: [{
+        name: "js", modules: true, script: JS_WORKER, compatibilityDate: "2026-04-01",
+        bindings: { ORIGIN_V1: originUrl, ORIGIN_V2: originUrl },
+      }],
+    };
+  } else if (name in builds || name.startsWith("rollout")) {
+    const dir = builds[name] ?? `${ROOT}worker/build`;
+    if (!existsSync(`${dir}/index.js`)) throw new Error(`--build ${name}: no index.js in ${dir}`);
+    const analytics = { "rollout-noae": "none", "rollout-recorder": "recorder" }[name] ?? "local";
+    options = rolloutOptions(dir, analytics, origins, config);
+  } else {
+    throw new Error(`--variants: unknown variant ${name}`);
+  }
+  const before = workerdChildren();
+  const mf = new Miniflare({ workers: options.workers, handleStructuredLogs: () => {}, ...miniflare });
+  const url = await mf.ready;
+  if (options.setup) await options.setup(mf);
+  const pids = [...workerdChildren()].filter((p) => !before.has(p));
+  if (pids.length !== 1) throw new Error(`${name}: expected one new workerd process, found ${pids}`);
+  return { name, mf, url, pid: pids[0], workerName: options.workers[0].name };
+}
+
+/** A browser-like request; the user id varies so every version is served. */
+export async function request(url, i) {
+  const res = await fetch(new URL(`/checkout/cart?item=${i % 97}`, url), {
+    headers: {
+      "x-user-id": `user-${i}`,
+      cookie: `uid=user-${i}; session=3b1f9c2e8a; theme=dark`,
+      accept: "application/json, text/plain, */*",
+      "accept-language": "en-GB,en;q=0.9",
+      "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
+      "x-app-version": "3.2.1",
+    },
+  });
+  if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
+  await res.arrayBuffer();
+}
