@@ -50,12 +50,19 @@ export function rollout_read_headers(headers, names) {
 extern "C" {
     /// The values of `names` (separated by newlines) that `headers` has, as `name,value` lines
     /// (several values of one name joined by the runtime, as iterating would join them).
-    fn rollout_read_headers(headers: &web_sys::Headers, names: &str) -> String;
+    /// Throws what `Headers.get` throws for an invalid name (the config's are all tokens).
+    #[wasm_bindgen(catch)]
+    fn rollout_read_headers(
+        headers: &web_sys::Headers,
+        names: &str,
+    ) -> std::result::Result<String, JsValue>;
 }
 
 /// The request headers named in `names` (newline-separated, lowercase) as `name,value` lines.
-pub(crate) fn read_lines(headers: &Headers, names: &str) -> String {
-    rollout_read_headers(&headers.0, names)
+/// An error fails the request rather than deciding without the headers: the contract could
+/// not then remove a client's copies of its headers.
+pub(crate) fn read_lines(headers: &Headers, names: &str) -> Result<String> {
+    Ok(rollout_read_headers(&headers.0, names)?)
 }
 
 /// A copy of a `Headers` object that the core's header contract writes to. The edits are

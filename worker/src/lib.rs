@@ -149,7 +149,7 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<web_s
     };
     let method = req.method();
     let request_headers = Headers(req.headers());
-    let lines = headers::read_lines(&request_headers, &read_names(&config));
+    let lines = headers::read_lines(&request_headers, &read_names(&config))?;
     let facts = facts(&method, authority, path, &lines);
     // Schedules and token expiry read the time; the guard's trips come from the rollouts'
     // Durable Objects. A keyless user is given a key (the config's `assign`) by the core, with
