@@ -97,9 +97,9 @@ fn read_names(config: &Rc<Config>) -> Rc<str> {
     })
 }
 
-/// The request as the core sees it: lowercase header names (`lines` from
-/// [`headers::read_lines`]),
-/// with Envoy's pseudo-headers made from the URL, so both hosts decide from the same facts.
+/// The request as the core sees it: the headers it reads, lowercase (`lines` from
+/// [`headers::read_lines`]), with Envoy's pseudo-headers made from the URL, so both hosts
+/// decide from the same facts.
 fn facts<'a>(
     method: &'a str,
     authority: &'a str,
