@@ -22,7 +22,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { execSync } from "node:child_process";
 import { parseArgs } from "node:util";
-import { ROOT, request, startOrigin, startVariant } from "./workerd_common.mjs";
+import { ROOT, request, setUp, startVariant } from "./workerd_common.mjs";
 
 const { values: args } = parseArgs({
   options: {
@@ -61,11 +61,7 @@ const median = (xs) => {
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 
-const origin = await startOrigin();
-const originUrl = `http://127.0.0.1:${origin.address().port}`;
-const config = readFileSync(args.config, "utf8");
-const names = [...new Set([...args.variants.split(",").filter(Boolean), ...args.build.map((b) => b.split("=")[0])])];
-const builds = Object.fromEntries(args.build.map((b) => b.split("=")));
+const { origin, originUrl, config, names, builds } = await setUp(args);
 const workers = [];
 try {
   for (const name of names) workers.push(await startVariant(name, originUrl, config, builds));

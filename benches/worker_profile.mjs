@@ -23,11 +23,11 @@
 // JIT-compiled JavaScript and wasm show as unresolved addresses there.
 
 import net from "node:net";
-import { readFileSync, writeFileSync, mkdtempSync, rmSync } from "node:fs";
+import { writeFileSync, mkdtempSync, rmSync } from "node:fs";
 import { spawn, execFileSync } from "node:child_process";
 import { tmpdir } from "node:os";
 import { parseArgs } from "node:util";
-import { ROOT, request, requireFromWorker, startOrigin, startVariant } from "./workerd_common.mjs";
+import { ROOT, request, requireFromWorker, setUp, startVariant } from "./workerd_common.mjs";
 
 // Node 20 has no global WebSocket; miniflare depends on `ws`.
 const WebSocket = requireFromWorker("ws");
@@ -145,11 +145,7 @@ async function perfReport(worker, count, offset) {
   return report.split("\n").filter((l) => l.trim() && !l.startsWith("#")).slice(0, Number(args["perf-top"]));
 }
 
-const origin = await startOrigin();
-const originUrl = `http://127.0.0.1:${origin.address().port}`;
-const config = readFileSync(args.config, "utf8");
-const names = [...new Set([...args.variants.split(",").filter(Boolean), ...args.build.map((b) => b.split("=")[0])])];
-const builds = Object.fromEntries(args.build.map((b) => b.split("=")));
+const { origin, originUrl, config, names, builds } = await setUp(args);
 const results = [];
 try {
   for (const name of names) {

@@ -150,3 +150,18 @@ export async function request(url, i) {
   if (res.status !== 200) throw new Error(`status ${res.status}: ${await res.text()}`);
   await res.arrayBuffer();
 }
+
+/** What both benches start from, given their parsed --config, --variants and --build: the
+ * origin (a server to close), its URL, the config text, the variant names in order, and the
+ * builds ({NAME: DIR}). */
+export async function setUp(args) {
+  const origin = await startOrigin();
+  const builds = Object.fromEntries(args.build.map((b) => b.split("=")));
+  return {
+    origin,
+    originUrl: `http://127.0.0.1:${origin.address().port}`,
+    config: readFileSync(args.config, "utf8"),
+    names: [...new Set([...args.variants.split(",").filter(Boolean), ...Object.keys(builds)])],
+    builds,
+  };
+}

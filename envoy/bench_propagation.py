@@ -44,9 +44,10 @@ def answered_by_envoy(doc):
     return doc
 
 
-class Probes:
-    """`n` keep-alive connections multiplexed in one thread; `until_all_see` sends a probe on
-    each, again as soon as the answer is back, until every connection has got `version`."""
+class MultiplexedProbes:
+    """`n` keep-alive connections multiplexed in one thread (harness.Probes asks its connections
+    one after another, through an upstream); `until_all_see` sends a probe on each, again as
+    soon as the answer is back, until every connection has got `version`."""
 
     def __init__(self, port, n=8):
         self.selector = selectors.DefaultSelector()
@@ -119,7 +120,7 @@ def main(flips, json_path=None, long_poll_s=0):
     switch_interval = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)
     try:
-        probes = Probes(envoy.port)
+        probes = MultiplexedProbes(envoy.port)
         probes.until_all_see("v1")
         # Timed from rest: with long-polling, a poll is held at the source. Right after a start,
         # the held poll follows the first plain one by up to poll_interval_ms, and a change in

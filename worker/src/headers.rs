@@ -4,8 +4,11 @@ use wasm_bindgen::{JsValue, prelude::wasm_bindgen};
 use worker::worker_sys::web_sys;
 use worker::{Headers, Result};
 
-// The contract's edits cross into JavaScript in one call per header map: a call per edit costs
-// a crossing and a string decode per name and value, which the profile of issue 12 showed.
+// Headers cross between wasm and JavaScript in one call per header map, not a call (and a
+// string decode) per name and value, which the profile of issue 12 showed: the contract's
+// edits go over as one string; only the headers the config reads come back, as one string
+// (iterating a whole `Headers` goes through workerd's C++ per entry, and measured as the
+// largest single cost of a Worker that calls the core once per request; benches/STEPS.md).
 #[wasm_bindgen(inline_js = r#"
 export function rollout_headers_with(source, ops) {
   const headers = new Headers(source);
@@ -23,21 +26,7 @@ export function rollout_headers_with(source, ops) {
   }
   return headers;
 }
-"#)]
-extern "C" {
-    /// A copy of `source` with `ops` applied in order: `s`et, `a`ppend or `d`elete, each field
-    /// ended by a NUL. Throws what `Headers` throws for an invalid name or value.
-    #[wasm_bindgen(catch)]
-    fn rollout_headers_with(
-        source: &web_sys::Headers,
-        ops: &str,
-    ) -> std::result::Result<web_sys::Headers, JsValue>;
-}
 
-// Only the headers the config reads cross into wasm, in one call: iterating a whole `Headers`
-// (`Array.from(headers)`) goes through workerd's C++ per entry, and measured as the largest
-// single cost of a Worker that calls the core once per request (issue 12, benches/STEPS.md).
-#[wasm_bindgen(inline_js = r#"
 export function rollout_read_headers(headers, names) {
   let out = "";
   for (const name of names.split("\n")) {
@@ -48,6 +37,14 @@ export function rollout_read_headers(headers, names) {
 }
 "#)]
 extern "C" {
+    /// A copy of `source` with `ops` applied in order: `s`et, `a`ppend or `d`elete, each field
+    /// ended by a NUL. Throws what `Headers` throws for an invalid name or value.
+    #[wasm_bindgen(catch)]
+    fn rollout_headers_with(
+        source: &web_sys::Headers,
+        ops: &str,
+    ) -> std::result::Result<web_sys::Headers, JsValue>;
+
     /// The values of `names` (separated by newlines) that `headers` has, as `name,value` lines
     /// (several values of one name joined by the runtime, as iterating would join them).
     /// Throws what `Headers.get` throws for an invalid name (the config's are all tokens).
@@ -76,12 +73,12 @@ pub(crate) struct WorkerHeaders {
 
 impl WorkerHeaders {
     /// A copy of `headers`, to be made (with the edits) by [`Self::finish`].
-    pub(crate) fn copy_of(headers: &Headers) -> Result<Self> {
-        Ok(WorkerHeaders {
+    pub(crate) fn copy_of(headers: &Headers) -> Self {
+        WorkerHeaders {
             source: headers.0.clone(),
             ops: String::with_capacity(256),
             error: None,
-        })
+        }
     }
 
     fn push(&mut self, op: &str, fields: &[&str]) {

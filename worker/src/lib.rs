@@ -183,7 +183,7 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<web_s
     // by the core (client copies of contract headers removed, the decision's values set).
     // Copied by the runtime in one call, not a call per header; the fetch sets Host from the
     // URL.
-    let mut headers = WorkerHeaders::copy_of(&request_headers)?;
+    let mut headers = WorkerHeaders::copy_of(&request_headers);
     if facts.iter().any(|(name, _)| *name == "host") {
         rollout_core::HeaderMapMut::remove(&mut headers, "host");
     }
@@ -268,7 +268,7 @@ async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<web_s
     record(env, &decision, &flags, status, latency_ms);
 
     // Fetched responses have immutable headers: build the client's response on a copy.
-    let mut out_headers = WorkerHeaders::copy_of(&Headers(response.headers()))?;
+    let mut out_headers = WorkerHeaders::copy_of(&Headers(response.headers()));
     if decision.rollout.is_none() {
         // Nothing decided (no rollout matched, or no config is in force): the origin's own
         // version and reason headers would read as the Worker's decision.
@@ -304,7 +304,7 @@ fn local_reply(
     body: String,
 ) -> Result<Response> {
     let response = Response::error(body, status)?;
-    let mut headers = WorkerHeaders::copy_of(response.headers())?;
+    let mut headers = WorkerHeaders::copy_of(response.headers());
     config.apply_response_contract(decision.response_plan(), &mut headers);
     Ok(response.with_headers(headers.finish()?))
 }
