@@ -10,12 +10,15 @@
 //   node benches/worker_cpu.mjs [--requests 3000] [--rounds 5] [--warmup 300] [--block 100]
 //       [--out FILE]
 //       [--config examples/checkout.json] [--variants js,rollout]
-//       [--build NAME=DIR ...]   (another build of the Worker, measured as variant NAME)
+//       [--build NAME=DIR ...]   (another build of the Worker, measured as variant NAME: a copy of
+//                                 worker/ with src/entry.mjs and build/, or an older build/)
 //
-// Variants: `js` (the plain JavaScript Worker), `rollout` (worker/build with a local Analytics
-// Engine binding, which discards points as Cloudflare's would store them), `rollout-noae` (no
-// Analytics Engine binding), `rollout-recorder` (the tests' recording binding, a service call
-// to node per point), and every NAME given with --build (like `rollout`, from DIR).
+// Variants: `js` (the plain JavaScript Worker), `js-features` (the same with an origin timeout,
+// a request header and an Analytics Engine point, written by hand: workerd_common.mjs),
+// `rollout` (worker/ as built, with a local Analytics Engine binding, which discards points as
+// Cloudflare's would store them), `rollout-noae` (no Analytics Engine binding),
+// `rollout-recorder` (the tests' recording binding, a service call to node per point), and
+// every NAME given with --build (like `rollout`, from DIR).
 // Miniflare is resolved from worker/node_modules, so it runs from any directory. What it shares
 // with benches/worker_profile.mjs is in benches/workerd_common.mjs.
 

@@ -2,7 +2,7 @@
 // through workerd's DevTools inspector, and optionally `perf record` on the workerd process for
 // what V8 cannot see (workerd's C++: headers, fetch, streams, promises, timers). Same origin,
 // requests and variants as benches/worker_cpu.mjs: `js` (a plain JavaScript Worker), `rollout`
-// (worker/build) and every NAME=DIR given with --build. Each variant gets its own Miniflare
+// (worker/ as built) and every NAME=DIR given with --build. Each variant gets its own Miniflare
 // instance (own workerd process) with the inspector on a free port; after a warm-up the
 // profiler samples every --interval us while --requests sequential requests are sent.
 // Prints, per variant, self time per request by category (wasm function, the Worker's JS glue,
@@ -99,7 +99,7 @@ function category(frame, worker) {
   if (["(program)", "(garbage collector)", "(idle)", "(root)"].includes(fn)) return fn;
   if (url.startsWith("wasm://")) return "wasm function";
   if (url === "") return "runtime builtin";
-  if (worker.name === "js") return "worker script";
+  if (worker.name.startsWith("js")) return "worker script";
   return url.endsWith("index.js") ? "JS glue (index.js)" : `script ${url}`;
 }
 

@@ -50,8 +50,9 @@ const mf = new Miniflare({
     {
       name: "rollout",
       modules: true,
-      scriptPath: new URL("../worker/build/index.js", import.meta.url).pathname,
-      modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+      scriptPath: new URL("../worker/src/entry.mjs", import.meta.url).pathname,
+      modulesRoot: new URL("../worker/", import.meta.url).pathname,
+      modulesRules: [{ type: "ESModule", include: ["**/*.js"] }, { type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
       compatibilityDate: "2026-04-01",
       durableObjects: { ROLLOUT_STATE: "RolloutState" },
     },

@@ -29,6 +29,38 @@ export function startOrigin() {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve(server)));
 }
 
+/** The same split with what the rollout Worker adds besides deciding, written by hand: the
+ * origin timeout (15 s, aborted), the version header on the upstream request, and one
+ * Analytics Engine data point. It tells the cost of those apart from the cost of the core. */
+export const JS_FEATURES_WORKER = `export default {
+  async fetch(request, env) {
+    const version = Math.random() < 0.9 ? "v1" : "v2";
+    const url = new URL(request.url);
+    const origin = version === "v1" ? env.ORIGIN_V1 : env.ORIGIN_V2;
+    const headers = new Headers(request.headers);
+    headers.set("x-version", version);
+    const controller = new AbortController();
+    const upstream = new Request(origin + url.pathname + url.search, { method: request.method, headers, signal: controller.signal });
+    const started = Date.now();
+    let timer;
+    const timedOut = new Promise((resolve) => { timer = setTimeout(resolve, 15000, null); });
+    let response;
+    try {
+      response = await Promise.race([fetch(upstream), timedOut]);
+    } finally {
+      clearTimeout(timer);
+    }
+    if (response === null) {
+      controller.abort();
+      return new Response("timed out", { status: 504 });
+    }
+    env.ANALYTICS.writeDataPoint({ indexes: ["checkout"], blobs: ["checkout", version, "", String(response.status), ""], doubles: [response.status, Date.now() - started] });
+    const out = new Response(response.body, response);
+    out.headers.set("x-version", version);
+    return out;
+  },
+};`;
+
 /** What a user would write instead: a random 90/10 split, the origin's response returned with
  * one header added. */
 export const JS_WORKER = `export default {
@@ -61,18 +93,37 @@ export function workerdChildren() {
   return pids;
 }
 
-/** The rollout Worker built in `scriptDir`, bound as wrangler.toml binds it, with the config
- * in KV; `analytics`: "local" (a local Analytics Engine dataset, which discards points as
- * Cloudflare's would store them), "none", or "recorder" (the tests' recording binding, a
+/** The Worker's modules in `dir`: a worker directory (the entry src/entry.mjs over
+ * worker-build's build/), or the build directory of a Worker from before that entry
+ * (index.js), for A/B runs against older builds; `index` is worker-build's output. */
+function modulesOf(dir) {
+  const rules = [
+    // worker-build's output is an ES module named .js.
+    { type: "ESModule", include: ["**/*.js"] },
+    { type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true },
+  ];
+  // Module names are paths under the root: a build outside the working directory needs it.
+  if (existsSync(`${dir}/src/entry.mjs`) && existsSync(`${dir}/build/index.js`)) {
+    return {
+      modules: { modules: true, scriptPath: `${dir}/src/entry.mjs`, modulesRoot: dir, modulesRules: rules },
+      index: `${dir}/build/index.js`,
+    };
+  }
+  if (existsSync(`${dir}/index.js`)) {
+    return { modules: { modules: true, scriptPath: `${dir}/index.js`, modulesRoot: dir, modulesRules: rules }, index: `${dir}/index.js` };
+  }
+  throw new Error(`${dir}: neither src/entry.mjs with build/index.js nor index.js`);
+}
+
+/** The rollout Worker in `dir` (see modulesOf), bound as wrangler.toml binds it, with the
+ * config in KV; `analytics`: "local" (a local Analytics Engine dataset, which discards points
+ * as Cloudflare's would store them), "none", or "recorder" (the tests' recording binding, a
  * service call to node per point). */
-function rolloutOptions(scriptDir, analytics, origins, config) {
+function rolloutOptions(dir, analytics, origins, config) {
+  const { modules, index } = modulesOf(dir);
   const worker = {
     name: "rollout",
-    modules: true,
-    scriptPath: `${scriptDir}/index.js`,
-    // Module names are paths under this root: a build outside the working directory needs it.
-    modulesRoot: scriptDir,
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    ...modules,
     compatibilityDate: "2026-04-01",
     kvNamespaces: ["ROLLOUT_CONFIG"],
     bindings: {
@@ -83,7 +134,7 @@ function rolloutOptions(scriptDir, analytics, origins, config) {
   };
   // As wrangler.toml declares it, when the build has the class (older builds measured with
   // --build may not): a config with a guard then sends its batches to it.
-  if (readFileSync(`${scriptDir}/index.js`, "utf8").includes("RolloutState")) {
+  if (readFileSync(index, "utf8").includes("RolloutState")) {
     worker.durableObjects = { ROLLOUT_STATE: "RolloutState" };
   }
   const workers = [worker];
@@ -103,15 +154,24 @@ function rolloutOptions(scriptDir, analytics, origins, config) {
   return { workers, setup: async (mf) => (await mf.getKVNamespace("ROLLOUT_CONFIG", "rollout")).put("rollout.json", config) };
 }
 
-/** Starts variant `name` in its own Miniflare instance (its own workerd process): `js`, a
- * `rollout*` variant of worker/build (`rollout-noae`, `rollout-recorder`: see
+/** Starts variant `name` in its own Miniflare instance (its own workerd process): `js`,
+ * `js-features` (JS_FEATURES_WORKER), a
+ * `rollout*` variant of the built worker/ (`rollout-noae`, `rollout-recorder`: see
  * rolloutOptions), or a NAME of `builds` ({NAME: DIR}). `miniflare`: more Miniflare options. */
 export async function startVariant(name, originUrl, config, builds, miniflare = {}) {
   const versions = Object.entries(JSON.parse(config).rollouts ?? {})
     .flatMap(([r, body]) => (body.versions ?? []).map((v) => `${r}/${v.name}`));
   const origins = Object.fromEntries([["default", originUrl], ...versions.map((v) => [v, originUrl])]);
   let options;
-  if (name === "js") {
+  if (name === "js-features") {
+    options = {
+      workers: [{
+        name: "js-features", modules: true, script: JS_FEATURES_WORKER, compatibilityDate: "2026-04-01",
+        bindings: { ORIGIN_V1: originUrl, ORIGIN_V2: originUrl },
+        analyticsEngineDatasets: { ANALYTICS: { dataset: "js" } },
+      }],
+    };
+  } else if (name === "js") {
     options = {
       workers: [{
         name: "js", modules: true, script: JS_WORKER, compatibilityDate: "2026-04-01",
@@ -119,8 +179,7 @@ export async function startVariant(name, originUrl, config, builds, miniflare = 
       }],
     };
   } else if (name in builds || name.startsWith("rollout")) {
-    const dir = builds[name] ?? `${ROOT}worker/build`;
-    if (!existsSync(`${dir}/index.js`)) throw new Error(`--build ${name}: no index.js in ${dir}`);
+    const dir = builds[name] ?? `${ROOT}worker`;
     const analytics = { "rollout-noae": "none", "rollout-recorder": "recorder" }[name] ?? "local";
     options = rolloutOptions(dir, analytics, origins, config);
   } else {

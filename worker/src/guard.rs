@@ -102,57 +102,101 @@ impl Client {
             })
         })
     }
-}
 
-/// The trips to decide with. Waits (bounded) for the objects' answer when this isolate's
-/// knowledge is missing or older than the config's hold time; otherwise sends a batch in
-/// `waitUntil` when one is due.
-pub(crate) async fn tripped(
-    env: &Env,
-    ctx: &Context,
-    settings: &Rc<Settings>,
-    config: &Rc<Config>,
-) -> Vec<Tripped> {
-    if !settings.has_state || config.guarded().next().is_none() {
-        return Vec::new();
-    }
-    let now = Date::now().as_millis();
-    let (wait, due) = CLIENT.with(|c| {
-        let mut c = c.borrow_mut();
-        if !c
-            .config
+    /// Whether the counts and slots are `config`'s.
+    fn holds(&self, config: &Rc<Config>) -> bool {
+        self.config
             .as_ref()
             .is_some_and(|held| Rc::ptr_eq(held, config))
-        {
-            c.install(config);
+    }
+
+    /// Installs `config` unless it is the one held.
+    fn take_up(&mut self, config: &Rc<Config>) {
+        if !self.holds(config) {
+            self.install(config);
         }
+    }
+
+    /// Takes up `config` if it is new, and says whether a request must first wait for the
+    /// objects' answer (this isolate's knowledge is missing or older than the config's hold
+    /// time) and whether a batch is due.
+    fn needs(&mut self, settings: &Settings, config: &Rc<Config>, now: u64) -> (bool, bool) {
+        self.take_up(config);
         let max_age = settings.ttl_ms.max(1);
         // A request waits only if no batch went out within the hold time: the first request
         // after a new config, or after the isolate sat idle; an object that does not answer is
         // not waited for again while batches keep trying in the background.
-        let wait = !c.in_flight
-            && !c.fresh(config, now, max_age)
-            && now.saturating_sub(c.tried_at_ms) >= max_age;
-        let due = !c.in_flight && now.saturating_sub(c.sent_at_ms) >= settings.guard_sync_ms;
+        let wait = !self.in_flight
+            && !self.fresh(config, now, max_age)
+            && now.saturating_sub(self.tried_at_ms) >= max_age;
+        let due = !self.in_flight && now.saturating_sub(self.sent_at_ms) >= settings.guard_sync_ms;
         (wait, due)
-    });
+    }
+}
+
+/// Whether the guard is judged for `config`: it has a guarded rollout and the Durable Object
+/// is bound.
+fn judged(settings: &Settings, config: &Config) -> bool {
+    settings.has_state && config.guarded().next().is_some()
+}
+
+/// Whether a request must go through [`sync_if_due`] before it is decided: a wait for the
+/// objects' answer or a batch is due.
+pub(crate) fn due(settings: &Settings, config: &Rc<Config>, now: u64) -> bool {
+    judged(settings, config)
+        && CLIENT.with(|c| {
+            let (wait, due) = c.borrow_mut().needs(settings, config, now);
+            wait || due
+        })
+}
+
+/// Waits (bounded) for the objects' answer when this isolate's knowledge is missing or older
+/// than the config's hold time; otherwise sends a batch in `waitUntil` when one is due.
+pub(crate) async fn sync_if_due(
+    env: &Env,
+    ctx: &Context,
+    settings: &Settings,
+    config: &Rc<Config>,
+) {
+    if !judged(settings, config) {
+        return;
+    }
+    let now = Date::now().as_millis();
+    let (wait, due) = CLIENT.with(|c| c.borrow_mut().needs(settings, config, now));
     if wait {
         sync(env.clone(), settings.state_wait_ms).await;
     } else if due {
         ctx.wait_until(sync(env.clone(), BACKGROUND_WAIT_MS));
     }
-    CLIENT.with(|c| c.borrow().tripped.clone())
+}
+
+/// The trips to decide `config` with: those this isolate knows.
+pub(crate) fn trips(settings: &Settings, config: &Rc<Config>) -> Vec<Tripped> {
+    if !judged(settings, config) {
+        return Vec::new();
+    }
+    CLIENT.with(|c| {
+        let mut c = c.borrow_mut();
+        c.take_up(config);
+        c.tripped.clone()
+    })
+}
+
+/// Whether the responses of `slot` (of `config`) are counted: its rollout has a guard that is
+/// judged.
+pub(crate) fn counted(settings: &Settings, config: &Rc<Config>, slot: usize) -> bool {
+    judged(settings, config)
+        && CLIENT.with(|c| {
+            let c = c.borrow();
+            c.holds(config) && matches!(c.bounds.get(slot), Some(Some(_)))
+        })
 }
 
 /// Counts a response of `slot` (of `config`) if its rollout has a guard.
 pub(crate) fn count(config: &Rc<Config>, slot: usize, status: u16, latency_ms: u64) {
     CLIENT.with(|c| {
         let mut c = c.borrow_mut();
-        if !c
-            .config
-            .as_ref()
-            .is_some_and(|held| Rc::ptr_eq(held, config))
-        {
+        if !c.holds(config) {
             return; // A newer config came in meanwhile: its counts start from nothing.
         }
         let Some(Some(bound)) = c.bounds.get(slot).copied() else {
@@ -235,11 +279,7 @@ async fn sync(env: Env, wait_ms: u64) {
         let mut c = c.borrow_mut();
         c.in_flight = false;
         c.tried_at_ms = done;
-        if !c
-            .config
-            .as_ref()
-            .is_some_and(|held| Rc::ptr_eq(held, &config))
-        {
+        if !c.holds(&config) {
             return;
         }
         for (counts, more) in c.counts.iter_mut().zip(unsent) {

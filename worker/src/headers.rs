@@ -1,114 +1,48 @@
-//! Headers the core's header contract writes to, in a Worker.
+//! The header contract's edits, as the JavaScript entry (`src/entry.mjs`) makes them.
 
-use wasm_bindgen::{JsValue, prelude::wasm_bindgen};
-use worker::worker_sys::web_sys;
-use worker::{Headers, Result};
-
-// Headers cross between wasm and JavaScript in one call per header map, not a call (and a
-// string decode) per name and value, which the profile of issue 12 showed: the contract's
-// edits go over as one string; only the headers the config reads come back, as one string
-// (iterating a whole `Headers` goes through workerd's C++ per entry, and measured as the
-// largest single cost of a Worker that calls the core once per request; benches/STEPS.md).
-#[wasm_bindgen(inline_js = r#"
-export function rollout_headers_with(source, ops) {
-  const headers = new Headers(source);
-  const p = ops.split("\0");
-  for (let i = 0; i + 1 < p.length; ) {
-    const op = p[i];
-    if (op === "d") {
-      headers.delete(p[i + 1]);
-      i += 2;
-    } else {
-      if (op === "s") headers.set(p[i + 1], p[i + 2]);
-      else headers.append(p[i + 1], p[i + 2]);
-      i += 3;
-    }
-  }
-  return headers;
+/// The edits the core's header contract makes to a header map, recorded for the entry to make
+/// on the runtime's `Headers` in one go: headers cross between wasm and JavaScript as one
+/// string per map, not a call (and a string decode) per name and value, which the profile of
+/// issue 12 showed as a large share of the Worker's CPU (benches/STEPS.md).
+#[derive(Default)]
+pub(crate) struct Edits {
+    /// Each edit as NUL-ended fields: `s`et or `a`ppend with name and value, or `d`elete with
+    /// a name.
+    fields: String,
+    count: usize,
+    error: Option<String>,
 }
 
-export function rollout_read_headers(headers, names) {
-  let out = "";
-  for (const name of names.split("\n")) {
-    const value = headers.get(name);
-    if (value !== null) out += name + "," + value + "\n";
-  }
-  return out;
-}
-"#)]
-extern "C" {
-    /// A copy of `source` with `ops` applied in order: `s`et, `a`ppend or `d`elete, each field
-    /// ended by a NUL. Throws what `Headers` throws for an invalid name or value.
-    #[wasm_bindgen(catch)]
-    fn rollout_headers_with(
-        source: &web_sys::Headers,
-        ops: &str,
-    ) -> std::result::Result<web_sys::Headers, JsValue>;
-
-    /// The values of `names` (separated by newlines) that `headers` has, as `name,value` lines
-    /// (several values of one name joined by the runtime, as iterating would join them).
-    /// Throws what `Headers.get` throws for an invalid name (the config's are all tokens).
-    #[wasm_bindgen(catch)]
-    fn rollout_read_headers(
-        headers: &web_sys::Headers,
-        names: &str,
-    ) -> std::result::Result<String, JsValue>;
-}
-
-/// The request headers named in `names` (newline-separated, lowercase) as `name,value` lines.
-/// An error fails the request rather than deciding without the headers: the contract could
-/// not then remove a client's copies of its headers.
-pub(crate) fn read_lines(headers: &Headers, names: &str) -> Result<String> {
-    Ok(rollout_read_headers(&headers.0, names)?)
-}
-
-/// A copy of a `Headers` object that the core's header contract writes to. The edits are
-/// collected and made by the runtime in one call, in [`Self::finish`], which returns the first
-/// error (an invalid name or value).
-pub(crate) struct WorkerHeaders {
-    source: web_sys::Headers,
-    ops: String,
-    error: Option<worker::Error>,
-}
-
-impl WorkerHeaders {
-    /// A copy of `headers`, to be made (with the edits) by [`Self::finish`].
-    pub(crate) fn copy_of(headers: &Headers) -> Self {
-        WorkerHeaders {
-            source: headers.0.clone(),
-            ops: String::with_capacity(256),
-            error: None,
-        }
-    }
-
+impl Edits {
     fn push(&mut self, op: &str, fields: &[&str]) {
         // NUL ends a field; the runtime rejects it in names and values, so refuse it here as
         // the runtime would have.
         if let Some(bad) = fields.iter().find(|f| f.contains('\0')) {
-            if self.error.is_none() {
-                self.error = Some(worker::Error::RustError(format!(
-                    "invalid header name or value {bad:?}"
-                )));
-            }
+            self.error
+                .get_or_insert_with(|| format!("invalid header name or value {bad:?}"));
             return;
         }
-        self.ops.push_str(op);
-        self.ops.push('\0');
-        for field in fields {
-            self.ops.push_str(field);
-            self.ops.push('\0');
+        for field in std::iter::once(&op).chain(fields) {
+            self.fields.push_str(field);
+            self.fields.push('\0');
         }
+        self.count += 1 + fields.len();
     }
 
-    pub(crate) fn finish(mut self) -> Result<Headers> {
-        match self.error.take() {
-            Some(e) => Err(e),
-            None => Ok(Headers(rollout_headers_with(&self.source, &self.ops)?)),
+    /// Appends the edits to `plan` as its count of fields and the fields, each NUL-ended, or
+    /// returns the first error (a NUL in a name or value).
+    pub(crate) fn write_to(self, plan: &mut String) -> Result<(), String> {
+        if let Some(e) = self.error {
+            return Err(e);
         }
+        plan.push_str(&self.count.to_string());
+        plan.push('\0');
+        plan.push_str(&self.fields);
+        Ok(())
     }
 }
 
-impl rollout_core::HeaderMapMut for WorkerHeaders {
+impl rollout_core::HeaderMapMut for Edits {
     fn replace(&mut self, name: &str, value: &str) {
         // `set` replaces every value, as the contract asks.
         self.push("s", &[name, value]);

@@ -3,12 +3,18 @@
 //! version's origin with the header contract, and returns the origin's response with the
 //! contract's response headers.
 //!
+//! The Worker's entry is JavaScript (`src/entry.mjs`): it forwards every request itself and
+//! calls this module synchronously to plan it ([`rollout_ready`], [`rollout_plan`]), and
+//! asynchronously ([`rollout_prepare`]) only when the config source must be read, the guard's
+//! state waited for or its batch sent, or an admin request served. A request with nothing due
+//! (nearly all of them) so costs a few calls with strings in and out, not a promise and an
+//! object wrapper per runtime call (issue 12; the measurements are in benches/STEPS.md).
+//!
 //! Settings come from Worker vars (see `wrangler.toml`); the rollout config comes from a KV
 //! namespace bound as `ROLLOUT_CONFIG`, held in the isolate for `ROLLOUT_CONFIG_TTL_MS`; the
 //! keys that sign tester override tokens come from the secret `ROLLOUT_OVERRIDE_KEYS`.
 
 mod admin;
-mod analytics;
 mod guard;
 mod headers;
 mod settings;
@@ -27,30 +33,17 @@ use std::task::Poll;
 use std::time::Duration;
 
 use rollout_core::{Config, HostInputs};
-use wasm_bindgen::{JsCast, JsValue, prelude::wasm_bindgen};
-use worker::wasm_bindgen_futures::JsFuture;
-use worker::{
-    AbortController, Context, Date, Delay, Env, Headers, Request, Response, Result, console_error,
-    event, js_sys, worker_sys::web_sys,
-};
+use wasm_bindgen::{JsError, JsValue, prelude::wasm_bindgen};
+// The async export's glue names the crate.
+use worker::wasm_bindgen_futures;
+use worker::{Context, Date, Delay, Env, Request, console_error, js_sys, worker_sys::web_sys};
 
-use crate::analytics::record;
-use crate::headers::WorkerHeaders;
+use crate::headers::Edits;
 use crate::settings::Settings;
-
-#[wasm_bindgen]
-extern "C" {
-    /// The runtime's global `fetch`, called with the request alone.
-    #[wasm_bindgen(js_name = fetch)]
-    fn global_fetch(request: &web_sys::Request) -> js_sys::Promise;
-}
 
 thread_local! {
     /// Vars do not change within an isolate: parse them (ROLLOUT_ORIGINS is JSON) once.
     static SETTINGS: std::cell::OnceCell<Rc<Settings>> = const { std::cell::OnceCell::new() };
-    /// The names [`read_names`] made, and the config they are for.
-    static READ_NAMES: std::cell::RefCell<Option<(Rc<Config>, Rc<str>)>> =
-        const { std::cell::RefCell::new(None) };
 }
 
 /// Random bits from the isolate's generator, for keyless `no_key: random` requests and new
@@ -74,31 +67,11 @@ fn authority_and_path(url: &str) -> (&str, &str) {
     (host, if path.is_empty() { "/" } else { path })
 }
 
-/// The headers the Worker reads besides the config's: how it forwards (see `handle`).
+/// The headers the Worker reads besides the config's: how it forwards (see [`plan`]).
 const FORWARDING_HEADERS: [&str; 2] = ["host", "x-forwarded-proto"];
 
-/// The request headers read under `config`, newline-separated: the config's
-/// [`Config::request_headers`] and [`FORWARDING_HEADERS`], computed once per config in force.
-fn read_names(config: &Rc<Config>) -> Rc<str> {
-    READ_NAMES.with(|cell| {
-        let mut cached = cell.borrow_mut();
-        if let Some((for_config, names)) = cached.as_ref()
-            && Rc::ptr_eq(for_config, config)
-        {
-            return names.clone();
-        }
-        let mut names = config.request_headers();
-        names.extend(FORWARDING_HEADERS.map(str::to_owned));
-        names.sort_unstable();
-        names.dedup();
-        let names: Rc<str> = names.join("\n").into();
-        *cached = Some((config.clone(), names.clone()));
-        names
-    })
-}
-
-/// The request as the core sees it: the headers it reads, lowercase (`lines` from
-/// [`headers::read_lines`]), with Envoy's pseudo-headers made from the URL, so both hosts
+/// The request as the core sees it: the headers it reads, lowercase (`lines` as
+/// [`rollout_plan`] takes them), with Envoy's pseudo-headers made from the URL, so both hosts
 /// decide from the same facts.
 fn facts<'a>(
     method: &'a str,
@@ -115,198 +88,257 @@ fn facts<'a>(
     out
 }
 
-// The request as the runtime's object: `worker::Request` would read its `cf` properties, which
-// workerd parses from JSON text on every read, and this Worker never uses them.
-#[event(fetch)]
-async fn fetch(req: web_sys::Request, env: Env, ctx: Context) -> Result<web_sys::Response> {
-    match handle(req, &env, &ctx).await {
-        Ok(response) => Ok(response),
-        Err(e) => {
-            console_error!("rollout: {e}");
-            Response::error("rollout worker: internal error", 500).map(Into::into)
-        }
-    }
+/// The request path's view of the config in force: the config, its generation (which the
+/// entry's plans and counts name, so that neither applies to a config that replaced it) and
+/// the request headers read under it.
+struct Planning {
+    config: Rc<Config>,
+    generation: u32,
+    names: Rc<str>,
 }
 
-// The runtime's own `Response` out: the origin's response is passed on as the runtime's
-// objects, not converted to a `worker::Response` and back (a body stream read out, a builder's
-// init converted field by field).
-async fn handle(req: web_sys::Request, env: &Env, ctx: &Context) -> Result<web_sys::Response> {
-    let settings = SETTINGS.with(|s| s.get_or_init(|| Rc::new(Settings::from_env(env))).clone());
-    let url = req.url();
-    let (authority, path) = authority_and_path(&url);
-    if admin::is_admin(&settings, path) {
-        let config = source::config(env, &settings).await;
-        return admin::serve(Request::from(req), env, &settings, path, config)
-            .await
-            .map(Into::into);
-    }
-    let config = match source::config(env, &settings).await {
-        Some(config) => config,
-        // No config was ever loaded: decide with an empty one, which still removes client
-        // copies of the contract headers, and send everything to the default origin.
-        None => Rc::new(Config::empty()),
+thread_local! {
+    static PLANNING: std::cell::RefCell<Option<Planning>> = const { std::cell::RefCell::new(None) };
+}
+
+fn settings() -> Option<Rc<Settings>> {
+    SETTINGS.with(|s| s.get().cloned())
+}
+
+/// Whether a request can be planned at `now_ms` without I/O: the generation of the config to
+/// plan with (never 0), or 0 if [`rollout_prepare`] must run first (no settings yet, the config
+/// source is due to be read, or the guard's wait or batch is due). With `force`, after
+/// [`rollout_prepare`], whatever is held is planned with.
+#[wasm_bindgen]
+pub fn rollout_ready(now_ms: f64, force: bool) -> u32 {
+    let Some(settings) = settings() else { return 0 };
+    let now = now_ms as u64;
+    let Some(config) = source::held(&settings, now, force) else {
+        return 0;
     };
-    let method = req.method();
-    let request_headers = Headers(req.headers());
-    let lines = headers::read_lines(&request_headers, &read_names(&config))?;
-    let facts = facts(&method, authority, path, &lines);
+    if !force && guard::due(&settings, &config, now) {
+        return 0;
+    }
+    PLANNING.with(|p| {
+        let mut p = p.borrow_mut();
+        if let Some(held) = p.as_ref()
+            && Rc::ptr_eq(&held.config, &config)
+        {
+            return held.generation;
+        }
+        let generation = p
+            .as_ref()
+            .map_or(1, |held| held.generation.wrapping_add(1).max(1));
+        *p = Some(Planning {
+            names: read_names(&config),
+            config,
+            generation,
+        });
+        generation
+    })
+}
+
+/// The request headers a plan of `generation` reads (lowercase, newline-separated): the
+/// config's [`Config::request_headers`] and `FORWARDING_HEADERS`; empty if `generation` is
+/// not the one in force.
+#[wasm_bindgen]
+pub fn rollout_read_names(generation: u32) -> String {
+    planning(generation).map_or_else(String::new, |(_, names)| names.to_string())
+}
+
+fn planning(generation: u32) -> Option<(Rc<Config>, Rc<str>)> {
+    PLANNING.with(|p| {
+        p.borrow()
+            .as_ref()
+            .filter(|held| held.generation == generation)
+            .map(|held| (held.config.clone(), held.names.clone()))
+    })
+}
+
+/// The headers [`rollout_read_names`] lists, sorted, without repeats.
+fn read_names(config: &Config) -> Rc<str> {
+    let mut names = config.request_headers();
+    names.extend(FORWARDING_HEADERS.map(str::to_owned));
+    names.sort_unstable();
+    names.dedup();
+    names.join("\n").into()
+}
+
+/// Decides a request with the config of `generation` and says how to forward it: the request
+/// as `method` and the runtime's absolute `url`, with the values of the headers
+/// [`rollout_read_names`] listed as `lines` (`name,value` per line). Empty if `generation` is
+/// no longer in force or the request is for the admin endpoints: [`rollout_prepare`] then
+/// serves it. Otherwise NUL-ended fields, in this order (`src/entry.mjs` reads them):
+///
+/// origin key, its ROLLOUT_ORIGINS entry, the origin, the upstream URL (empty if no origin is
+/// configured), the origin timeout in ms, the slot whose response the guard counts (empty if
+/// none), rollout, version, flags header value and override token status (for the data
+/// point); then three lists of header edits (see `headers::Edits`): the upstream request's,
+/// the origin response's, and those of a reply of the Worker's own.
+///
+/// An error (a NUL in a header name or value) fails the request.
+#[wasm_bindgen]
+pub fn rollout_plan(
+    generation: u32,
+    method: &str,
+    url: &str,
+    lines: &str,
+    now_ms: f64,
+) -> std::result::Result<String, JsError> {
+    let (Some(settings), Some((config, _))) = (settings(), planning(generation)) else {
+        return Ok(String::new());
+    };
+    let (_, path) = authority_and_path(url);
+    if admin::is_admin(&settings, path) {
+        return Ok(String::new());
+    }
+    plan(&settings, &config, method, url, lines, now_ms as u64).map_err(|e| JsError::new(&e))
+}
+
+fn plan(
+    settings: &Settings,
+    config: &Rc<Config>,
+    method: &str,
+    url: &str,
+    lines: &str,
+    now: u64,
+) -> std::result::Result<String, String> {
+    let (authority, path) = authority_and_path(url);
+    let facts = facts(method, authority, path, lines);
     // Schedules and token expiry read the time; the guard's trips come from the rollouts'
     // Durable Objects. A keyless user is given a key (the config's `assign`) by the core, with
     // this entropy.
-    let tripped = guard::tripped(env, ctx, &settings, &config).await;
+    let tripped = guard::trips(settings, config);
     let decision = config.decide(
         facts.as_slice(),
         HostInputs {
             entropy: Some(&mut random_u64),
-            now_ms: Some(Date::now().as_millis()),
+            now_ms: Some(now),
             tripped: &tripped,
         },
     );
-    let slot = decision.rollout.map(|r| r.slot);
-    let target = decision
-        .rollout
-        .map(|r| format!("{}/{}", r.rollout, r.version));
-    let origin_key = target.clone().unwrap_or_else(|| "default".to_owned());
+    let origin_key = decision.rollout.map_or_else(
+        || "default".to_owned(),
+        |r| format!("{}/{}", r.rollout, r.version),
+    );
     // The ROLLOUT_ORIGINS entry used, for logs that name it.
-    let Some((entry, origin)) = settings
+    let found = settings
         .origins
         .get_key_value(&origin_key)
-        .or_else(|| settings.origins.get_key_value("default"))
-    else {
-        console_error!("rollout: no origin for {origin_key} in ROLLOUT_ORIGINS");
-        let body = format!("rollout worker: no origin configured for {origin_key}");
-        return local_reply(&config, &decision, UNREACHABLE, body).map(Into::into);
+        .or_else(|| settings.origins.get_key_value("default"));
+    let (entry, origin, upstream_url) = match found {
+        Some((entry, origin)) => (
+            entry.as_str(),
+            origin.as_str(),
+            format!("{}{path}", origin.trim_end_matches('/')),
+        ),
+        None => {
+            console_error!("rollout: no origin for {origin_key} in ROLLOUT_ORIGINS");
+            ("", "", String::new())
+        }
     };
+    let slot = decision
+        .rollout
+        .map(|r| r.slot)
+        .filter(|slot| guard::counted(settings, config, *slot));
+    let (rollout, version) = decision
+        .rollout
+        .map_or(("", ""), |r| (r.rollout, r.version));
+    let flags = decision.flags_header_value().unwrap_or_default();
+    let token = decision.token.map_or("", |t| t.as_str());
+
+    let mut out = String::with_capacity(512);
+    for field in [
+        origin_key.as_str(),
+        entry,
+        origin,
+        &upstream_url,
+        &settings.origin_timeout_ms.to_string(),
+        &slot.map(|s| s.to_string()).unwrap_or_default(),
+        rollout,
+        version,
+        &flags,
+        token,
+    ] {
+        if field.contains('\0') {
+            return Err(format!("NUL in a plan's field {field:?}"));
+        }
+        out.push_str(field);
+        out.push('\0');
+    }
 
     // The upstream request: everything as the client sent it, with the header contract applied
     // by the core (client copies of contract headers removed, the decision's values set).
-    // Copied by the runtime in one call, not a call per header; the fetch sets Host from the
-    // URL.
-    let mut headers = WorkerHeaders::copy_of(&request_headers);
+    let mut request = Edits::default();
     if facts.iter().any(|(name, _)| *name == "host") {
-        rollout_core::HeaderMapMut::remove(&mut headers, "host");
+        rollout_core::HeaderMapMut::remove(&mut request, "host");
     }
     // What a proxy forwards: the origin sees its own host in `Host`, so the client's goes in
     // X-Forwarded-Host (replacing a client's copy); Cloudflare sets X-Forwarded-Proto on the
     // way in, and where it did not (wrangler dev), the URL's scheme is it.
-    rollout_core::HeaderMapMut::replace(&mut headers, "x-forwarded-host", authority);
+    rollout_core::HeaderMapMut::replace(&mut request, "x-forwarded-host", authority);
     if !facts.iter().any(|(name, _)| *name == "x-forwarded-proto") {
         let scheme = url.split_once("://").map_or("https", |(scheme, _)| scheme);
-        rollout_core::HeaderMapMut::replace(&mut headers, "x-forwarded-proto", scheme);
+        rollout_core::HeaderMapMut::replace(&mut request, "x-forwarded-proto", scheme);
     }
-    config.apply_request_contract(&decision, facts.as_slice(), &mut headers);
-    let headers = headers.finish()?;
-    // The flags header value, for the data point.
-    let flags = decision.flags_header_value().unwrap_or_default();
-    let upstream_url = format!("{}{path}", origin.trim_end_matches('/'));
-    // The upstream request goes to the runtime as the runtime's own objects, built once and
-    // fetched as is (what a JavaScript Worker does): `worker::Request` with a `worker::RequestInit`
-    // converts its init field by field (reading the headers' keys to test for emptiness), and
-    // `Fetch` calls `fetch(request, {signal})`, which makes the runtime build the request a
-    // second time.
-    // A silent origin would hold the request for as long as the client waits: bounded, and
-    // aborted so the subrequest does not outlive the answer.
-    let controller = AbortController::default();
-    let signal = controller.signal();
-    let init = web_sys::RequestInit::new();
-    init.set_method(&method);
-    init.set_headers(&headers.0);
-    init.set_signal(Some(&*signal));
-    if !matches!(method.as_str(), "GET" | "HEAD") {
-        init.set_body(&req.body().map_or(JsValue::NULL, Into::into));
-    }
-    let upstream = match web_sys::Request::new_with_str_and_init(&upstream_url, &init) {
-        Ok(upstream) => upstream,
-        Err(e) => {
-            let e = worker::Error::from(e);
-            console_error!(
-                "rollout: ROLLOUT_ORIGINS.{entry}: {origin:?} is not a usable origin URL ({e})"
-            );
-            let body = format!("rollout worker: no usable origin configured for {origin_key}");
-            return local_reply(&config, &decision, UNREACHABLE, body).map(Into::into);
-        }
-    };
-    let started = Date::now().as_millis();
-    let fetch = async {
-        let response = JsFuture::from(global_fetch(&upstream)).await?;
-        Ok::<_, worker::Error>(response.dyn_into::<web_sys::Response>()?)
-    };
-    let failure = match within(settings.origin_timeout_ms, fetch).await {
-        Some(Ok(response)) => Ok(response),
-        Some(Err(e)) => {
-            console_error!("rollout: origin {origin} for {origin_key} failed: {e}");
-            Err((UNREACHABLE, "is unreachable".to_owned()))
-        }
-        None => {
-            controller.abort();
-            let ms = settings.origin_timeout_ms;
-            console_error!(
-                "rollout: origin {origin} for {origin_key} sent no response within {ms} ms \
-                 (ROLLOUT_ORIGIN_TIMEOUT_MS)"
-            );
-            Err((TIMED_OUT, format!("did not answer within {ms} ms")))
-        }
-    };
-    let response = match failure {
-        Ok(response) => response,
-        Err((status, what)) => {
-            let latency_ms = Date::now().as_millis().saturating_sub(started);
-            if let Some(slot) = slot {
-                guard::count(&config, slot, status, latency_ms);
-            }
-            record(env, &decision, &flags, status, latency_ms);
-            let body = format!("rollout worker: origin for {origin_key} {what}");
-            return local_reply(&config, &decision, status, body).map(Into::into);
-        }
-    };
-    let latency_ms = Date::now().as_millis().saturating_sub(started);
-    let status = response.status();
-    if let Some(slot) = slot {
-        guard::count(&config, slot, status, latency_ms);
-    }
-    record(env, &decision, &flags, status, latency_ms);
+    config.apply_request_contract(&decision, facts.as_slice(), &mut request);
+    request.write_to(&mut out)?;
 
-    // Fetched responses have immutable headers: build the client's response on a copy.
-    let mut out_headers = WorkerHeaders::copy_of(&Headers(response.headers()));
+    let mut response = Edits::default();
     if decision.rollout.is_none() {
         // Nothing decided (no rollout matched, or no config is in force): the origin's own
         // version and reason headers would read as the Worker's decision.
         let names = config.header_names();
-        rollout_core::HeaderMapMut::remove(&mut out_headers, &names.version);
-        rollout_core::HeaderMapMut::remove(&mut out_headers, &names.reason);
+        rollout_core::HeaderMapMut::remove(&mut response, &names.version);
+        rollout_core::HeaderMapMut::remove(&mut response, &names.reason);
     }
-    config.apply_response_contract(decision.response_plan(), &mut out_headers);
-    let out_headers = out_headers.finish()?;
-    let init = web_sys::ResponseInit::new();
-    init.set_status(status);
-    init.set_headers(&out_headers.0);
-    Ok(web_sys::Response::new_with_opt_readable_stream_and_init(
-        response.body().as_ref(),
-        &init,
-    )?)
+    config.apply_response_contract(decision.response_plan(), &mut response);
+    response.write_to(&mut out)?;
+
+    // A reply of the Worker's own (no origin, or none that answered) still tells the client
+    // which version it was decided for, as Envoy's does.
+    let mut local = Edits::default();
+    config.apply_response_contract(decision.response_plan(), &mut local);
+    local.write_to(&mut out)?;
+    Ok(out)
 }
 
-/// The status of a request whose origin cannot be reached or is not configured: Envoy's for an
-/// upstream it cannot connect to, so that both hosts answer a dead version alike.
-const UNREACHABLE: u16 = 503;
-/// The status of a request whose origin sent nothing within `ROLLOUT_ORIGIN_TIMEOUT_MS`:
-/// Envoy's when its route timeout expires.
-const TIMED_OUT: u16 = 504;
+/// Counts a response of `slot` for the guard, if the config of `generation` is still in
+/// force.
+#[wasm_bindgen]
+pub fn rollout_observe(generation: u32, slot: u32, status: u16, latency_ms: f64) {
+    if let Some((config, _)) = planning(generation) {
+        guard::count(&config, slot as usize, status, latency_ms as u64);
+    }
+}
 
-/// A reply of the Worker's own for a decided request that reached no origin (`status`
-/// [`UNREACHABLE`] or [`TIMED_OUT`]), with the contract's response headers, so the client
-/// still learns which version it was decided for (as from Envoy).
-fn local_reply(
-    config: &Config,
-    decision: &rollout_core::Decision<'_>,
-    status: u16,
-    body: String,
-) -> Result<Response> {
-    let response = Response::error(body, status)?;
-    let mut headers = WorkerHeaders::copy_of(response.headers());
-    config.apply_response_contract(decision.response_plan(), &mut headers);
-    Ok(response.with_headers(headers.finish()?))
+/// Does what a request needs before it can be planned, and serves what is not forwarded: reads
+/// the config source if it is due, waits for the guard's state or sends its batch if due, and
+/// answers an admin request. The admin answer, or `undefined` when the request is to be
+/// planned (with `force`).
+#[wasm_bindgen]
+pub async fn rollout_prepare(
+    req: web_sys::Request,
+    env: Env,
+    ctx: worker::worker_sys::Context,
+) -> std::result::Result<JsValue, JsValue> {
+    let ctx = Context::new(ctx);
+    let settings = SETTINGS.with(|s| s.get_or_init(|| Rc::new(Settings::from_env(&env))).clone());
+    let url = req.url();
+    let (_, path) = authority_and_path(&url);
+    let config = source::config(&env, &settings).await;
+    if admin::is_admin(&settings, path) {
+        // An error is the entry's to log and answer (500), as any other.
+        return admin::serve(Request::from(req), &env, &settings, path, config)
+            .await
+            .map(|response| web_sys::Response::from(response).into())
+            .map_err(|e| JsValue::from_str(&e.to_string()));
+    }
+    let now = Date::now().as_millis();
+    if let Some(config) = source::held(&settings, now, true) {
+        guard::sync_if_due(&env, &ctx, &settings, &config).await;
+    }
+    Ok(JsValue::UNDEFINED)
 }
 
 /// `future`'s output, or `None` if it takes longer than `ms`: the bound on every wait for the

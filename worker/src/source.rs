@@ -32,6 +32,8 @@ struct Cache {
     /// newer one.
     serial: Option<String>,
     read_at_ms: Option<u64>,
+    /// The config decided with while there is none, made once.
+    empty: Option<Rc<Config>>,
 }
 
 thread_local! {
@@ -107,6 +109,28 @@ async fn read_state(env: &Env, serial: Option<String>) -> Read {
     result
         .await
         .unwrap_or_else(|e: worker::Error| Read::Failed(e.to_string()))
+}
+
+/// The config to decide with, if the source need not be read first (the held config is not
+/// older than the TTL), or with `force` whatever is held: the config in force, else the
+/// fallback, else an empty config (which still removes client copies of the contract headers
+/// and sends everything to the default origin). The same object while nothing changes.
+pub(crate) fn held(settings: &Settings, now: u64, force: bool) -> Option<Rc<Config>> {
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        let fresh = c
+            .read_at_ms
+            .is_some_and(|at| now.saturating_sub(at) < settings.ttl_ms);
+        if !(fresh || force) {
+            return None;
+        }
+        let config = c.config.clone().or_else(|| settings.fallback.clone());
+        Some(config.unwrap_or_else(|| {
+            c.empty
+                .get_or_insert_with(|| Rc::new(Config::empty()))
+                .clone()
+        }))
+    })
 }
 
 /// The config in force, reading the source if the held one is older than the TTL. A value

@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import { Miniflare } from "miniflare";
 
-import { SCRIPT, origin } from "./support.mjs";
+import { WORKER_MODULES, origin } from "./support.mjs";
 
 const HOLD_MS = 5000; // per step: enough for every user to be sent at least once inside it
 const STEPS = [{ percent: 10, hold: `${HOLD_MS}ms` }, { percent: 50, hold: `${HOLD_MS}ms` }, { percent: 100 }];
@@ -51,9 +51,7 @@ async function scheduleWorker(origins) {
   const mf = new Miniflare({
     workers: [{
       name: "rollout",
-      modules: true,
-      scriptPath: SCRIPT,
-      modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+      ...WORKER_MODULES,
       compatibilityDate: "2026-04-01",
       kvNamespaces: ["ROLLOUT_CONFIG"],
       // The config is never changed: a small TTL reads the same text again and again, and

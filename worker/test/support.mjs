@@ -11,7 +11,18 @@ import { tmpdir } from "node:os";
 import { Miniflare } from "miniflare";
 
 export const ROOT = new URL("../../", import.meta.url).pathname;
-export const SCRIPT = new URL("../build/index.js", import.meta.url).pathname;
+/** The Worker as wrangler.toml builds it: the JavaScript entry and, under build/, what
+ * worker-build made of the Rust crate. Module names are paths under the worker directory. */
+export const WORKER_MODULES = {
+  modules: true,
+  scriptPath: new URL("../src/entry.mjs", import.meta.url).pathname,
+  modulesRoot: new URL("../", import.meta.url).pathname,
+  modulesRules: [
+    // worker-build's output is an ES module named .js.
+    { type: "ESModule", include: ["**/*.js"] },
+    { type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true },
+  ],
+};
 
 export const servers = [];
 after(() => Promise.all(servers.map((s) => new Promise((r) => s.close(r)))));
@@ -61,9 +72,7 @@ export async function worker({
     : { ROLLOUT_OVERRIDE_KEYS: typeof overrideKeys === "string" ? overrideKeys : JSON.stringify(overrideKeys) };
   const rolloutWorker = (name, objects) => ({
     name,
-    modules: true,
-    scriptPath: SCRIPT,
-    modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+    ...WORKER_MODULES,
     compatibilityDate: "2026-04-01",
     kvNamespaces: ["ROLLOUT_CONFIG"],
     durableObjects: objects,

@@ -472,6 +472,25 @@ test("method, body, query and other headers reach the origin untouched", async (
   }
 });
 
+test("an origin's redirect and status text reach the client as sent, as through Envoy", async () => {
+  const origins = { "checkout/v1": await origin("v1"), "checkout/v2": await origin("v2") };
+  const { mf } = await worker({ config: rollout(1, 1), origins });
+  try {
+    const respond = JSON.stringify([[":status", "302"], ["location", "/elsewhere"]]);
+    const res = await mf.dispatchFetch("http://shop.example.com/old", {
+      headers: { "x-user-id": "user-7", "x-echo-response": respond }, redirect: "manual",
+    });
+    // A proxy passes a redirect on; a Worker that followed it would fetch /elsewhere itself.
+    assert.equal(res.status, 302);
+    assert.equal(res.headers.get("location"), "/elsewhere");
+    assert.equal(res.statusText, "Found");
+    assert.ok(["v1", "v2"].includes(res.headers.get("x-rollout-version")));
+    await res.arrayBuffer();
+  } finally {
+    await mf.dispose();
+  }
+});
+
 test("an origin's own contract response headers never reach the client unchecked", async () => {
   const origins = { "checkout/v1": await origin("v1"), default: await origin("default") };
   const forged = ["x-echo-response", JSON.stringify([["x-rollout-version", "v9"], ["x-rollout-reason", "guard"]])];
