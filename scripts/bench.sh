@@ -62,7 +62,8 @@ step "Envoy's RSS per worker VM (1, 2, 4 workers) and the time to load a 200-fla
 .venv/bin/python envoy/bench_memory.py "${memory[@]}" --json "$out/memory.json"
 
 step "the Worker's CPU per request in workerd beside a plain JavaScript split (issue 12)"
-node benches/worker_cpu.mjs "${worker_cpu[@]}" --variants js,rollout,rollout-noae --out "$out/worker_cpu.json"
+# js-features: the JavaScript split with the origin timeout and data point the rollout Worker has.
+node benches/worker_cpu.mjs "${worker_cpu[@]}" --variants js,js-features,rollout,rollout-noae --out "$out/worker_cpu.json"
 # The same with a guarded rollout: its batches go to the Durable Object in the same workerd.
 node benches/worker_cpu.mjs "${worker_cpu[@]}" --variants js,rollout --config examples/canary-schedule.json \
     --out "$out/worker_cpu_guard.json"
