@@ -70,13 +70,13 @@ const TIMEOUT = Symbol("timeout");
 async function forward(request, env, { generation, fields }) {
   const [key, entry, origin, url, timeout, slot, rollout, version, flags, token] = fields;
   const requestEdits = 10;
-  const responseEdits = requestEdits + 1 + Number(fields[requestEdits]);
-  const localEdits = responseEdits + 1 + Number(fields[responseEdits]);
+  const originEdits = requestEdits + 1 + Number(fields[requestEdits]);
+  const contractEdits = originEdits + 1 + Number(fields[originEdits]);
   // A reply of the Worker's own, with the contract's response headers, so the client still
   // learns which version it was decided for.
   const reply = (status, body) => {
     const response = new Response(body, { status });
-    edit(response.headers, fields, localEdits);
+    edit(response.headers, fields, contractEdits);
     return response;
   };
   if (url === "") return reply(UNREACHABLE, `rollout worker: no origin configured for ${key}`);
@@ -130,7 +130,8 @@ async function forward(request, env, { generation, fields }) {
   // Fetched responses have immutable headers: the client's response is a copy (status, status
   // text, headers, the body streamed through), edited.
   const out = new Response(response.body, response);
-  edit(out.headers, fields, responseEdits);
+  edit(out.headers, fields, originEdits);
+  edit(out.headers, fields, contractEdits);
   return out;
 }
 

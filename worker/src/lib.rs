@@ -143,15 +143,21 @@ pub fn rollout_ready(now_ms: f64, force: bool) -> u32 {
 /// not the one in force.
 #[wasm_bindgen]
 pub fn rollout_read_names(generation: u32) -> String {
-    planning(generation).map_or_else(String::new, |(_, names)| names.to_string())
-}
-
-fn planning(generation: u32) -> Option<(Rc<Config>, Rc<str>)> {
     PLANNING.with(|p| {
         p.borrow()
             .as_ref()
             .filter(|held| held.generation == generation)
-            .map(|held| (held.config.clone(), held.names.clone()))
+            .map_or_else(String::new, |held| held.names.to_string())
+    })
+}
+
+/// The config of `generation`, if it is still the one in force.
+fn planned(generation: u32) -> Option<Rc<Config>> {
+    PLANNING.with(|p| {
+        p.borrow()
+            .as_ref()
+            .filter(|held| held.generation == generation)
+            .map(|held| held.config.clone())
     })
 }
 
@@ -174,7 +180,9 @@ fn read_names(config: &Config) -> Rc<str> {
 /// configured), the origin timeout in ms, the slot whose response the guard counts (empty if
 /// none), rollout, version, flags header value and override token status (for the data
 /// point); then three lists of header edits (see `headers::Edits`): the upstream request's,
-/// the origin response's, and those of a reply of the Worker's own.
+/// those only an origin's response gets (its own version and reason headers dropped when
+/// nothing was decided), and the response contract's, which a reply of the Worker's own gets
+/// too.
 ///
 /// An error (a NUL in a header name or value) fails the request.
 #[wasm_bindgen]
@@ -185,11 +193,10 @@ pub fn rollout_plan(
     lines: &str,
     now_ms: f64,
 ) -> std::result::Result<String, JsError> {
-    let (Some(settings), Some((config, _))) = (settings(), planning(generation)) else {
+    let (Some(settings), Some(config)) = (settings(), planned(generation)) else {
         return Ok(String::new());
     };
-    let (_, path) = authority_and_path(url);
-    if admin::is_admin(&settings, path) {
+    if admin::is_admin(&settings, authority_and_path(url).1) {
         return Ok(String::new());
     }
     plan(&settings, &config, method, url, lines, now_ms as u64).map_err(|e| JsError::new(&e))
@@ -284,22 +291,21 @@ fn plan(
     config.apply_request_contract(&decision, facts.as_slice(), &mut request);
     request.write_to(&mut out)?;
 
-    let mut response = Edits::default();
+    let mut origin_only = Edits::default();
     if decision.rollout.is_none() {
         // Nothing decided (no rollout matched, or no config is in force): the origin's own
         // version and reason headers would read as the Worker's decision.
         let names = config.header_names();
-        rollout_core::HeaderMapMut::remove(&mut response, &names.version);
-        rollout_core::HeaderMapMut::remove(&mut response, &names.reason);
+        rollout_core::HeaderMapMut::remove(&mut origin_only, &names.version);
+        rollout_core::HeaderMapMut::remove(&mut origin_only, &names.reason);
     }
+    origin_only.write_to(&mut out)?;
+
+    // A reply of the Worker's own (no origin, or none that answered) gets these too, so the
+    // client still learns which version it was decided for, as from Envoy.
+    let mut response = Edits::default();
     config.apply_response_contract(decision.response_plan(), &mut response);
     response.write_to(&mut out)?;
-
-    // A reply of the Worker's own (no origin, or none that answered) still tells the client
-    // which version it was decided for, as Envoy's does.
-    let mut local = Edits::default();
-    config.apply_response_contract(decision.response_plan(), &mut local);
-    local.write_to(&mut out)?;
     Ok(out)
 }
 
@@ -307,7 +313,7 @@ fn plan(
 /// force.
 #[wasm_bindgen]
 pub fn rollout_observe(generation: u32, slot: u32, status: u16, latency_ms: f64) {
-    if let Some((config, _)) = planning(generation) {
+    if let Some(config) = planned(generation) {
         guard::count(&config, slot as usize, status, latency_ms as u64);
     }
 }
