@@ -72,6 +72,29 @@ pub struct ResponsePlan {
     pub assigned: Option<AssignedKey>,
 }
 
+/// A request of which a host read only [`Config::read_headers`] (see [`Config::unread`]).
+pub struct Unread<'a, F: ?Sized> {
+    facts: &'a F,
+    written: [&'a str; 4],
+}
+
+impl<F: RequestFacts + ?Sized> RequestFacts for Unread<'_, F> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.facts.header(name)
+    }
+
+    fn count(&self, name: &str) -> usize {
+        match self.facts.count(name) {
+            0 if self.written.iter().any(|w| w.eq_ignore_ascii_case(name)) => 1,
+            n => n,
+        }
+    }
+
+    fn values(&self, name: &str) -> Vec<&[u8]> {
+        self.facts.values(name)
+    }
+}
+
 impl Decision<'_> {
     /// What the response side of the contract needs.
     pub fn response_plan(&self) -> ResponsePlan {
@@ -125,12 +148,13 @@ impl Config {
         ContractNames { request, response }
     }
 
-    /// Every request header that deciding and the request contract can read under this
-    /// config, lowercase, each once, pseudo-headers aside (a host makes those from its URL).
-    /// A host whose headers are dear to read whole (the Worker: workerd's header iteration)
-    /// reads only these and decides and edits exactly as with all of them; the golden
-    /// vectors check that on every case.
-    pub fn request_headers(&self) -> Vec<String> {
+    /// Every request header whose value deciding or the request contract reads under this
+    /// config (the user key, rule attributes, an override token's header or cookie, the
+    /// cookies the contract rewrites), lowercase, each once, pseudo-headers aside (a host makes
+    /// those from its URL). A host whose headers are dear to read (the Worker: a runtime call
+    /// per name) reads only these and takes the rest through [`Config::unread`]: it decides and
+    /// edits exactly as with every header, which the golden vectors check on every case.
+    pub fn read_headers(&self) -> Vec<String> {
         let rules = self
             .rollouts
             .iter()
@@ -150,7 +174,13 @@ impl Config {
             }
         }
         let contract = self.contract_names().request;
-        names.extend(contract.iter().map(|n| n.to_ascii_lowercase()));
+        let written = self.written_only();
+        names.extend(
+            contract
+                .iter()
+                .filter(|n| !written.contains(n))
+                .map(|n| n.to_ascii_lowercase()),
+        );
         if self.overrides.as_ref().is_some_and(|o| o.cookie.is_some()) {
             names.push(COOKIE_HEADER.to_owned());
         }
@@ -158,6 +188,25 @@ impl Config {
         names.sort_unstable();
         names.dedup();
         names
+    }
+
+    /// The request headers the contract writes without reading their values: version,
+    /// rollout, flags and reason (set to the decision's value, or removed).
+    fn written_only(&self) -> [&str; 4] {
+        let names = &self.headers;
+        [&names.version, &names.rollout, &names.flags, &names.reason]
+    }
+
+    /// `facts`, a request of which a host read only [`Config::read_headers`], as the contract
+    /// must see it: the headers it only writes count as sent once, so it replaces or removes
+    /// each without its being read. Right for a host whose replace drops every value (the
+    /// Fetch API's `Headers.set`) and whose removal of a header not sent costs what a read
+    /// would.
+    pub fn unread<'a, F: RequestFacts + ?Sized>(&'a self, facts: &'a F) -> Unread<'a, F> {
+        Unread {
+            facts,
+            written: self.written_only(),
+        }
     }
 
     /// Applies the contract to the upstream request: each contract header is set to the

@@ -41,6 +41,7 @@ pub use config::{
 };
 pub use contract::{
     ContractNames, HeaderMapMut, ResponsePlan, SERVER_TIMING_CONFIG_METRIC, SERVER_TIMING_METRIC,
+    Unread,
 };
 pub use decide::{
     AssignedKey, Decision, FlagChoice, FlagReason, HostInputs, KeyStatus, RequestFacts,

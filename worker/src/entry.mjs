@@ -3,7 +3,7 @@
 // origin, which header edits, what to count. A workers-rs fetch handler pays a promise, a
 // closure and an object wrapper for each runtime call, and measured at 1.13x to 1.2x the CPU
 // of a plain JavaScript Worker (issue 12, benches/STEPS.md); here a request with nothing due
-// costs a few synchronous calls with strings in and out. Reading the config source, the
+// costs one synchronous call with strings in and out. Reading the config source, the
 // guard's wait and batches, and the admin endpoints stay in Rust (`rollout_prepare`).
 
 import RustEntry, { RolloutState } from "../build/index.js";
@@ -13,34 +13,44 @@ export { RolloutState };
 
 // worker-build puts every function the Rust module exports on its entry class's prototype.
 const core = RustEntry.prototype;
-for (const name of ["rollout_ready", "rollout_read_names", "rollout_plan", "rollout_observe", "rollout_prepare"]) {
+for (const name of ["rollout_plan", "rollout_observe", "rollout_prepare"]) {
   if (typeof core[name] !== "function") {
     throw new Error(`rollout: build/index.js does not export ${name}: rebuild with worker-build`);
   }
 }
 
-// The headers a plan reads, for the config generation they were listed for.
+// The headers the config in force reads, as the last `H` answer of rollout_plan named them.
 let reading = { generation: 0, names: [] };
 
-/** The plan for `request` (see `rollout_plan` in src/lib.rs), or null if it needs `rollout_prepare` first. */
+/** The plan for `request` (see `rollout_plan` in src/lib.rs): its fields after the `P`, or null
+ * if it needs `rollout_prepare` first. */
 function planFor(request, force) {
   const now = Date.now();
-  const generation = core.rollout_ready(now, force);
-  if (generation === 0) return null;
-  if (generation !== reading.generation) {
-    const names = core.rollout_read_names(generation).split("\n").filter((n) => n !== "");
-    reading = { generation, names };
+  // A second try only after the config changed, with the headers it reads.
+  for (let tries = 0; tries < 2; tries++) {
+    // Only the headers the config reads: a runtime call each, and walking all of a request's
+    // headers measured as the largest single cost (benches/STEPS.md).
+    const headers = request.headers;
+    let facts = `${request.method} ${request.url}`;
+    for (const name of reading.names) {
+      const value = headers.get(name);
+      if (value !== null) facts += `\n${name},${value}`;
+    }
+    const text = core.rollout_plan(reading.generation, facts, now, force);
+    const fields = text.split("\0");
+    switch (fields[0]) {
+      case "P":
+        return { generation: reading.generation, fields };
+      case "H":
+        reading = { generation: Number(fields[1]), names: fields.slice(2, -1) };
+        continue;
+      case "E":
+        throw new Error(fields[1]);
+      default:
+        return null;
+    }
   }
-  // Only the headers the config can read: walking all of a request's headers goes through the
-  // runtime entry by entry, and measured as the largest single cost (benches/STEPS.md).
-  const headers = request.headers;
-  let lines = "";
-  for (const name of reading.names) {
-    const value = headers.get(name);
-    if (value !== null) lines += `${name},${value}\n`;
-  }
-  const text = core.rollout_plan(generation, request.method, request.url, lines, now);
-  return text === "" ? null : { generation, fields: text.split("\0") };
+  throw new Error("the config changed twice while one request was planned");
 }
 
 /** Makes on `headers` the edits that start at `fields[at]` (a count, then the fields). */
@@ -68,8 +78,8 @@ const TIMEOUT = Symbol("timeout");
 
 /** Forwards `request` as planned and returns the client's response. */
 async function forward(request, env, { generation, fields }) {
-  const [key, entry, origin, url, timeout, slot, rollout, version, flags, token] = fields;
-  const requestEdits = 10;
+  const [, key, entry, origin, url, timeout, slot, rollout, version, flags, token] = fields;
+  const requestEdits = 11;
   const originEdits = requestEdits + 1 + Number(fields[requestEdits]);
   const contractEdits = originEdits + 1 + Number(fields[originEdits]);
   // A reply of the Worker's own, with the contract's response headers, so the client still

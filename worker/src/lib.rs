@@ -4,7 +4,7 @@
 //! contract's response headers.
 //!
 //! The Worker's entry is JavaScript (`src/entry.mjs`): it forwards every request itself and
-//! calls this module synchronously to plan it ([`rollout_ready`], [`rollout_plan`]), and
+//! calls this module synchronously to plan it ([`rollout_plan`], once per request), and
 //! asynchronously ([`rollout_prepare`]) only when the config source must be read, the guard's
 //! state waited for or its batch sent, or an admin request served. A request with nothing due
 //! (nearly all of them) so costs a few calls with strings in and out, not a promise and an
@@ -33,7 +33,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use rollout_core::{Config, HostInputs};
-use wasm_bindgen::{JsError, JsValue, prelude::wasm_bindgen};
+use wasm_bindgen::{JsValue, prelude::wasm_bindgen};
 // The async export's glue names the crate.
 use worker::wasm_bindgen_futures;
 use worker::{Context, Date, Delay, Env, Request, console_error, js_sys, worker_sys::web_sys};
@@ -67,10 +67,7 @@ fn authority_and_path(url: &str) -> (&str, &str) {
     (host, if path.is_empty() { "/" } else { path })
 }
 
-/// The headers the Worker reads besides the config's: how it forwards (see [`plan`]).
-const FORWARDING_HEADERS: [&str; 2] = ["host", "x-forwarded-proto"];
-
-/// The request as the core sees it: the headers it reads, lowercase (`lines` as
+/// The request as the core sees it: the headers it reads, lowercase (`name,value` lines, as
 /// [`rollout_plan`] takes them), with Envoy's pseudo-headers made from the URL, so both hosts
 /// decide from the same facts.
 fn facts<'a>(
@@ -88,13 +85,55 @@ fn facts<'a>(
     out
 }
 
+/// Where the requests of one (rollout, version), or of none, go: resolved from ROLLOUT_ORIGINS
+/// on first use under a config, not per request (and a missing origin logged once).
+struct Route {
+    /// `rollout/version`, or `default`.
+    key: String,
+    /// The ROLLOUT_ORIGINS entry used (the key's own or `default`), for logs that name it;
+    /// empty if neither is configured.
+    entry: String,
+    /// Its origin as configured, for logs.
+    origin: String,
+    /// The origin without a trailing `/`, for the request's path to follow.
+    base: String,
+}
+
+impl Route {
+    fn new(settings: &Settings, key: String) -> Route {
+        let found = settings
+            .origins
+            .get_key_value(&key)
+            .or_else(|| settings.origins.get_key_value("default"));
+        let Some((entry, origin)) = found else {
+            console_error!("rollout: no origin for {key} in ROLLOUT_ORIGINS");
+            return Route {
+                key,
+                entry: String::new(),
+                origin: String::new(),
+                base: String::new(),
+            };
+        };
+        Route {
+            key,
+            entry: entry.clone(),
+            origin: origin.clone(),
+            base: origin.trim_end_matches('/').to_owned(),
+        }
+    }
+}
+
 /// The request path's view of the config in force: the config, its generation (which the
-/// entry's plans and counts name, so that neither applies to a config that replaced it) and
-/// the request headers read under it.
+/// entry's plans and counts name, so that neither applies to a config that replaced it), the
+/// request headers read under it, and where each version's requests go.
 struct Planning {
     config: Rc<Config>,
     generation: u32,
+    /// The answer that tells the entry which headers to read: `H`, the generation, the names.
     names: Rc<str>,
+    /// One per slot of the config, then the one for a request no rollout decided.
+    routes: Vec<std::cell::OnceCell<Route>>,
+    timeout: String,
 }
 
 thread_local! {
@@ -105,145 +144,127 @@ fn settings() -> Option<Rc<Settings>> {
     SETTINGS.with(|s| s.get().cloned())
 }
 
-/// Whether a request can be planned at `now_ms` without I/O: the generation of the config to
-/// plan with (never 0), or 0 if [`rollout_prepare`] must run first (no settings yet, the config
-/// source is due to be read, or the guard's wait or batch is due). With `force`, after
-/// [`rollout_prepare`], whatever is held is planned with.
-#[wasm_bindgen]
-pub fn rollout_ready(now_ms: f64, force: bool) -> u32 {
-    let Some(settings) = settings() else { return 0 };
-    let now = now_ms as u64;
-    let Some(config) = source::held(&settings, now, force) else {
-        return 0;
-    };
+/// The planning for the config held at `now`, made anew when the config changed; `None` if
+/// [`rollout_prepare`] must run first (no settings yet, the config source is due to be read, or
+/// the guard's wait or batch is due). With `force`, after [`rollout_prepare`], whatever is held
+/// is planned with.
+fn planning<T>(now: u64, force: bool, with: impl FnOnce(&Settings, &Planning) -> T) -> Option<T> {
+    let settings = settings()?;
+    let config = source::held(&settings, now, force)?;
     if !force && guard::due(&settings, &config, now) {
-        return 0;
+        return None;
     }
     PLANNING.with(|p| {
         let mut p = p.borrow_mut();
-        if let Some(held) = p.as_ref()
-            && Rc::ptr_eq(&held.config, &config)
-        {
-            return held.generation;
+        match p.as_ref() {
+            Some(held) if Rc::ptr_eq(&held.config, &config) => {}
+            held => {
+                let generation = held.map_or(1, |held| held.generation.wrapping_add(1).max(1));
+                *p = Some(Planning::new(&settings, config, generation));
+            }
         }
-        let generation = p
-            .as_ref()
-            .map_or(1, |held| held.generation.wrapping_add(1).max(1));
-        *p = Some(Planning {
-            names: read_names(&config),
+        p.as_ref().map(|held| with(&settings, held))
+    })
+}
+
+impl Planning {
+    fn new(settings: &Settings, config: Rc<Config>, generation: u32) -> Planning {
+        let mut names = format!("H\0{generation}\0");
+        for name in config.read_headers() {
+            names.push_str(&name);
+            names.push('\0');
+        }
+        let routes = (0..=config.n_slots())
+            .map(|_| std::cell::OnceCell::new())
+            .collect();
+        Planning {
+            names: names.into(),
+            routes,
+            timeout: settings.origin_timeout_ms.to_string(),
             config,
             generation,
-        });
-        generation
-    })
-}
-
-/// The request headers a plan of `generation` reads (lowercase, newline-separated): the
-/// config's [`Config::request_headers`] and `FORWARDING_HEADERS`; empty if `generation` is
-/// not the one in force.
-#[wasm_bindgen]
-pub fn rollout_read_names(generation: u32) -> String {
-    PLANNING.with(|p| {
-        p.borrow()
-            .as_ref()
-            .filter(|held| held.generation == generation)
-            .map_or_else(String::new, |held| held.names.to_string())
-    })
-}
-
-/// The config of `generation`, if it is still the one in force.
-fn planned(generation: u32) -> Option<Rc<Config>> {
-    PLANNING.with(|p| {
-        p.borrow()
-            .as_ref()
-            .filter(|held| held.generation == generation)
-            .map(|held| held.config.clone())
-    })
-}
-
-/// The headers [`rollout_read_names`] lists, sorted, without repeats.
-fn read_names(config: &Config) -> Rc<str> {
-    let mut names = config.request_headers();
-    names.extend(FORWARDING_HEADERS.map(str::to_owned));
-    names.sort_unstable();
-    names.dedup();
-    names.join("\n").into()
-}
-
-/// Decides a request with the config of `generation` and says how to forward it: the request
-/// as `method` and the runtime's absolute `url`, with the values of the headers
-/// [`rollout_read_names`] listed as `lines` (`name,value` per line). Empty if `generation` is
-/// no longer in force or the request is for the admin endpoints: [`rollout_prepare`] then
-/// serves it. Otherwise NUL-ended fields, in this order (`src/entry.mjs` reads them):
-///
-/// origin key, its ROLLOUT_ORIGINS entry, the origin, the upstream URL (empty if no origin is
-/// configured), the origin timeout in ms, the slot whose response the guard counts (empty if
-/// none), rollout, version, flags header value and override token status (for the data
-/// point); then three lists of header edits (see `headers::Edits`): the upstream request's,
-/// those only an origin's response gets (its own version and reason headers dropped when
-/// nothing was decided), and the response contract's, which a reply of the Worker's own gets
-/// too.
-///
-/// An error (a NUL in a header name or value) fails the request.
-#[wasm_bindgen]
-pub fn rollout_plan(
-    generation: u32,
-    method: &str,
-    url: &str,
-    lines: &str,
-    now_ms: f64,
-) -> std::result::Result<String, JsError> {
-    let (Some(settings), Some(config)) = (settings(), planned(generation)) else {
-        return Ok(String::new());
-    };
-    if admin::is_admin(&settings, authority_and_path(url).1) {
-        return Ok(String::new());
+        }
     }
-    plan(&settings, &config, method, url, lines, now_ms as u64).map_err(|e| JsError::new(&e))
+
+    /// Where a request decided for `slot` goes, or one no rollout decided (`None`).
+    fn route(&self, settings: &Settings, slot: Option<usize>) -> Option<&Route> {
+        let at = slot.unwrap_or(self.routes.len().saturating_sub(1));
+        let cell = self.routes.get(at)?;
+        Some(cell.get_or_init(|| {
+            let key = match slot.and_then(|s| self.config.slot_names(s)) {
+                Some((rollout, version)) => format!("{rollout}/{version}"),
+                None => "default".to_owned(),
+            };
+            Route::new(settings, key)
+        }))
+    }
+}
+
+/// Plans a request: one call per request on the common path. `request` is the method and the
+/// runtime's absolute URL, a space between, then a line `name,value` for each header the entry
+/// read under config `generation` (0 before the first answer): one string, so one copy into
+/// wasm memory. The answer is NUL-ended fields, the first of them a tag:
+///
+/// - none (an empty answer): [`rollout_prepare`] must run first (no settings yet, the config
+///   source or the guard is due, or the request is for the admin endpoints, which it serves);
+///   with `force`, after it ran, whatever config is held is planned with;
+/// - `H`, the generation in force and the names of the headers it reads (lowercase, each
+///   once): the entry reads those and asks again with that generation;
+/// - `E` and a message: a NUL in a header name or value, which fails the request;
+/// - `P`, the plan: origin key, its ROLLOUT_ORIGINS entry, the origin, the upstream URL (empty
+///   if no origin is configured), the origin timeout in ms, the slot whose response the guard
+///   counts (empty if none), rollout, version, flags header value and override token status
+///   (for the data point); then three lists of header edits (see `headers::Edits`): the
+///   upstream request's, those only an origin's response gets (its own version and reason
+///   headers dropped when nothing was decided), and the response contract's, which a reply
+///   of the Worker's own gets too.
+#[wasm_bindgen]
+pub fn rollout_plan(generation: u32, request: &str, now_ms: f64, force: bool) -> String {
+    let (line, lines) = request.split_once('\n').unwrap_or((request, ""));
+    let (method, url) = line.split_once(' ').unwrap_or(("GET", line));
+    let now = now_ms as u64;
+    planning(now, force, |settings, held| {
+        if held.generation != generation {
+            return held.names.to_string();
+        }
+        let (_, path) = authority_and_path(url);
+        if admin::is_admin(settings, path) {
+            return String::new();
+        }
+        plan(settings, held, method, url, lines, now).unwrap_or_else(|e| format!("E\0{e}\0"))
+    })
+    .unwrap_or_default()
 }
 
 fn plan(
     settings: &Settings,
-    config: &Rc<Config>,
+    held: &Planning,
     method: &str,
     url: &str,
     lines: &str,
     now: u64,
 ) -> std::result::Result<String, String> {
+    let config = &held.config;
     let (authority, path) = authority_and_path(url);
     let facts = facts(method, authority, path, lines);
+    // The entry read only the headers whose values the config reads; the contract's other
+    // headers are set or removed unread (`Headers.set` drops every value).
+    let facts = config.unread(facts.as_slice());
     // Schedules and token expiry read the time; the guard's trips come from the rollouts'
     // Durable Objects. A keyless user is given a key (the config's `assign`) by the core, with
     // this entropy.
     let tripped = guard::trips(settings, config);
     let decision = config.decide(
-        facts.as_slice(),
+        &facts,
         HostInputs {
             entropy: Some(&mut random_u64),
             now_ms: Some(now),
             tripped: &tripped,
         },
     );
-    let origin_key = decision.rollout.map_or_else(
-        || "default".to_owned(),
-        |r| format!("{}/{}", r.rollout, r.version),
-    );
-    // The ROLLOUT_ORIGINS entry used, for logs that name it.
-    let found = settings
-        .origins
-        .get_key_value(&origin_key)
-        .or_else(|| settings.origins.get_key_value("default"));
-    let (entry, origin, upstream_url) = match found {
-        Some((entry, origin)) => (
-            entry.as_str(),
-            origin.as_str(),
-            format!("{}{path}", origin.trim_end_matches('/')),
-        ),
-        None => {
-            console_error!("rollout: no origin for {origin_key} in ROLLOUT_ORIGINS");
-            ("", "", String::new())
-        }
-    };
+    let route = held
+        .route(settings, decision.rollout.map(|r| r.slot))
+        .ok_or("a decided slot beyond the config's")?;
     let slot = decision
         .rollout
         .map(|r| r.slot)
@@ -255,40 +276,38 @@ fn plan(
     let token = decision.token.map_or("", |t| t.as_str());
 
     let mut out = String::with_capacity(512);
+    out.push_str("P\0");
+    for field in [&route.key, &route.entry, &route.origin] {
+        push_field(&mut out, field)?;
+    }
+    // The upstream URL, empty if no origin is configured.
+    if !route.entry.is_empty() {
+        out.push_str(&route.base);
+    }
+    push_field(&mut out, if route.entry.is_empty() { "" } else { path })?;
+    let slot = slot.map(|s| s.to_string()).unwrap_or_default();
     for field in [
-        origin_key.as_str(),
-        entry,
-        origin,
-        &upstream_url,
-        &settings.origin_timeout_ms.to_string(),
-        &slot.map(|s| s.to_string()).unwrap_or_default(),
+        held.timeout.as_str(),
+        &slot,
         rollout,
         version,
         &flags,
         token,
     ] {
-        if field.contains('\0') {
-            return Err(format!("NUL in a plan's field {field:?}"));
-        }
-        out.push_str(field);
-        out.push('\0');
+        push_field(&mut out, field)?;
     }
 
     // The upstream request: everything as the client sent it, with the header contract applied
-    // by the core (client copies of contract headers removed, the decision's values set).
+    // by the core (client copies of contract headers removed, the decision's values set). What
+    // a proxy forwards besides: the origin sees its own host in `Host` (the runtime's fetch
+    // sets it from the URL, whatever the copied headers say: a workerd test checks it), so the
+    // client's goes in X-Forwarded-Host, and X-Forwarded-Proto is the scheme the client used,
+    // as an edge proxy sets them (replacing a client's copies).
     let mut request = Edits::default();
-    if facts.iter().any(|(name, _)| *name == "host") {
-        rollout_core::HeaderMapMut::remove(&mut request, "host");
-    }
-    // What a proxy forwards: the origin sees its own host in `Host`, so the client's goes in
-    // X-Forwarded-Host (replacing a client's copy); Cloudflare sets X-Forwarded-Proto on the
-    // way in, and where it did not (wrangler dev), the URL's scheme is it.
     rollout_core::HeaderMapMut::replace(&mut request, "x-forwarded-host", authority);
-    if !facts.iter().any(|(name, _)| *name == "x-forwarded-proto") {
-        let scheme = url.split_once("://").map_or("https", |(scheme, _)| scheme);
-        rollout_core::HeaderMapMut::replace(&mut request, "x-forwarded-proto", scheme);
-    }
-    config.apply_request_contract(&decision, facts.as_slice(), &mut request);
+    let scheme = url.split_once("://").map_or("https", |(scheme, _)| scheme);
+    rollout_core::HeaderMapMut::replace(&mut request, "x-forwarded-proto", scheme);
+    config.apply_request_contract(&decision, &facts, &mut request);
     request.write_to(&mut out)?;
 
     let mut origin_only = Edits::default();
@@ -309,11 +328,27 @@ fn plan(
     Ok(out)
 }
 
+/// Appends a NUL-ended field, refusing a NUL in it (the runtime would refuse it in a header).
+fn push_field(out: &mut String, field: &str) -> std::result::Result<(), String> {
+    if field.contains('\0') {
+        return Err(format!("NUL in a plan's field {field:?}"));
+    }
+    out.push_str(field);
+    out.push('\0');
+    Ok(())
+}
+
 /// Counts a response of `slot` for the guard, if the config of `generation` is still in
 /// force.
 #[wasm_bindgen]
 pub fn rollout_observe(generation: u32, slot: u32, status: u16, latency_ms: f64) {
-    if let Some(config) = planned(generation) {
+    let config = PLANNING.with(|p| {
+        p.borrow()
+            .as_ref()
+            .filter(|held| held.generation == generation)
+            .map(|held| held.config.clone())
+    });
+    if let Some(config) = config {
         guard::count(&config, slot as usize, status, latency_ms as u64);
     }
 }

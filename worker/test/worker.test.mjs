@@ -464,7 +464,9 @@ test("method, body, query and other headers reach the origin untouched", async (
     assert.equal(got["x-custom"], "kept");
     assert.equal(got["content-type"], "application/json");
     assert.equal(got["x-rollout-version"], echo.origin);
-    // The origin sees the client's host and scheme as a proxy forwards them.
+    // The origin sees its own host in Host (the runtime's fetch sets it from the URL, whatever
+    // the copied headers say), and the client's host and scheme as a proxy forwards them.
+    assert.equal(got.host, new URL(origins[`checkout/${echo.origin}`]).host);
     assert.equal(got["x-forwarded-host"], "shop.example.com");
     assert.equal(got["x-forwarded-proto"], "http");
   } finally {
