@@ -1,14 +1,16 @@
 // The Worker's CPU per request in workerd (issue 12): the built rollout Worker beside a plain
 // JavaScript Worker doing a random 90/10 split to the same local origin (what a user would
 // write instead), each in its own Miniflare instance (its own workerd process), in one run.
-// Per round and Worker: N sequential requests, the workerd process's CPU (utime + stime from
-// /proc/<pid>/stat) read before and after each block of them; the Workers take turns block by
-// block, so noise hits all.
-// Prints a table (ms CPU per request per round, median, ratio of medians to the JS Worker, and
-// the median of the per-round ratios) and writes it as JSON to --out. Measures only; asserts nothing.
+// Per round and Worker: N sequential requests, the workerd process's CPU (the scheduler's
+// nanoseconds per thread, see cpuMs) read before and after each block of them; the Workers
+// take turns block by block, so noise hits all.
+// Prints a table (ms CPU per request per round, median, ratio of medians to the JS Worker, the
+// median of the per-round ratios, and the median of the per-block ratios, each block against
+// the JS Worker's block of the same turn: the least moved by a machine whose speed drifts) and
+// writes it as JSON to --out. Measures only; asserts nothing.
 //
 //   node benches/worker_cpu.mjs [--requests 3000] [--rounds 5] [--warmup 300] [--block 100]
-//       [--out FILE]
+//       [--concurrency 1] [--out FILE]
 //       [--config examples/checkout.json] [--variants js,rollout]
 //       [--build NAME=DIR ...]   (another build of the Worker, measured as variant NAME: a copy of
 //                                 worker/ with src/entry.mjs and build/, or an older build/)
@@ -22,7 +24,7 @@
 // Miniflare is resolved from worker/node_modules, so it runs from any directory. What it shares
 // with benches/worker_profile.mjs is in benches/workerd_common.mjs.
 
-import { readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { execSync } from "node:child_process";
 import { parseArgs } from "node:util";
 import { ROOT, request, setUp, startVariant } from "./workerd_common.mjs";
@@ -33,6 +35,7 @@ const { values: args } = parseArgs({
     rounds: { type: "string", default: "5" },
     warmup: { type: "string", default: "300" },
     block: { type: "string", default: "100" },
+    concurrency: { type: "string", default: "1" },
     out: { type: "string" },
     config: { type: "string", default: `${ROOT}examples/checkout.json` },
     variants: { type: "string", default: "js,rollout" },
@@ -43,19 +46,35 @@ const REQUESTS = Number(args.requests);
 const ROUNDS = Number(args.rounds);
 const WARMUP = Number(args.warmup);
 const BLOCK = Math.max(1, Number(args.block));
+const CONCURRENCY = Math.max(1, Number(args.concurrency));
 const CLOCK_TICKS = Number(execSync("getconf CLK_TCK").toString().trim());
 
-/** utime + stime of a process (all its threads), in ms. */
+/** CPU time of a process (all its threads), in ms: the scheduler's nanosecond count of each
+ * thread (/proc/<pid>/task/<tid>/schedstat) where the kernel keeps it, else utime + stime in
+ * clock ticks (10 ms each here, coarse for a block of requests). */
 function cpuMs(pid) {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  // Fields 14 and 15 of proc(5), counted from the state field (3).
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  try {
+    let ns = 0;
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ")[0]);
+    }
+    return ns / 1e6;
+  } catch {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // Fields 14 and 15 of proc(5), counted from the state field (3).
+    return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS;
+  }
 }
 
 async function run(worker, count, offset) {
   const before = cpuMs(worker.pid);
-  for (let i = 0; i < count; i++) await request(worker.url, offset + i);
+  // CONCURRENCY requests in flight at a time (1: one after another).
+  let next = 0;
+  const lane = async () => {
+    while (next < count) await request(worker.url, offset + next++);
+  };
+  await Promise.all(Array.from({ length: Math.min(CONCURRENCY, count) }, lane));
   return (cpuMs(worker.pid) - before) / count;
 }
 
@@ -70,6 +89,8 @@ try {
   for (const name of names) workers.push(await startVariant(name, originUrl, config, builds));
   for (const w of workers) await run(w, WARMUP, 0);
   const perRound = Object.fromEntries(names.map((n) => [n, []]));
+  // Each block's CPU per request over the JavaScript Worker's block of the same turn.
+  const perBlock = Object.fromEntries(names.map((n) => [n, []]));
   for (let round = 0; round < ROUNDS; round++) {
     // A round's requests go in blocks, the Workers taking turns block by block (in an order
     // rotated each time, so none always runs first): load that comes and goes on a shared
@@ -77,10 +98,13 @@ try {
     const cpu = Object.fromEntries(names.map((n) => [n, 0]));
     for (let done = 0, turn = 0; done < REQUESTS; done += BLOCK, turn++) {
       const count = Math.min(BLOCK, REQUESTS - done);
+      const block = {};
       for (let k = 0; k < workers.length; k++) {
         const w = workers[(k + turn + round) % workers.length];
-        cpu[w.name] += (await run(w, count, WARMUP + round * REQUESTS + done)) * count;
+        block[w.name] = await run(w, count, WARMUP + round * REQUESTS + done);
+        cpu[w.name] += block[w.name] * count;
       }
+      if (block.js > 0) for (const n of names) perBlock[n].push(block[n] / block.js);
     }
     for (const n of names) perRound[n].push(cpu[n] / REQUESTS);
   }
@@ -93,19 +117,22 @@ try {
     median_ms: median(perRound[n]),
     ratio_to_js: base ? median(perRound[n]) / base : null,
     paired_ratio_to_js: base ? median(perRound[n].map((x, i) => x / perRound.js[i])) : null,
+    block_ratio_to_js: base ? median(perBlock[n]) : null,
   }));
-  const header = ["variant", ...Array.from({ length: ROUNDS }, (_, i) => `r${i + 1}`), "median", "ratio", "paired"];
-  console.log(`workerd CPU per request (ms), ${REQUESTS} sequential requests per round, ${ROUNDS} rounds`);
+  const header = ["variant", ...Array.from({ length: ROUNDS }, (_, i) => `r${i + 1}`), "median", "ratio", "paired", "by block"];
+  const how = CONCURRENCY === 1 ? "sequential requests" : `requests, ${CONCURRENCY} in flight,`;
+  console.log(`workerd CPU per request (ms), ${REQUESTS} ${how} per round, ${ROUNDS} rounds`);
   console.log(`| ${header.join(" | ")} |`);
   console.log(`|${header.map(() => "---").join("|")}|`);
   for (const r of rows) {
     const ratio = r.ratio_to_js === null ? "" : `${r.ratio_to_js.toFixed(3)}x`;
     const paired = r.paired_ratio_to_js === null ? "" : `${r.paired_ratio_to_js.toFixed(3)}x`;
-    console.log(`| ${[r.variant, ...r.rounds_ms.map((x) => x.toFixed(3)), r.median_ms.toFixed(3), ratio, paired].join(" | ")} |`);
+    const block = r.block_ratio_to_js === null ? "" : `${r.block_ratio_to_js.toFixed(3)}x`;
+    console.log(`| ${[r.variant, ...r.rounds_ms.map((x) => x.toFixed(3)), r.median_ms.toFixed(3), ratio, paired, block].join(" | ")} |`);
   }
   if (args.out) {
     writeFileSync(args.out, `${JSON.stringify({
-      requests: REQUESTS, rounds: ROUNDS, warmup: WARMUP, block: BLOCK, config: args.config,
+      requests: REQUESTS, rounds: ROUNDS, warmup: WARMUP, block: BLOCK, concurrency: CONCURRENCY, config: args.config,
       clock_ticks_per_s: CLOCK_TICKS, started: new Date().toISOString(), variants: rows,
     }, null, 2)}\n`);
   }
