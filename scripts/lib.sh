@@ -55,10 +55,8 @@ build_worker() {
     WASM_BINDGEN_BIN="$(command -v wasm-bindgen)"
     WASM_OPT_BIN="$PWD/worker/node_modules/.bin/wasm-opt"
     ESBUILD_BIN="$PWD/worker/node_modules/.bin/esbuild"
-    # worker-build always builds with --release: give that build the wasm profile's settings
-    # (Cargo.toml, [profile.wasm]) so the Worker ships as small as the filter.
-    (cd worker && CARGO_PROFILE_RELEASE_OPT_LEVEL=z CARGO_PROFILE_RELEASE_LTO=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-        CARGO_PROFILE_RELEASE_PANIC=abort CARGO_PROFILE_RELEASE_STRIP=true worker-build --release)
+    # The build wrangler runs too (wrangler.toml's [build]), with the size settings.
+    sh worker/build.sh
     ls -l worker/build/index_bg.wasm
 }
 
