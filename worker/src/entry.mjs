@@ -22,8 +22,8 @@ for (const name of ["rollout_plan", "rollout_observe", "rollout_prepare"]) {
 // The headers the config in force reads, as the last `H` answer of rollout_plan named them.
 let reading = { generation: 0, names: [] };
 
-/** The plan for `request` (see `rollout_plan` in src/lib.rs): its fields after the `P`, or null
- * if it needs `rollout_prepare` first. */
+/** The plan for `request` (see `rollout_plan` in src/lib.rs): its fields, the tag `P` first, or
+ * null if it needs `rollout_prepare` first. */
 function planFor(request, force) {
   const now = Date.now();
   // A second try only after the config changed, with the headers it reads.

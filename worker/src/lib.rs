@@ -7,7 +7,7 @@
 //! calls this module synchronously to plan it ([`rollout_plan`], once per request), and
 //! asynchronously ([`rollout_prepare`]) only when the config source must be read, the guard's
 //! state waited for or its batch sent, or an admin request served. A request with nothing due
-//! (nearly all of them) so costs a few calls with strings in and out, not a promise and an
+//! (nearly all of them) so costs one call with strings in and out, not a promise and an
 //! object wrapper per runtime call (issue 12; the measurements are in benches/STEPS.md).
 //!
 //! Settings come from Worker vars (see `wrangler.toml`); the rollout config comes from a KV
