@@ -129,12 +129,7 @@ impl Config {
     /// The names of the contract's headers under this config.
     pub fn contract_names(&self) -> ContractNames<'_> {
         let names = &self.headers;
-        let mut request = vec![
-            names.version.as_str(),
-            &names.rollout,
-            &names.flags,
-            &names.reason,
-        ];
+        let mut request = self.written_only().to_vec();
         let mut response = vec![names.version.as_str(), SERVER_TIMING_HEADER, &names.reason];
         if let Some(header) = self.overrides.as_ref().and_then(|o| o.header.as_deref()) {
             request.push(header);

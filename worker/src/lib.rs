@@ -130,7 +130,7 @@ struct Planning {
     config: Rc<Config>,
     generation: u32,
     /// The answer that tells the entry which headers to read: `H`, the generation, the names.
-    names: Rc<str>,
+    names: String,
     /// One per slot of the config, then the one for a request no rollout decided.
     routes: Vec<std::cell::OnceCell<Route>>,
     timeout: String,
@@ -178,7 +178,7 @@ impl Planning {
             .map(|_| std::cell::OnceCell::new())
             .collect();
         Planning {
-            names: names.into(),
+            names,
             routes,
             timeout: settings.origin_timeout_ms.to_string(),
             config,
@@ -225,31 +225,33 @@ pub fn rollout_plan(generation: u32, request: &str, now_ms: f64, force: bool) ->
     let now = now_ms as u64;
     planning(now, force, |settings, held| {
         if held.generation != generation {
-            return held.names.to_string();
+            return held.names.clone();
         }
-        let (_, path) = authority_and_path(url);
+        let (authority, path) = authority_and_path(url);
         if admin::is_admin(settings, path) {
             return String::new();
         }
-        plan(settings, held, method, url, lines, now).unwrap_or_else(|e| format!("E\0{e}\0"))
+        let scheme = url.split_once("://").map_or("https", |(scheme, _)| scheme);
+        let facts = facts(method, authority, path, lines);
+        plan(settings, held, &facts, (scheme, authority, path), now)
+            .unwrap_or_else(|e| format!("E\0{e}\0"))
     })
     .unwrap_or_default()
 }
 
+/// The `P` answer of [`rollout_plan`] for a request: its `facts` and its URL's scheme,
+/// authority and path.
 fn plan(
     settings: &Settings,
     held: &Planning,
-    method: &str,
-    url: &str,
-    lines: &str,
+    facts: &[(&str, &str)],
+    (scheme, authority, path): (&str, &str, &str),
     now: u64,
 ) -> std::result::Result<String, String> {
     let config = &held.config;
-    let (authority, path) = authority_and_path(url);
-    let facts = facts(method, authority, path, lines);
     // The entry read only the headers whose values the config reads; the contract's other
     // headers are set or removed unread (`Headers.set` drops every value).
-    let facts = config.unread(facts.as_slice());
+    let facts = config.unread(facts);
     // Schedules and token expiry read the time; the guard's trips come from the rollouts'
     // Durable Objects. A keyless user is given a key (the config's `assign`) by the core, with
     // this entropy.
@@ -283,8 +285,10 @@ fn plan(
     // The upstream URL, empty if no origin is configured.
     if !route.entry.is_empty() {
         out.push_str(&route.base);
+        push_field(&mut out, path)?;
+    } else {
+        out.push('\0');
     }
-    push_field(&mut out, if route.entry.is_empty() { "" } else { path })?;
     let slot = slot.map(|s| s.to_string()).unwrap_or_default();
     for field in [
         held.timeout.as_str(),
@@ -305,7 +309,6 @@ fn plan(
     // as an edge proxy sets them (replacing a client's copies).
     let mut request = Edits::default();
     rollout_core::HeaderMapMut::replace(&mut request, "x-forwarded-host", authority);
-    let scheme = url.split_once("://").map_or("https", |(scheme, _)| scheme);
     rollout_core::HeaderMapMut::replace(&mut request, "x-forwarded-proto", scheme);
     config.apply_request_contract(&decision, &facts, &mut request);
     request.write_to(&mut out)?;
